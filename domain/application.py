@@ -1,0 +1,276 @@
+"""The KeyLedger application service: commands and queries over the event store.
+
+Every command loads the aggregates it needs, lets them check their rules, and
+saves all resulting events in one atomic `save()`. Commands return what a
+caller can wait on: the changed aggregates and the stream position of the
+last event recorded (None when the command changed nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.utils import EnvType
+
+from domain import credentials
+from domain.errors import ConcurrentModification, KeyNotFound, MalformedSecret, WorkspaceNotFound
+from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
+from domain.plans import parse_plan
+from domain.scopes import ADMIN, ScopeCatalog
+from domain.verification import VerifyCode, check_credentials
+from domain.workspace import Workspace
+
+OPERATOR = "operator"
+# A retry reloads the aggregates, so each attempt sees the newest state; 25 attempts
+# comfortably outlast the contention one workspace sees from a handful of processes.
+MAX_ATTEMPTS = 25
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NewWorkspace:
+    workspace: Workspace
+    admin_key: ApiKey
+    secret: str
+    position: int
+
+
+@dataclass(frozen=True)
+class WorkspaceUpdate:
+    workspace: Workspace
+    position: int | None
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A key with its plaintext secret: returned once, by issue and rotate only."""
+
+    key: ApiKey
+    secret: str
+    position: int
+
+
+@dataclass(frozen=True)
+class KeyUpdate:
+    key: ApiKey
+    position: int | None
+
+
+def _last_position(recordings: list[Recording[UUID]]) -> int:
+    return max(r.notification.id for r in recordings)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class KeyLedger(Application[UUID]):
+    name = "KeyLedger"
+    snapshotting_intervals = {ApiKey: 100, Workspace: 100}  # noqa: RUF012 (library API)
+
+    def __init__(
+        self,
+        env: EnvType | None = None,
+        catalog: ScopeCatalog | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        super().__init__(env)
+        self.catalog = catalog or ScopeCatalog()
+        self.clock = clock
+
+    # --- plumbing ---------------------------------------------------------
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run a load-check-save attempt again when another writer got there first."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return attempt()
+            except IntegrityError:
+                continue
+        raise ConcurrentModification("too many concurrent changes to the same workspace or key; retry")
+
+    def _save(self, *aggregates: Any) -> int | None:
+        recordings = self.save(*aggregates)
+        return _last_position(recordings) if recordings else None
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    # --- queries ----------------------------------------------------------
+
+    def get_workspace(self, workspace_id: UUID) -> Workspace:
+        try:
+            workspace: object = self.repository.get(workspace_id)
+        except AggregateNotFoundError:
+            raise WorkspaceNotFound(f"workspace {workspace_id} not found") from None
+        if not isinstance(workspace, Workspace):
+            raise WorkspaceNotFound(f"workspace {workspace_id} not found")
+        return workspace
+
+    def get_key(self, key_id: UUID, workspace_id: UUID | None = None) -> ApiKey:
+        """A key; one of another workspace is reported exactly like a missing one."""
+        try:
+            key: object = self.repository.get(key_id)
+        except AggregateNotFoundError:
+            key = None
+        if not isinstance(key, ApiKey) or (workspace_id is not None and key.workspace_id != workspace_id):
+            raise KeyNotFound(f"key {key_id} not found")
+        return key
+
+    def authenticate(self, secret: str, needed_scope: str | None = None) -> tuple[VerifyCode, ApiKey | None]:
+        """Check a presented secret against the store (the API answers from memory instead)."""
+        try:
+            key_id = credentials.key_id_of(secret)
+        except MalformedSecret:
+            return VerifyCode.NOT_FOUND, None
+        try:
+            key = self.get_key(key_id)
+        except KeyNotFound:
+            return VerifyCode.NOT_FOUND, None
+        needed = self.catalog.parse(needed_scope) if needed_scope is not None else None
+        code = check_credentials(
+            key.credentials(self.catalog), credentials.digest(secret), needed, self.clock()
+        )
+        return code, key if code is not VerifyCode.NOT_FOUND else None
+
+    # --- workspace commands -----------------------------------------------
+
+    def create_workspace(
+        self,
+        name: str,
+        plan: str,
+        actor: str = OPERATOR,
+        requests_per_minute: int | None = None,
+        requests_per_day: int | None = None,
+    ) -> NewWorkspace:
+        """Create a workspace with its first key (scope `admin`), atomically."""
+        workspace = Workspace.create(name, parse_plan(plan), actor, requests_per_minute, requests_per_day)
+        key_id = uuid4()
+        secret = credentials.generate_secret(key_id)
+        workspace.take_key_slot(key_id, actor)
+        key = ApiKey.issue(
+            key_id=key_id,
+            workspace_id=workspace.id,
+            name="admin",
+            scopes=[ADMIN],
+            secret_digest=credentials.digest(secret),
+            actor=actor,
+            now=self.clock(),
+        )
+        position = self._save(workspace, key)
+        assert position is not None  # two aggregates were just created
+        return NewWorkspace(workspace, key, secret, position)
+
+    def change_plan(
+        self,
+        workspace_id: UUID,
+        plan: str,
+        actor: str = OPERATOR,
+        requests_per_minute: int | None = None,
+        requests_per_day: int | None = None,
+    ) -> WorkspaceUpdate:
+        parsed = parse_plan(plan)
+
+        def attempt() -> WorkspaceUpdate:
+            workspace = self.get_workspace(workspace_id)
+            workspace.change_plan(parsed, actor, requests_per_minute, requests_per_day)
+            return WorkspaceUpdate(workspace, self._save(workspace))
+
+        return self._retrying(attempt)
+
+    # --- key commands -----------------------------------------------------
+
+    def issue_key(
+        self,
+        workspace_id: UUID,
+        name: str,
+        scopes: list[str],
+        actor: str = OPERATOR,
+        expires_at: datetime | None = None,
+    ) -> IssuedSecret:
+        parsed = self.catalog.parse_all(scopes)
+
+        def attempt() -> IssuedSecret:
+            workspace = self.get_workspace(workspace_id)
+            key_id = uuid4()
+            secret = credentials.generate_secret(key_id)
+            key = ApiKey.issue(
+                key_id=key_id,
+                workspace_id=workspace_id,
+                name=name,
+                scopes=parsed,
+                secret_digest=credentials.digest(secret),
+                actor=actor,
+                now=self.clock(),
+                expires_at=expires_at,
+            )
+            workspace.take_key_slot(key_id, actor)
+            position = self._save(workspace, key)
+            assert position is not None
+            return IssuedSecret(key, secret, position)
+
+        return self._retrying(attempt)
+
+    def grant_scopes(
+        self, key_id: UUID, scopes: list[str], actor: str = OPERATOR, workspace_id: UUID | None = None
+    ) -> KeyUpdate:
+        parsed = self.catalog.parse_all(scopes)
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.grant(parsed, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def revoke_scopes(
+        self, key_id: UUID, scopes: list[str], actor: str = OPERATOR, workspace_id: UUID | None = None
+    ) -> KeyUpdate:
+        parsed = self.catalog.parse_all(scopes)
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.revoke_scopes(parsed, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def rotate_key(
+        self,
+        key_id: UUID,
+        actor: str = OPERATOR,
+        grace_seconds: int = DEFAULT_GRACE_SECONDS,
+        workspace_id: UUID | None = None,
+    ) -> IssuedSecret:
+        def attempt() -> IssuedSecret:
+            key = self.get_key(key_id, workspace_id)
+            secret = credentials.generate_secret(key_id)
+            key.rotate(credentials.digest(secret), grace_seconds, actor)
+            position = self._save(key)
+            assert position is not None
+            return IssuedSecret(key, secret, position)
+
+        return self._retrying(attempt)
+
+    def revoke_key(
+        self,
+        key_id: UUID,
+        actor: str = OPERATOR,
+        reason: str | None = None,
+        workspace_id: UUID | None = None,
+    ) -> KeyUpdate:
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.revoke(reason, actor)
+            workspace = self.get_workspace(key.workspace_id)
+            workspace.release_key_slot(key_id, actor)
+            return KeyUpdate(key, self._save(key, workspace))
+
+        return self._retrying(attempt)

@@ -1,0 +1,262 @@
+"""The ApiKey aggregate: scopes, secrets (as digests), rotation, revocation, expiry.
+
+Public methods check the rules and raise a named error before anything
+changes; event `apply` methods only assign state, so replay is deterministic.
+Secrets are generated and hashed by the caller: events carry digests only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.errors import (
+    InvalidExpiry,
+    InvalidGracePeriod,
+    InvalidReason,
+    KeyAlreadyRevoked,
+    TooManyScopes,
+)
+from domain.scopes import MAX_SCOPES_PER_KEY, ScopeCatalog
+from domain.verification import KeyCredentials
+from domain.workspace import check_name
+
+DEFAULT_GRACE_SECONDS = 86_400
+MAX_GRACE_SECONDS = 86_400
+ROTATION_DUE_AFTER = timedelta(days=90)
+
+
+def check_grace(grace_seconds: int) -> int:
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, int)
+        or not 0 <= grace_seconds <= MAX_GRACE_SECONDS
+    ):
+        raise InvalidGracePeriod(f"grace_seconds must be an integer from 0 to {MAX_GRACE_SECONDS}")
+    return grace_seconds
+
+
+def check_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
+    if expires_at is None:
+        return None
+    if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+        raise InvalidExpiry("expires_at must carry a time zone (RFC 3339, e.g. 2027-01-01T00:00:00Z)")
+    if expires_at <= now:
+        raise InvalidExpiry("expires_at must be in the future")
+    return expires_at
+
+
+def check_scope_count(scopes: list[str]) -> None:
+    if len(scopes) > MAX_SCOPES_PER_KEY:
+        raise TooManyScopes(
+            f"a key holds at most {MAX_SCOPES_PER_KEY} scopes; this change would give it {len(scopes)}"
+        )
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """A key as a reader sees it at one moment: no digest, no secret."""
+
+    id: UUID
+    workspace_id: UUID
+    name: str
+    status: str
+    scopes: list[str]
+    effective_scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    rotated_at: datetime | None
+    previous_secret_valid_until: datetime | None
+    revoked_at: datetime | None
+    rotation_due: bool
+
+
+class ApiKey(Aggregate):
+    class KeyIssued(Aggregate.Created):
+        workspace_id: UUID
+        name: str
+        scopes: list[str]
+        expires_at: datetime | None
+        secret_digest: str
+        actor: str
+
+    class ScopesGranted(Aggregate.Event):
+        scopes: list[str]
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.scopes = sorted(set(key.scopes) | set(self.scopes))
+
+    class ScopesRevoked(Aggregate.Event):
+        scopes: list[str]
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.scopes = sorted(set(key.scopes) - set(self.scopes))
+
+    class KeyRotated(Aggregate.Event):
+        secret_digest: str
+        grace_seconds: int
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            # Only one previous secret is honoured: the one this rotation replaces.
+            key.previous_digest = key.secret_digest
+            key.previous_valid_until = self.timestamp + timedelta(seconds=self.grace_seconds)
+            key.secret_digest = self.secret_digest
+            key.rotated_at = self.timestamp
+
+    class KeyRevoked(Aggregate.Event):
+        reason: str | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.revoked_at = self.timestamp
+            key.revoked_reason = self.reason
+
+    def __init__(
+        self,
+        workspace_id: UUID,
+        name: str,
+        scopes: list[str],
+        expires_at: datetime | None,
+        secret_digest: str,
+        actor: str,
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.name = name
+        self.scopes = sorted(scopes)
+        self.expires_at = expires_at
+        self.secret_digest = secret_digest
+        self.previous_digest: str | None = None
+        self.previous_valid_until: datetime | None = None
+        self.rotated_at: datetime | None = None
+        self.revoked_at: datetime | None = None
+        self.revoked_reason: str | None = None
+        self.issued_by = actor
+
+    @classmethod
+    def issue(
+        cls,
+        key_id: UUID,
+        workspace_id: UUID,
+        name: str,
+        scopes: list[str],
+        secret_digest: str,
+        actor: str,
+        now: datetime,
+        expires_at: datetime | None = None,
+    ) -> ApiKey:
+        """Issue a key. `scopes` must already be parsed against the catalog."""
+        check_scope_count(scopes)
+        return cls._create(
+            cls.KeyIssued,
+            id=key_id,
+            workspace_id=workspace_id,
+            name=check_name(name, "key name"),
+            scopes=sorted(scopes),
+            expires_at=check_expiry(expires_at, now),
+            secret_digest=secret_digest,
+            actor=actor,
+        )
+
+    def __repr__(self) -> str:
+        # Digests stay out of reprs, so a logged aggregate never shows one.
+        return f"ApiKey(id={self.id}, workspace_id={self.workspace_id}, version={self.version})"
+
+    # --- derived state ----------------------------------------------------
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def secret_created_at(self) -> datetime:
+        return self.rotated_at or self.created_on
+
+    def status(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    def rotation_due(self, now: datetime) -> bool:
+        return not self.is_revoked and now - self.secret_created_at > ROTATION_DUE_AFTER
+
+    def previous_secret_valid_until(self, now: datetime) -> datetime | None:
+        """When the previous secret stops, while it still works; None otherwise."""
+        if self.previous_valid_until is not None and self.previous_valid_until > now:
+            return self.previous_valid_until
+        return None
+
+    def state(self, now: datetime, catalog: ScopeCatalog) -> KeyState:
+        return KeyState(
+            id=self.id,
+            workspace_id=self.workspace_id,
+            name=self.name,
+            status=self.status(now),
+            scopes=list(self.scopes),
+            effective_scopes=sorted(catalog.effective(self.scopes)),
+            created_at=self.created_on,
+            expires_at=self.expires_at,
+            rotated_at=self.rotated_at,
+            previous_secret_valid_until=self.previous_secret_valid_until(now),
+            revoked_at=self.revoked_at,
+            rotation_due=self.rotation_due(now),
+        )
+
+    def credentials(self, catalog: ScopeCatalog) -> KeyCredentials:
+        return KeyCredentials(
+            key_id=self.id,
+            workspace_id=self.workspace_id,
+            secret_digest=self.secret_digest,
+            previous_digest=self.previous_digest,
+            previous_valid_until=self.previous_valid_until,
+            expires_at=self.expires_at,
+            revoked=self.is_revoked,
+            effective_scopes=catalog.effective(self.scopes),
+        )
+
+    # --- commands ---------------------------------------------------------
+
+    def _check_not_revoked(self) -> None:
+        if self.is_revoked:
+            raise KeyAlreadyRevoked("the key is revoked; revocation is final")
+
+    def grant(self, scopes: list[str], actor: str) -> bool:
+        """Grant parsed scopes; returns False (recording nothing) when all are already held."""
+        self._check_not_revoked()
+        new = sorted(set(scopes) - set(self.scopes))
+        if not new:
+            return False
+        check_scope_count(self.scopes + new)
+        self.trigger_event(self.ScopesGranted, scopes=new, actor=actor)
+        return True
+
+    def revoke_scopes(self, scopes: list[str], actor: str) -> bool:
+        """Revoke parsed scopes; returns False (recording nothing) when none is held."""
+        self._check_not_revoked()
+        held = sorted(set(scopes) & set(self.scopes))
+        if not held:
+            return False
+        self.trigger_event(self.ScopesRevoked, scopes=held, actor=actor)
+        return True
+
+    def rotate(self, new_secret_digest: str, grace_seconds: int, actor: str) -> None:
+        self._check_not_revoked()
+        self.trigger_event(
+            self.KeyRotated,
+            secret_digest=new_secret_digest,
+            grace_seconds=check_grace(grace_seconds),
+            actor=actor,
+        )
+
+    def revoke(self, reason: str | None, actor: str) -> None:
+        self._check_not_revoked()
+        if reason is not None and len(reason) > 500:
+            raise InvalidReason("reason must be at most 500 characters")
+        self.trigger_event(self.KeyRevoked, reason=reason, actor=actor)

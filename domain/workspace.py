@@ -1,0 +1,131 @@
+"""The Workspace aggregate: a plan and the set of live keys it owns.
+
+The workspace records every key that takes or frees one of its 50 slots. A key
+is issued by saving the new key and the workspace in one atomic `save()`, so
+optimistic concurrency on the workspace's version turns a race for the last
+free slots into a conflict (retried by the application) and never a 51st key.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.errors import InvalidName, KeyLimitReached
+from domain.plans import Plan, limits_for
+
+MAX_LIVE_KEYS = 50
+MAX_NAME_LENGTH = 100
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidName(f"{what} must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"{what} must be at most {MAX_NAME_LENGTH} characters")
+    if any(ord(c) < 32 for c in name):
+        raise InvalidName(f"{what} must not contain control characters")
+    return name.strip()
+
+
+class Workspace(Aggregate):
+    class WorkspaceCreated(Aggregate.Created):
+        name: str
+        plan: str
+        requests_per_minute: int
+        requests_per_day: int
+        actor: str
+
+    class PlanChanged(Aggregate.Event):
+        plan: str
+        requests_per_minute: int
+        requests_per_day: int
+        actor: str
+
+        def apply(self, workspace: Workspace) -> None:
+            workspace.plan = self.plan
+            workspace.requests_per_minute = self.requests_per_minute
+            workspace.requests_per_day = self.requests_per_day
+
+    class KeySlotTaken(Aggregate.Event):
+        key_id: UUID
+        actor: str
+
+        def apply(self, workspace: Workspace) -> None:
+            workspace.live_key_ids.append(self.key_id)
+
+    class KeySlotReleased(Aggregate.Event):
+        key_id: UUID
+        actor: str
+
+        def apply(self, workspace: Workspace) -> None:
+            workspace.live_key_ids.remove(self.key_id)
+
+    def __init__(
+        self, name: str, plan: str, requests_per_minute: int, requests_per_day: int, actor: str
+    ) -> None:
+        self.name = name
+        self.plan = plan
+        self.requests_per_minute = requests_per_minute
+        self.requests_per_day = requests_per_day
+        self.created_by = actor
+        self.live_key_ids: list[UUID] = []
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        plan: Plan,
+        actor: str,
+        requests_per_minute: int | None = None,
+        requests_per_day: int | None = None,
+    ) -> Workspace:
+        limits = limits_for(plan, requests_per_minute, requests_per_day)
+        return cls._create(
+            cls.WorkspaceCreated,
+            name=check_name(name, "workspace name"),
+            plan=plan.value,
+            requests_per_minute=limits.requests_per_minute,
+            requests_per_day=limits.requests_per_day,
+            actor=actor,
+        )
+
+    @property
+    def live_keys(self) -> int:
+        return len(self.live_key_ids)
+
+    def change_plan(
+        self,
+        plan: Plan,
+        actor: str,
+        requests_per_minute: int | None = None,
+        requests_per_day: int | None = None,
+    ) -> bool:
+        """Change the plan; returns False (and records nothing) when nothing would change."""
+        limits = limits_for(plan, requests_per_minute, requests_per_day)
+        if (self.plan, self.requests_per_minute, self.requests_per_day) == (
+            plan.value,
+            limits.requests_per_minute,
+            limits.requests_per_day,
+        ):
+            return False
+        self.trigger_event(
+            self.PlanChanged,
+            plan=plan.value,
+            requests_per_minute=limits.requests_per_minute,
+            requests_per_day=limits.requests_per_day,
+            actor=actor,
+        )
+        return True
+
+    def take_key_slot(self, key_id: UUID, actor: str) -> None:
+        if self.live_keys >= MAX_LIVE_KEYS:
+            raise KeyLimitReached(
+                f"the workspace already has {MAX_LIVE_KEYS} live keys; revoke one before issuing another"
+            )
+        self.trigger_event(self.KeySlotTaken, key_id=key_id, actor=actor)
+
+    def release_key_slot(self, key_id: UUID, actor: str) -> None:
+        if key_id in self.live_key_ids:
+            self.trigger_event(self.KeySlotReleased, key_id=key_id, actor=actor)

@@ -1,0 +1,66 @@
+"""Builds the application service from settings: one place that knows both."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+from psycopg import sql
+
+from domain.application import KeyLedger
+from keyledger.settings import Settings
+
+
+def event_store_env(settings: Settings) -> dict[str, str]:
+    """The `eventsourcing` library's environment for the configured database."""
+    url = settings.url
+    if not settings.is_postgres:
+        path = url.database or ""
+        if path in ("", ":memory:"):
+            # Threads share one in-memory database only through a named, shared cache.
+            path = f"file:keyledger-{os.getpid()}-{id(settings)}?mode=memory&cache=shared"
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "SQLITE_LOCK_TIMEOUT": "30",
+        }
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": url.database or "postgres",
+        # TCP, not the unix socket: large saves can hang over the socket (EVENTSOURCING-NOTES).
+        "POSTGRES_HOST": url.host or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": url.username or "postgres",
+        "POSTGRES_PASSWORD": url.password or "",
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_POOL_SIZE": "5",
+        "POSTGRES_MAX_OVERFLOW": "10",
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+    }
+    if settings.database_schema:
+        env["POSTGRES_SCHEMA"] = settings.database_schema
+    return env
+
+
+def ensure_schema(settings: Settings) -> None:
+    """Create the configured PostgreSQL schema if it is missing."""
+    if not (settings.is_postgres and settings.database_schema):
+        return
+    url = settings.url
+    with psycopg.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password or None,
+        dbname=url.database or "postgres",
+        connect_timeout=5,
+        autocommit=True,
+    ) as conn:
+        conn.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.database_schema))
+        )
+
+
+def open_ledger(settings: Settings) -> KeyLedger:
+    ensure_schema(settings)
+    return KeyLedger(env=event_store_env(settings), catalog=settings.catalog)

@@ -1,0 +1,81 @@
+"""Settings from `KEYLEDGER_*` environment variables, validated at start-up."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from domain.errors import DomainError
+from domain.scopes import ScopeCatalog
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///keyledger.db",
+        description="SQLAlchemy URL of the event store and read models (sqlite:///FILE or postgresql://...)",
+    )
+    database_schema: str | None = Field(
+        default=None, description="PostgreSQL schema for events and read models (default: public)"
+    )
+    redis_url: str | None = Field(default=None, description="Redis URL of shared rate-limit counters")
+    operator_token: SecretStr | None = None
+    resources: str = Field(default="nodes,edges,livedata,events", description="the resource catalog")
+    insufficient_scope_status: int = 403
+    audit_key: SecretStr | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a SQLAlchemy database URL") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        return value
+
+    @field_validator("database_schema")
+    @classmethod
+    def _check_schema(cls, value: str | None) -> str | None:
+        if value is not None and not _SCHEMA_RE.match(value):
+            raise ValueError("must be a lower-case SQL identifier")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _check_resources(cls, value: str) -> str:
+        names = [n for n in value.split(",") if n.strip()]
+        if not names:
+            raise ValueError("must name at least one resource")
+        try:
+            ScopeCatalog.of(names)
+        except DomainError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("insufficient_scope_status")
+    @classmethod
+    def _check_scope_status(cls, value: int) -> int:
+        if value not in (401, 403):
+            raise ValueError("must be 403 or 401")
+        return value
+
+    @property
+    def url(self) -> URL:
+        return make_url(self.database_url)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.get_backend_name() == "postgresql"
+
+    @property
+    def catalog(self) -> ScopeCatalog:
+        return ScopeCatalog.of(self.resources.split(","))

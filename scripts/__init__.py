@@ -1,0 +1,1 @@
+"""Operational entry points: the `keyledger` command and benchmark scripts."""

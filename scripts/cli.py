@@ -1,0 +1,202 @@
+"""The `keyledger` command: operator commands on the configured store, actor `operator`.
+
+Output is JSON on stdout, one object per command, so it can be piped to jq.
+Bad input prints one line on stderr and exits with status 2, changing nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import pydantic
+import typer
+from typer.exceptions import TyperException
+
+from domain.application import OPERATOR, IssuedSecret, KeyLedger
+from domain.errors import DomainError, InvalidInput
+from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
+from domain.timefmt import parse_rfc3339, to_rfc3339
+from domain.workspace import Workspace
+from keyledger.bootstrap import open_ledger
+from keyledger.settings import Settings
+
+USAGE_ERROR = 2
+
+app = typer.Typer(
+    help="keyledger: event-sourced API-key lifecycle.", no_args_is_help=True, add_completion=False
+)
+workspace_app = typer.Typer(help="Workspaces and their plans.", no_args_is_help=True)
+key_app = typer.Typer(help="Keys: issue, scopes, rotation, revocation.", no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(key_app, name="key")
+
+
+def _ledger() -> KeyLedger:
+    return open_ledger(Settings())
+
+
+def _uuid(text: str, what: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise InvalidInput(f"{what} {text!r} is not a UUID") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return to_rfc3339(value)
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    typer.echo(json.dumps(payload, default=_json_default, indent=2))
+
+
+def _key_json(ledger: KeyLedger, key: ApiKey) -> dict[str, Any]:
+    return dataclasses.asdict(key.state(ledger.clock(), ledger.catalog))
+
+
+def _workspace_json(workspace: Workspace) -> dict[str, Any]:
+    return {
+        "id": workspace.id,
+        "name": workspace.name,
+        "plan": workspace.plan,
+        "requests_per_minute": workspace.requests_per_minute,
+        "requests_per_day": workspace.requests_per_day,
+        "live_keys": workspace.live_keys,
+    }
+
+
+def _emit_secret(ledger: KeyLedger, issued: IssuedSecret) -> None:
+    _emit({"key": _key_json(ledger, issued.key), "secret": issued.secret, "position": issued.position})
+    typer.echo("The secret is shown only this once; store it now.", err=True)
+
+
+@workspace_app.command("create")
+def workspace_create(
+    name: str,
+    plan: Annotated[str, typer.Option(help="starter, pro or enterprise")] = "starter",
+    requests_per_minute: Annotated[int | None, typer.Option("--rpm", help="enterprise only")] = None,
+    requests_per_day: Annotated[int | None, typer.Option("--rpd", help="enterprise only")] = None,
+) -> None:
+    """Create a workspace; prints its first admin key's secret once."""
+    ledger = _ledger()
+    created = ledger.create_workspace(name, plan, OPERATOR, requests_per_minute, requests_per_day)
+    _emit(
+        {
+            "workspace": _workspace_json(created.workspace),
+            "admin_key": {"key": _key_json(ledger, created.admin_key), "secret": created.secret},
+            "position": created.position,
+        }
+    )
+    typer.echo("The admin secret is shown only this once; store it now.", err=True)
+
+
+@workspace_app.command("show")
+def workspace_show(workspace: str) -> None:
+    """Show a workspace, its plan and live key count."""
+    _emit(_workspace_json(_ledger().get_workspace(_uuid(workspace, "workspace"))))
+
+
+@workspace_app.command("plan")
+def workspace_plan(
+    workspace: str,
+    plan: Annotated[str, typer.Option(help="starter, pro or enterprise")],
+    requests_per_minute: Annotated[int | None, typer.Option("--rpm", help="enterprise only")] = None,
+    requests_per_day: Annotated[int | None, typer.Option("--rpd", help="enterprise only")] = None,
+) -> None:
+    """Change a workspace's plan."""
+    update = _ledger().change_plan(
+        _uuid(workspace, "workspace"), plan, OPERATOR, requests_per_minute, requests_per_day
+    )
+    _emit({**_workspace_json(update.workspace), "position": update.position})
+
+
+@key_app.command("issue")
+def key_issue(
+    workspace: str,
+    name: Annotated[str, typer.Option(help="what the key is for")],
+    scope: Annotated[list[str] | None, typer.Option(help="a scope to grant; repeat for more")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="RFC 3339 expiry time")] = None,
+) -> None:
+    """Issue a key; prints its secret once."""
+    ledger = _ledger()
+    expiry = parse_rfc3339(expires_at, "expires_at") if expires_at else None
+    _emit_secret(ledger, ledger.issue_key(_uuid(workspace, "workspace"), name, scope or [], OPERATOR, expiry))
+
+
+@key_app.command("grant")
+def key_grant(key: str, scopes: list[str]) -> None:
+    """Grant scopes to a key (already held scopes change nothing)."""
+    ledger = _ledger()
+    update = ledger.grant_scopes(_uuid(key, "key"), scopes, OPERATOR)
+    _emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("revoke-scope")
+def key_revoke_scope(key: str, scope: str) -> None:
+    """Revoke one scope from a key."""
+    ledger = _ledger()
+    update = ledger.revoke_scopes(_uuid(key, "key"), [scope], OPERATOR)
+    _emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("rotate")
+def key_rotate(
+    key: str,
+    grace: Annotated[
+        int, typer.Option(help="seconds the previous secret stays valid (0-86400)")
+    ] = DEFAULT_GRACE_SECONDS,
+) -> None:
+    """Rotate a key's secret; prints the new secret once."""
+    ledger = _ledger()
+    _emit_secret(ledger, ledger.rotate_key(_uuid(key, "key"), OPERATOR, grace))
+
+
+@key_app.command("revoke")
+def key_revoke(key: str, reason: Annotated[str | None, typer.Option()] = None) -> None:
+    """Revoke a key at once; final."""
+    ledger = _ledger()
+    update = ledger.revoke_key(_uuid(key, "key"), OPERATOR, reason)
+    _emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("show")
+def key_show(key: str) -> None:
+    """Show a key's current state (never its secret)."""
+    ledger = _ledger()
+    _emit(_key_json(ledger, ledger.get_key(_uuid(key, "key"))))
+
+
+def _fail(message: str) -> None:
+    print(f"keyledger: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def main() -> None:
+    """Entry point: turns every expected failure into one line on stderr and exit status 2."""
+    try:
+        status = app(standalone_mode=False)
+    except TyperException as error:  # usage errors: missing or bad arguments
+        _fail(str(getattr(error, "format_message", error.__str__)()).replace("\n", " "))
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("aborted")
+    except DomainError as error:
+        _fail(str(error))
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        setting = "KEYLEDGER_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        _fail(f"bad setting {setting}: {first['msg']}")
+    else:
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

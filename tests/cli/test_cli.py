@@ -1,0 +1,117 @@
+"""The `keyledger` command, run as a user runs it: a subprocess on the configured store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keyledger.bootstrap import open_ledger
+from keyledger.settings import Settings
+
+KEYLEDGER = str(Path(sys.executable).parent / "keyledger")
+
+
+def run(settings: Settings, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
+    env["KEYLEDGER_DATABASE_URL"] = settings.database_url
+    if settings.database_schema:
+        env["KEYLEDGER_DATABASE_SCHEMA"] = settings.database_schema
+    return subprocess.run(
+        [KEYLEDGER, *args], capture_output=True, text=True, env=env, timeout=60, cwd=cwd, check=False
+    )
+
+
+def ok(settings: Settings, *args: str) -> Any:
+    result = run(settings, *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def max_position(settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    try:
+        return ledger.max_position()
+    finally:
+        ledger.close()
+
+
+def test_an_operator_manages_a_key_from_the_command_line(settings: Settings):
+    created = ok(settings, "workspace", "create", "acme", "--plan", "pro")
+    ws = created["workspace"]["id"]
+    assert created["workspace"]["requests_per_minute"] == 300
+    assert created["admin_key"]["secret"].startswith("kl_")
+    assert created["admin_key"]["key"]["scopes"] == ["admin"]
+
+    issued = ok(settings, "key", "issue", ws, "--name", "ci", "--scope", "read:nodes")
+    key = issued["key"]["id"]
+    assert issued["secret"].startswith("kl_")
+
+    assert ok(settings, "key", "grant", key, "write:edges", "read:events")["key"]["scopes"] == [
+        "read:events",
+        "read:nodes",
+        "write:edges",
+    ]
+    assert "read:events" not in ok(settings, "key", "revoke-scope", key, "read:events")["key"]["scopes"]
+
+    rotated = ok(settings, "key", "rotate", key, "--grace", "60")
+    assert rotated["secret"] != issued["secret"]
+    assert rotated["key"]["previous_secret_valid_until"] is not None
+
+    revoked = ok(settings, "key", "revoke", key, "--reason", "done")
+    assert revoked["key"]["status"] == "revoked"
+
+    shown = ok(settings, "key", "show", key)
+    assert shown["status"] == "revoked"
+    assert issued["secret"] not in json.dumps(shown)
+    assert ok(settings, "workspace", "show", ws)["live_keys"] == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("workspace", "create", "acme", "--plan", "gold"),
+        ("workspace", "create", "acme", "--plan", "enterprise"),
+        ("key", "issue", "not-a-uuid", "--name", "x"),
+        ("key", "issue"),
+        ("key", "rotate", "00000000-0000-4000-8000-000000000000"),
+        ("key", "frobnicate"),
+    ],
+)
+def test_bad_input_prints_one_line_exits_2_and_changes_nothing(settings: Settings, args):
+    ok(settings, "workspace", "create", "seed", "--plan", "starter")
+    before = max_position(settings)
+
+    result = run(settings, *args)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("keyledger: error: ")
+    assert max_position(settings) == before
+
+
+def test_bad_scope_on_an_existing_key_changes_nothing(settings: Settings):
+    created = ok(settings, "workspace", "create", "acme", "--plan", "starter")
+    key = created["admin_key"]["key"]["id"]
+    before = max_position(settings)
+
+    result = run(settings, "key", "grant", key, "read:datasets")
+
+    assert result.returncode == 2
+    assert "datasets" in result.stderr
+    assert max_position(settings) == before
+
+
+def test_a_bad_setting_is_named(tmp_path: Path):
+    bad = Settings.model_construct(database_url="mysql://nope", database_schema=None)
+
+    result = run(bad, "workspace", "show", "00000000-0000-4000-8000-000000000000", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "KEYLEDGER_DATABASE_URL" in result.stderr

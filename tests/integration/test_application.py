@@ -1,0 +1,180 @@
+"""The application service on each backend (SQLite file, PostgreSQL schema)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from eventsourcing.domain import CanMutateAggregate
+
+from domain.application import KeyLedger
+from domain.errors import (
+    InvalidGracePeriod,
+    KeyAlreadyRevoked,
+    KeyLimitReached,
+    KeyNotFound,
+    MalformedScope,
+    TooManyScopes,
+    UnknownResource,
+    WorkspaceNotFound,
+)
+from domain.keys import ApiKey
+from domain.verification import VerifyCode
+from domain.workspace import MAX_LIVE_KEYS, Workspace
+from tests.storage import dump_rows
+
+
+def event_classes(aggregate_class: type) -> set[str]:
+    """The events an aggregate class defines (without the library's generic bases)."""
+    return {
+        name
+        for name, value in vars(aggregate_class).items()
+        if isinstance(value, type)
+        and issubclass(value, CanMutateAggregate)
+        and name not in ("Event", "Created")
+    }
+
+
+def test_a_key_lives_its_whole_lifecycle(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "starter")
+    issued = ledger.issue_key(created.workspace.id, "ci", ["read:nodes"], actor=str(created.admin_key.id))
+
+    assert ledger.authenticate(issued.secret, "read:nodes")[0] is VerifyCode.VALID
+    assert ledger.authenticate(issued.secret, "write:nodes")[0] is VerifyCode.INSUFFICIENT_SCOPE
+
+    ledger.grant_scopes(issued.key.id, ["write:nodes"])
+    assert ledger.authenticate(issued.secret, "write:nodes")[0] is VerifyCode.VALID
+
+    ledger.revoke_scopes(issued.key.id, ["write:nodes"])
+    assert ledger.authenticate(issued.secret, "write:nodes")[0] is VerifyCode.INSUFFICIENT_SCOPE
+
+    rotated = ledger.rotate_key(issued.key.id, grace_seconds=60)
+    assert ledger.authenticate(rotated.secret, "read:nodes")[0] is VerifyCode.VALID
+    assert ledger.authenticate(issued.secret, "read:nodes")[0] is VerifyCode.VALID  # within grace
+
+    ledger.revoke_key(issued.key.id, reason="done")
+    assert ledger.authenticate(rotated.secret)[0] is VerifyCode.REVOKED
+    assert ledger.authenticate(issued.secret)[0] is VerifyCode.REVOKED
+    assert ledger.get_workspace(created.workspace.id).live_keys == 1
+    with pytest.raises(KeyAlreadyRevoked):
+        ledger.grant_scopes(issued.key.id, ["read:edges"])
+
+
+def test_commands_return_the_position_of_their_last_event(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "pro")
+    assert created.position == ledger.max_position()
+
+    issued = ledger.issue_key(created.workspace.id, "ci", [])
+    assert issued.position == ledger.max_position() > created.position
+
+    unchanged = ledger.grant_scopes(issued.key.id, [])
+    assert unchanged.position is None
+
+
+def test_failed_commands_change_nothing(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "starter")
+    key = ledger.issue_key(created.workspace.id, "ci", ["read:nodes"]).key
+    before = ledger.max_position()
+
+    failures = [
+        (MalformedScope, lambda: ledger.issue_key(created.workspace.id, "x", ["read-nodes"])),
+        (UnknownResource, lambda: ledger.grant_scopes(key.id, ["read:datasets"])),
+        (InvalidGracePeriod, lambda: ledger.rotate_key(key.id, grace_seconds=86_401)),
+        (TooManyScopes, lambda: ledger.issue_key(created.workspace.id, "x", [f"read:{r}" for r in "ab"] * 6)),
+        (WorkspaceNotFound, lambda: ledger.issue_key(key.id, "x", [])),
+        (KeyNotFound, lambda: ledger.rotate_key(created.workspace.id)),
+    ]
+    for error, command in failures:
+        with pytest.raises((error, UnknownResource)):
+            command()
+
+    assert ledger.max_position() == before
+
+
+def test_a_key_of_another_workspace_is_not_found(ledger: KeyLedger):
+    a = ledger.create_workspace("a", "starter")
+    b = ledger.create_workspace("b", "starter")
+
+    with pytest.raises(KeyNotFound):
+        ledger.get_key(a.admin_key.id, workspace_id=b.workspace.id)
+    with pytest.raises(KeyNotFound):
+        ledger.revoke_key(a.admin_key.id, workspace_id=b.workspace.id)
+
+
+def test_eight_threads_racing_for_five_slots_end_with_exactly_fifty_keys(ledger: KeyLedger):
+    workspace_id = ledger.create_workspace("acme", "starter").workspace.id  # 1 live key (admin)
+    for i in range(44):
+        ledger.issue_key(workspace_id, f"k{i}", [])
+    assert ledger.get_workspace(workspace_id).live_keys == 45
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def racer(n: int) -> None:
+        barrier.wait()
+        try:
+            ledger.issue_key(workspace_id, f"racer{n}", ["read:nodes"])
+            outcome = "issued"
+        except KeyLimitReached:
+            outcome = "limit"
+        except Exception as error:  # anything else fails the test below
+            outcome = repr(error)
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=racer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["issued"] * 5 + ["limit"] * 3
+    workspace = ledger.get_workspace(workspace_id)
+    assert workspace.live_keys == MAX_LIVE_KEYS
+    issued = [ledger.get_key(k) for k in workspace.live_key_ids]
+    assert len({k.id for k in issued}) == MAX_LIVE_KEYS
+    assert sum(k.name.startswith("racer") for k in issued) == 5
+
+
+def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "starter")
+    ws_id = created.workspace.id
+    ledger.change_plan(ws_id, "enterprise", requests_per_minute=1000, requests_per_day=50_000)
+    issued = ledger.issue_key(ws_id, "ci", ["read:nodes"], expires_at=datetime.now(UTC) + timedelta(days=3))
+    ledger.grant_scopes(issued.key.id, ["write:edges", "read:events"])
+    ledger.revoke_scopes(issued.key.id, ["read:events"])
+    ledger.rotate_key(issued.key.id, grace_seconds=120)
+    saved_key = ledger.revoke_key(issued.key.id, reason="rotated out").key
+    saved_workspace = ledger.get_workspace(ws_id)
+    ledger.repository.cache = None  # nothing served from memory: every read replays stored events
+
+    for saved, cls in ((saved_key, ApiKey), (saved_workspace, Workspace)):
+        stored_types = {type(e).__name__ for e in ledger.events.get(saved.id)}
+        assert stored_types == event_classes(cls), f"the test must exercise every {cls.__name__} event"
+        loaded = ledger.repository.get(saved.id)
+        assert vars(loaded) == vars(saved)
+
+    ledger.take_snapshot(saved_key.id)
+    assert vars(ledger.repository.get(saved_key.id)) == vars(saved_key)
+
+
+def test_stored_rows_never_hold_a_plaintext_secret(ledger: KeyLedger, settings):
+    created = ledger.create_workspace("acme", "starter")
+    issued = ledger.issue_key(created.workspace.id, "ci", ["read:nodes"])
+    rotated = ledger.rotate_key(issued.key.id, grace_seconds=10)
+    rotated_again = ledger.rotate_key(created.admin_key.id, grace_seconds=0)
+    ledger.take_snapshot(issued.key.id)
+    secrets = [created.secret, issued.secret, rotated.secret, rotated_again.secret]
+
+    dump = dump_rows(settings)
+
+    rows = [row for table_rows in dump.values() for row in table_rows]
+    assert sum(len(r) for r in dump.values()) >= 8, "the dump must see the stored events and the snapshot"
+    key_id = issued.key.id
+    assert any(
+        str(key_id).encode() in row or key_id.hex.encode() in row or key_id.bytes in row for row in rows
+    )
+    for secret in secrets:
+        for fragment in (secret, secret[3:], secret[25:68]):  # whole, without prefix, random part
+            assert not any(fragment.encode() in row for row in rows)
