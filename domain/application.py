@@ -23,6 +23,7 @@ from domain.errors import ConcurrentModification, KeyNotFound, MalformedSecret, 
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.plans import parse_plan
 from domain.scopes import ADMIN, ScopeCatalog
+from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch, UsageCount
 from domain.verification import VerifyCode, check_credentials
 from domain.workspace import Workspace
 
@@ -274,3 +275,13 @@ class KeyLedger(Application[UUID]):
             return KeyUpdate(key, self._save(key, workspace))
 
         return self._retrying(attempt)
+
+    # --- usage ------------------------------------------------------------
+
+    def record_usage(self, counts: list[UsageCount], actor: str) -> int | None:
+        """Record buffered usage counts as UsageRecorded events; returns the last position."""
+        batches = [
+            UsageBatch.record(counts[i : i + MAX_ENTRIES_PER_BATCH], actor)
+            for i in range(0, len(counts), MAX_ENTRIES_PER_BATCH)
+        ]
+        return self._save(*batches) if batches else None

@@ -178,3 +178,22 @@ def test_stored_rows_never_hold_a_plaintext_secret(ledger: KeyLedger, settings):
     for secret in secrets:
         for fragment in (secret, secret[3:], secret[25:68]):  # whole, without prefix, random part
             assert not any(fragment.encode() in row for row in rows)
+
+
+def test_usage_counts_round_trip_as_batched_events(ledger: KeyLedger):
+    from domain.usage import UsageBatch, UsageCount
+
+    created = ledger.create_workspace("acme", "starter")
+    minute = datetime(2027, 3, 3, 14, 0, tzinfo=UTC)
+    counts = [
+        UsageCount(created.admin_key.id, created.workspace.id, minute, "GET /nodes", 200, 7),
+        UsageCount(created.admin_key.id, created.workspace.id, minute, "GET /nodes", 429, 2),
+    ]
+
+    position = ledger.record_usage(counts, actor="api:test")
+
+    assert position == ledger.max_position()
+    (notification,) = ledger.recorder.select_notifications(start=position, limit=1)
+    batch = ledger.repository.get(notification.originator_id)
+    assert isinstance(batch, UsageBatch)
+    assert batch.counts == counts

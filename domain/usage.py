@@ -1,0 +1,72 @@
+"""Usage of keys as events: counts buffered by an API process and flushed in batches.
+
+One request is not one event: an API process counts answers per key, UTC
+minute, endpoint and status, and records them as one `UsageRecorded` event per
+flush. Each flush is its own small aggregate, so processes never contend for
+a shared stream. A crash loses at most the counts not yet flushed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+# Keeps one save() small: large PostgreSQL saves can hang (EVENTSOURCING-NOTES).
+MAX_ENTRIES_PER_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class UsageCount:
+    """Answers given to one key in one UTC minute, for one endpoint and status."""
+
+    key_id: UUID
+    workspace_id: UUID
+    minute: datetime
+    endpoint: str
+    status: int
+    count: int
+
+    def to_entry(self) -> dict[str, Any]:
+        return {
+            "key_id": str(self.key_id),
+            "workspace_id": str(self.workspace_id),
+            "minute": self.minute.isoformat(),
+            "endpoint": self.endpoint,
+            "status": self.status,
+            "count": self.count,
+        }
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> UsageCount:
+        return cls(
+            key_id=UUID(entry["key_id"]),
+            workspace_id=UUID(entry["workspace_id"]),
+            minute=datetime.fromisoformat(entry["minute"]),
+            endpoint=entry["endpoint"],
+            status=int(entry["status"]),
+            count=int(entry["count"]),
+        )
+
+
+class UsageBatch(Aggregate):
+    class UsageRecorded(Aggregate.Created):
+        entries: list[dict[str, Any]]
+        actor: str
+
+    def __init__(self, entries: list[dict[str, Any]], actor: str) -> None:
+        self.entries = entries
+        self.recorded_by = actor
+
+    @classmethod
+    def record(cls, counts: list[UsageCount], actor: str) -> UsageBatch:
+        if not 0 < len(counts) <= MAX_ENTRIES_PER_BATCH:
+            raise ValueError(f"a usage batch holds 1 to {MAX_ENTRIES_PER_BATCH} counts")
+        return cls._create(cls.UsageRecorded, entries=[c.to_entry() for c in counts], actor=actor)
+
+    @property
+    def counts(self) -> list[UsageCount]:
+        return [UsageCount.from_entry(e) for e in self.entries]
