@@ -83,8 +83,3 @@ class ScopeCatalog:
             if action == "write":
                 result.add(f"read:{resource}")
         return frozenset(result)
-
-
-def permits(effective: frozenset[str], needed: str) -> bool:
-    """Whether a set of effective scopes (see `ScopeCatalog.effective`) includes `needed`."""
-    return needed in effective

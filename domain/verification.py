@@ -12,6 +12,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from domain.credentials import digests_match
+from domain.scopes import ADMIN
 
 
 class VerifyCode(StrEnum):
@@ -37,6 +38,11 @@ class KeyCredentials:
     effective_scopes: frozenset[str]
 
 
+def has_scope(effective_scopes: frozenset[str], needed: str) -> bool:
+    # `admin` includes every scope, even one outside the catalog that a gateway asks about.
+    return needed in effective_scopes or ADMIN in effective_scopes
+
+
 def check_credentials(
     credentials: KeyCredentials | None, presented_digest: str, needed_scope: str | None, now: datetime
 ) -> VerifyCode:
@@ -57,6 +63,6 @@ def check_credentials(
         return VerifyCode.EXPIRED
     if is_previous and (credentials.previous_valid_until is None or credentials.previous_valid_until <= now):
         return VerifyCode.EXPIRED
-    if needed_scope is not None and needed_scope not in credentials.effective_scopes:
+    if needed_scope is not None and not has_scope(credentials.effective_scopes, needed_scope):
         return VerifyCode.INSUFFICIENT_SCOPE
     return VerifyCode.VALID

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+from dataclasses import dataclass
+from uuid import UUID
 
 import psycopg
+from projections.usage_buffer import UsageRecorder
 from psycopg import sql
 
+from api.change_feed import ChangeFeed, MemoryChangeFeed, RedisChangeFeed
+from api.credential_cache import CredentialCache
+from api.metrics import Metrics
+from api.quotas import QuotaGate
+from api.verification import VerificationService
 from domain.application import KeyLedger
+from keyledger.database import create_db_engine
+from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings
+from projections import ReadModels
+
+log = logging.getLogger(__name__)
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:
@@ -64,3 +79,92 @@ def ensure_schema(settings: Settings) -> None:
 def open_ledger(settings: Settings) -> KeyLedger:
     ensure_schema(settings)
     return KeyLedger(env=event_store_env(settings), catalog=settings.catalog)
+
+
+# --- the API process ------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """Everything one API process runs, built from settings in one place."""
+
+    settings: Settings
+    ledger: KeyLedger
+    read_models: ReadModels
+    feed: ChangeFeed
+    cache: CredentialCache
+    quotas: QuotaGate
+    usage: UsageRecorder
+    verification: VerificationService
+    metrics: Metrics
+    operator_digest: str
+    generated_operator_token: str | None
+    settle_timeout: float = 10.0
+
+    def settle(self, position: int | None, *changed: UUID) -> None:
+        """Make a command's effects visible before it is answered.
+
+        Every process learns of the changed ids (so a revoked key is refused at
+        once), and the read models here catch up to the command's position.
+        """
+        if position is None:
+            return
+        if changed:
+            self.feed.publish(changed, position)
+            self.cache.invalidate(*changed)
+        self.read_models.nudge()
+        if not self.read_models.wait(position, timeout=self.settle_timeout):
+            log.warning("read models did not reach position %s within %ss", position, self.settle_timeout)
+
+    def start(self) -> None:
+        self.read_models.start()
+        self.read_models.catch_up()
+        if not self.quotas.shared:
+            self._restore_quotas()
+        self.cache.start_following()
+        self.usage.start()
+
+    def _restore_quotas(self) -> None:
+        now = self.ledger.clock()
+        minute, day = self.quotas.window_of(now)
+        for key_id, (minute_used, day_used) in self.read_models.consumed_quota(minute, day).items():
+            self.quotas.restore(key_id, minute_used, day_used, now)
+
+    def stop(self) -> None:
+        self.usage.stop()
+        self.cache.stop_following()
+        self.read_models.stop()
+        self.ledger.close()
+
+
+def open_change_feed(settings: Settings) -> ChangeFeed:
+    return RedisChangeFeed(settings.redis_url) if settings.redis_url else MemoryChangeFeed()
+
+
+def build_services(settings: Settings) -> Services:
+    ledger = open_ledger(settings)
+    read_models = ReadModels(settings, ledger)
+    feed = open_change_feed(settings)
+    cache = CredentialCache(ledger, feed)
+    quotas = QuotaGate(settings.redis_url)
+    usage = UsageRecorder(ledger, actor=f"api:{socket.gethostname()}:{os.getpid()}")
+    metrics = Metrics()
+    metrics.watch_projection_lag(lambda: [(s.name, s.lag) for s in read_models.status()])
+    verification = VerificationService(
+        cache, quotas, usage, metrics, ledger.clock, settings.insufficient_scope_status
+    )
+    configured = settings.operator_token.get_secret_value() if settings.operator_token else None
+    digest, generated = ensure_operator_token(create_db_engine(settings), configured)
+    return Services(
+        settings=settings,
+        ledger=ledger,
+        read_models=read_models,
+        feed=feed,
+        cache=cache,
+        quotas=quotas,
+        usage=usage,
+        verification=verification,
+        metrics=metrics,
+        operator_digest=digest,
+        generated_operator_token=generated,
+    )

@@ -175,6 +175,27 @@ def key_show(key: str) -> None:
     _emit(_key_json(ledger, ledger.get_key(_uuid(key, "key"))))
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 8000,
+) -> None:
+    """Start the HTTP API (uvicorn) on the configured store."""
+    import uvicorn
+
+    from api.app import create_app
+    from keyledger.bootstrap import build_services
+
+    services = build_services(Settings())
+    if services.generated_operator_token:
+        typer.echo(
+            "No KEYLEDGER_OPERATOR_TOKEN was configured; generated one "
+            "(shown only this once, stored as a digest):\n"
+            f"  {services.generated_operator_token}"
+        )
+    uvicorn.run(create_app(services), host=host, port=port, log_level="info")
+
+
 def _fail(message: str) -> None:
     print(f"keyledger: error: {message}", file=sys.stderr)
     sys.exit(USAGE_ERROR)

@@ -1,0 +1,34 @@
+"""The FastAPI application: routes, problem handlers, and the services' lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.routes import keys, ops, usage, verify, workspaces
+from keyledger.bootstrap import Services
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(
+        title="keyledger",
+        version="1",
+        description="Event-sourced API-key lifecycle: issue, scope, rotate, revoke, verify, meter, audit.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    problems.install(app)
+    for module in (workspaces, keys, usage, verify, ops):
+        app.include_router(module.router)
+    return app

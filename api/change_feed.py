@@ -1,0 +1,60 @@
+"""Tells every API process that a key or workspace changed, so cached credentials are reloaded.
+
+A command publishes the ids it changed (after saving, before answering). A
+process compares the marker it saw when it cached an id with the marker now
+published; any difference means reload. In one process the feed is a dict;
+across processes it is Redis, read with one MGET per verification.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+from uuid import UUID
+
+import redis
+
+
+class ChangeFeed(Protocol):
+    def publish(self, ids: Iterable[UUID], position: int) -> None: ...
+
+    def markers(self, ids: Sequence[UUID]) -> list[int]:
+        """The last position published for each id (0 when none)."""
+        ...
+
+
+class MemoryChangeFeed:
+    def __init__(self) -> None:
+        self._markers: dict[UUID, int] = {}
+        self._lock = threading.Lock()
+
+    def publish(self, ids: Iterable[UUID], position: int) -> None:
+        with self._lock:
+            for item in ids:
+                self._markers[item] = max(position, self._markers.get(item, 0))
+
+    def markers(self, ids: Sequence[UUID]) -> list[int]:
+        return [self._markers.get(item, 0) for item in ids]
+
+
+class RedisChangeFeed:
+    # Markers outlive any cache entry: a week, refreshed by every change.
+    TTL_SECONDS = 7 * 86_400
+
+    def __init__(self, url: str, namespace: str = "kl") -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._namespace = namespace
+
+    def _name(self, item: UUID) -> str:
+        return f"{self._namespace}:chg:{item}"
+
+    def publish(self, ids: Iterable[UUID], position: int) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for item in ids:
+                pipe.set(self._name(item), position, ex=self.TTL_SECONDS)
+            pipe.execute()
+
+    def markers(self, ids: Sequence[UUID]) -> list[int]:
+        values = self._redis.mget([self._name(item) for item in ids])
+        return [int(v) if v is not None else 0 for v in values]

@@ -1,0 +1,140 @@
+"""Keys and workspace limits held in memory for verification.
+
+A known key is answered without any disk I/O: the cache holds its credentials
+and its workspace's limits, and reloads them from the event store only when
+the change feed says one of them changed. A follower thread also watches the
+event stream, so changes made by other writers (the CLI, another process
+without Redis) reach this process within a poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from uuid import UUID
+
+from eventsourcing.utils import get_topic
+
+from api.change_feed import ChangeFeed
+from domain.application import KeyLedger
+from domain.errors import KeyNotFound, WorkspaceNotFound
+from domain.keys import ApiKey
+from domain.verification import KeyCredentials
+from domain.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+LIFECYCLE_TOPICS = [
+    get_topic(cls)
+    for cls in (
+        ApiKey.KeyIssued,
+        ApiKey.ScopesGranted,
+        ApiKey.ScopesRevoked,
+        ApiKey.KeyRotated,
+        ApiKey.KeyRevoked,
+        Workspace.PlanChanged,
+    )
+]
+
+
+@dataclass(frozen=True)
+class CachedKey:
+    credentials: KeyCredentials
+    scopes: list[str]
+    requests_per_minute: int
+    requests_per_day: int
+
+
+@dataclass
+class _Entry:
+    value: CachedKey | None  # None: no such key (cached too, so guessing costs no I/O)
+    key_marker: int
+    workspace_marker: int
+    workspace_id: UUID | None
+
+
+class CredentialCache:
+    def __init__(self, ledger: KeyLedger, feed: ChangeFeed, max_entries: int = 100_000) -> None:
+        self.ledger = ledger
+        self.feed = feed
+        self.max_entries = max_entries
+        self._entries: OrderedDict[UUID, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+        self.loads = 0  # how often the store was read: lets tests prove the hot path does no I/O
+
+    def get(self, key_id: UUID) -> CachedKey | None:
+        entry = self._entries.get(key_id)
+        if entry is not None:
+            ids = [key_id] if entry.workspace_id is None else [key_id, entry.workspace_id]
+            markers = self.feed.markers(ids)
+            key_marker = markers[0]
+            workspace_marker = markers[1] if len(markers) > 1 else 0
+            if key_marker == entry.key_marker and workspace_marker == entry.workspace_marker:
+                return entry.value
+        return self._load(key_id)
+
+    def _load(self, key_id: UUID) -> CachedKey | None:
+        # Read the markers before the store: a change published after this read is seen next time.
+        (key_marker,) = self.feed.markers([key_id])
+        self.loads += 1
+        try:
+            key = self.ledger.get_key(key_id)
+        except KeyNotFound:
+            entry = _Entry(None, key_marker, 0, None)
+        else:
+            (workspace_marker,) = self.feed.markers([key.workspace_id])
+            try:
+                workspace = self.ledger.get_workspace(key.workspace_id)
+            except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
+                return None
+            cached = CachedKey(
+                credentials=key.credentials(self.ledger.catalog),
+                scopes=list(key.scopes),
+                requests_per_minute=workspace.requests_per_minute,
+                requests_per_day=workspace.requests_per_day,
+            )
+            entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id)
+        with self._lock:
+            self._entries[key_id] = entry
+            self._entries.move_to_end(key_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return entry.value
+
+    def invalidate(self, *ids: UUID) -> None:
+        """Forget ids (keys or workspaces) at once, in this process."""
+        with self._lock:
+            for item in ids:
+                self._entries.pop(item, None)
+            stale = [k for k, e in self._entries.items() if e.workspace_id in ids]
+            for key_id in stale:
+                self._entries.pop(key_id, None)
+
+    # --- following the stream for writers that do not publish ------------
+
+    def start_following(self, interval: float = 0.25) -> None:
+        start = self.ledger.max_position()
+        self._follower = threading.Thread(target=self._follow, args=(start, interval), daemon=True)
+        self._follower.start()
+
+    def stop_following(self) -> None:
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=5)
+
+    def _follow(self, position: int, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                notifications = self.ledger.recorder.select_notifications(
+                    start=position, limit=500, topics=LIFECYCLE_TOPICS, inclusive_of_start=False
+                )
+            except Exception:  # the store may be briefly unavailable; try again next tick
+                log.warning("credential cache follower could not read the event stream", exc_info=True)
+                continue
+            if notifications:
+                self.invalidate(*{n.originator_id for n in notifications})
+                position = notifications[-1].id

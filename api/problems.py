@@ -1,0 +1,149 @@
+"""RFC 9457 problem responses: every error the API answers is mapped here, in one place.
+
+Routes raise domain errors or the auth errors below and never build error
+responses themselves. No problem body echoes request input: a body that
+failed validation may contain a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.quotas import QuotaDecision
+from domain.errors import Conflict, DomainError, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
+def problem(
+    status: int, title: str, detail: str, kind: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+class ApiProblem(Exception):
+    """An HTTP-level refusal (authentication, authorisation, quota, lagging read models)."""
+
+    status = 400
+    title = "Bad request"
+    kind = "bad-request"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class Unauthorized(ApiProblem):
+    status = 401
+    title = "Unauthorized"
+    kind = "unauthorized"
+
+    def __init__(self, detail: str, code: str = "NOT_FOUND") -> None:
+        super().__init__(detail, {"WWW-Authenticate": 'Bearer error="invalid_token"'}, code=code)
+
+
+class InsufficientScope(ApiProblem):
+    status = 403
+    title = "Insufficient scope"
+    kind = "insufficient-scope"
+
+    def __init__(self, scope: str, status: int = 403) -> None:
+        super().__init__(
+            f"the key lacks the scope {scope!r}",
+            {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+            code="INSUFFICIENT_SCOPE",
+            scope=scope,
+        )
+        self.status = status
+
+
+class RateLimited(ApiProblem):
+    status = 429
+    title = "Too many requests"
+    kind = "rate-limited"
+
+    def __init__(self, decision: QuotaDecision) -> None:
+        window = decision.binding
+        super().__init__(
+            f"the key used its {window.limit} requests per {window.name}; retry in {decision.retry_after} s",
+            decision.headers(),
+            code="RATE_LIMITED",
+        )
+
+
+class OperatorOnly(ApiProblem):
+    status = 401
+    title = "Unauthorized"
+    kind = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this endpoint needs the operator token as a Bearer token",
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+_FAMILIES: list[tuple[type[DomainError], int]] = [(InvalidInput, 422), (NotFound, 404), (Conflict, 409)]
+
+
+def _domain_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DomainError)
+    status = next((code for family, code in _FAMILIES if isinstance(error, family)), 400)
+    return problem(status, error.title, str(error), _slug(type(error).__name__))
+
+
+def _api_problem(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ApiProblem)
+    return problem(error.status, error.title, error.detail, error.kind, error.headers, **error.extra)
+
+
+def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    # Location and message only: `input` may hold a secret.
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in error.errors()]
+    where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+    return problem(
+        422, "Invalid request", f"the request is not valid: {where}", "invalid-request", errors=errors
+    )
+
+
+def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed"}
+    detail = error.detail if isinstance(error.detail, str) else "request refused"
+    return problem(
+        error.status_code,
+        titles.get(error.status_code, "HTTP error"),
+        detail,
+        f"http-{error.status_code}",
+        dict(error.headers or {}),
+    )
+
+
+def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    log.error("unexpected error: %s", type(error).__name__, exc_info=error)
+    return problem(500, "Internal error", "the server failed; the error was logged", "internal-error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(ApiProblem, _api_problem)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

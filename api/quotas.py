@@ -1,0 +1,137 @@
+"""Per-key request quotas: fixed windows aligned to the UTC minute and the UTC day.
+
+Counters live in a `limits` storage: in process memory by default, in Redis when
+several API processes must share them. The library's rate limiters start a
+window at a key's first hit and name counters by the limit's amount, while ours
+must align to the calendar and survive a plan change mid-window, so the gate
+uses the storage's atomic `incr` on counters named by key and UTC minute/day.
+
+A refused request consumes nothing: an increment that went over a limit is
+undone before answering, so every allowed request saw a count within its limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
+
+from limits.storage import MemoryStorage, Storage, storage_from_string
+
+# Counters outlive their window a little so a slow request still finds its own.
+MINUTE_EXPIRY = 120
+DAY_EXPIRY = 90_000
+
+
+@dataclass(frozen=True)
+class Window:
+    name: str
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window resets
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    allowed: bool
+    minute: Window
+    day: Window
+
+    @property
+    def binding(self) -> Window:
+        """The window a caller should watch: the exhausted one, else the one with least room."""
+        if not self.allowed:
+            return self.minute if self.minute.remaining == 0 else self.day
+        return min((self.minute, self.day), key=lambda w: w.remaining)
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, self.binding.reset)
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Policy": (f'"minute";q={self.minute.limit};w=60, "day";q={self.day.limit};w=86400'),
+            "RateLimit": (
+                f'"minute";r={self.minute.remaining};t={self.minute.reset}, '
+                f'"day";r={self.day.remaining};t={self.day.reset}'
+            ),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+
+def _minute_start(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _day_start(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, int((moment - now).total_seconds() + 0.999))
+
+
+class QuotaGate:
+    """Checks and consumes a key's minute and day quotas."""
+
+    def __init__(self, redis_url: str | None = None, namespace: str = "kl") -> None:
+        self.storage: Storage = storage_from_string(redis_url) if redis_url else MemoryStorage()
+        self.shared = redis_url is not None
+        self.namespace = namespace
+
+    def _counters(self, key_id: UUID, now: datetime) -> tuple[str, str]:
+        minute = _minute_start(now).strftime("%Y%m%d%H%M")
+        day = _day_start(now).strftime("%Y%m%d")
+        return f"{self.namespace}:q:{key_id}:m{minute}", f"{self.namespace}:q:{key_id}:d{day}"
+
+    def check(self, key_id: UUID, per_minute: int, per_day: int, now: datetime) -> QuotaDecision:
+        """Consume one request of both windows if both have room; otherwise consume nothing."""
+        minute_key, day_key = self._counters(key_id, now)
+        minute_used = self.storage.incr(minute_key, MINUTE_EXPIRY)
+        if minute_used > per_minute:
+            minute_used = self.storage.incr(minute_key, MINUTE_EXPIRY, amount=-1)
+            day_used = self.storage.get(day_key)
+            allowed = False
+        else:
+            day_used = self.storage.incr(day_key, DAY_EXPIRY)
+            allowed = day_used <= per_day
+            if not allowed:
+                day_used = self.storage.incr(day_key, DAY_EXPIRY, amount=-1)
+                minute_used = self.storage.incr(minute_key, MINUTE_EXPIRY, amount=-1)
+        return self._decision(allowed, per_minute, per_day, minute_used, day_used, now)
+
+    def peek(self, key_id: UUID, per_minute: int, per_day: int, now: datetime) -> QuotaDecision:
+        """The windows as they stand, consuming nothing."""
+        minute_key, day_key = self._counters(key_id, now)
+        minute_used, day_used = self.storage.get(minute_key), self.storage.get(day_key)
+        allowed = minute_used < per_minute and day_used < per_day
+        return self._decision(allowed, per_minute, per_day, minute_used, day_used, now)
+
+    @staticmethod
+    def _decision(
+        allowed: bool, per_minute: int, per_day: int, minute_used: int, day_used: int, now: datetime
+    ) -> QuotaDecision:
+        next_minute = _minute_start(now) + timedelta(minutes=1)
+        next_day = _day_start(now) + timedelta(days=1)
+        return QuotaDecision(
+            allowed=allowed,
+            minute=Window(
+                "minute", per_minute, max(0, per_minute - minute_used), _seconds_until(next_minute, now)
+            ),
+            day=Window("day", per_day, max(0, per_day - day_used), _seconds_until(next_day, now)),
+        )
+
+    def restore(self, key_id: UUID, minute_used: int, day_used: int, now: datetime) -> None:
+        """Seed in-memory counters after a restart with what the usage read model recorded."""
+        minute_key, day_key = self._counters(key_id, now)
+        if minute_used > 0:
+            self.storage.incr(minute_key, MINUTE_EXPIRY, amount=minute_used)
+        if day_used > 0:
+            self.storage.incr(day_key, DAY_EXPIRY, amount=day_used)
+
+    @staticmethod
+    def window_of(now: datetime) -> tuple[datetime, date]:
+        """The UTC minute and day a moment falls in."""
+        return _minute_start(now), _day_start(now).date()

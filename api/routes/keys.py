@@ -1,0 +1,88 @@
+"""A workspace's keys: issue, list, scopes, rotation, revocation (admin keys only)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query
+
+from api.deps import AdminCaller, ServicesDep
+from api.schemas import KeyIssue, KeyList, KeyPublic, KeyWithSecret, Revoke, Rotate, ScopeGrant
+from domain.errors import KeyNotFound
+from domain.keys import ApiKey
+from keyledger.bootstrap import Services
+
+router = APIRouter(prefix="/v1/workspaces/{ws}/keys", tags=["keys"])
+
+
+def _public(services: Services, key: ApiKey) -> KeyPublic:
+    return KeyPublic.of(key.state(services.ledger.clock(), services.ledger.catalog))
+
+
+@router.post("", status_code=201, response_model=KeyWithSecret)
+def issue_key(ws: UUID, body: KeyIssue, services: ServicesDep, caller: AdminCaller) -> KeyWithSecret:
+    issued = services.ledger.issue_key(ws, body.name, body.scopes, caller.actor, body.expires_at)
+    services.settle(issued.position, issued.key.id, ws)
+    return KeyWithSecret(key=_public(services, issued.key), secret=issued.secret)
+
+
+@router.get("", response_model=KeyList)
+def list_keys(
+    ws: UUID,
+    services: ServicesDep,
+    caller: AdminCaller,
+    status: Literal["active", "expired", "revoked"] | None = None,
+    rotation_due: Annotated[bool | None, Query()] = None,
+) -> KeyList:
+    states = services.read_models.list_keys(ws, services.ledger.clock(), status, rotation_due)
+    return KeyList(items=[KeyPublic.of(s) for s in states])
+
+
+@router.get("/{key}", response_model=KeyPublic)
+def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
+    state = services.read_models.get_key(ws, key, services.ledger.clock())
+    if state is None:
+        raise KeyNotFound(f"key {key} not found")
+    return KeyPublic.of(state)
+
+
+@router.post("/{key}/scopes", response_model=KeyPublic)
+def grant_scopes(
+    ws: UUID, key: UUID, body: ScopeGrant, services: ServicesDep, caller: AdminCaller
+) -> KeyPublic:
+    update = services.ledger.grant_scopes(key, body.scopes, caller.actor, workspace_id=ws)
+    services.settle(update.position, key)
+    return _public(services, update.key)
+
+
+@router.delete("/{key}/scopes/{scope}", response_model=KeyPublic)
+def revoke_scope(
+    ws: UUID,
+    key: UUID,
+    scope: Annotated[str, Path(max_length=100)],
+    services: ServicesDep,
+    caller: AdminCaller,
+) -> KeyPublic:
+    update = services.ledger.revoke_scopes(key, [scope], caller.actor, workspace_id=ws)
+    services.settle(update.position, key)
+    return _public(services, update.key)
+
+
+@router.post("/{key}/rotate", response_model=KeyWithSecret)
+def rotate_key(
+    ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller, body: Rotate | None = None
+) -> KeyWithSecret:
+    grace = (body or Rotate()).grace_seconds
+    rotated = services.ledger.rotate_key(key, caller.actor, grace, workspace_id=ws)
+    services.settle(rotated.position, key)
+    return KeyWithSecret(key=_public(services, rotated.key), secret=rotated.secret)
+
+
+@router.post("/{key}/revoke", response_model=KeyPublic)
+def revoke_key(
+    ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller, body: Revoke | None = None
+) -> KeyPublic:
+    update = services.ledger.revoke_key(key, caller.actor, (body or Revoke()).reason, workspace_id=ws)
+    services.settle(update.position, key, ws)
+    return _public(services, update.key)

@@ -1,0 +1,48 @@
+"""Per-key usage of a workspace, from the quota-usage read model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter
+
+from api.deps import AdminCaller, ServicesDep
+from api.schemas import EndpointCount, KeyUsagePublic, UsageList, UsagePoint
+
+router = APIRouter(prefix="/v1/workspaces/{ws}", tags=["usage"])
+
+
+def _points(rows: Any) -> list[UsagePoint]:
+    return [
+        UsagePoint(start=start, requests=requests, successes=ok, client_errors=errors, rate_limited=limited)
+        for start, requests, ok, errors, limited in rows
+    ]
+
+
+@router.get("/usage", response_model=UsageList)
+def usage(
+    ws: UUID,
+    services: ServicesDep,
+    caller: AdminCaller,
+    key: UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> UsageList:
+    items = [
+        KeyUsagePublic(
+            key_id=u.key_id,
+            total=u.total,
+            successes=u.successes,
+            success_rate=u.success_rate,
+            client_errors=u.client_errors,
+            rate_limited=u.rate_limited,
+            last_used=u.last_used,
+            top_endpoints=[EndpointCount(endpoint=e, count=c) for e, c in u.top_endpoints],
+            per_minute=_points(u.per_minute),
+            per_day=_points(u.per_day),
+        )
+        for u in services.read_models.usage(ws, key, since, until)
+    ]
+    return UsageList(items=items)

@@ -1,0 +1,95 @@
+"""Answers to presented keys: `/v1/verify` for services, `/v1/auth` for gateways' forward-auth."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Header, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ServicesDep, bearer_token
+from api.problems import ApiProblem, InsufficientScope, RateLimited, Unauthorized
+from api.schemas import RateLimitInfo, VerifyRequest, VerifyResponse
+from api.verification import Answer
+from domain.verification import VerifyCode
+from keyledger.bootstrap import Services
+
+router = APIRouter(tags=["verification"])
+
+MAX_ENDPOINT = 200
+
+
+async def _decide(
+    services: Services, secret: str | None, scope: str | None, endpoint: str, via: str
+) -> Answer:
+    # With shared (Redis) counters a decision does network I/O: keep it off the event loop.
+    if services.quotas.shared:
+        return await run_in_threadpool(services.verification.verify, secret, scope, endpoint, via)
+    return services.verification.verify(secret, scope, endpoint, via)
+
+
+@router.post("/v1/verify", response_model=VerifyResponse)
+async def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
+    """Always 200: the verdict is in `code`. A valid answer consumes quota."""
+    scope = services.ledger.catalog.parse(body.scope)
+    answer = await _decide(services, body.key, scope, body.endpoint or "POST /v1/verify", "verify")
+    key = answer.key
+    window = answer.quota.binding if answer.quota else None
+    return VerifyResponse(
+        valid=answer.allowed,
+        code=answer.code.value,
+        key_id=key.credentials.key_id if key else None,
+        workspace_id=key.credentials.workspace_id if key else None,
+        scopes=key.scopes if key else None,
+        ratelimit=RateLimitInfo(limit=window.limit, remaining=window.remaining, reset=window.reset)
+        if window
+        else None,
+    )
+
+
+def needed_scope(method: str, uri: str) -> tuple[str, str]:
+    """The scope a forwarded request needs, and the endpoint it is recorded as (no query string)."""
+    path = urlsplit(uri).path or "/"
+    resource = path.strip("/").split("/", 1)[0]
+    if not resource:
+        raise ApiProblem("X-Forwarded-Uri names no resource (its first path segment is empty)")
+    action = "read" if method.upper() in ("GET", "HEAD") else "write"
+    return f"{action}:{resource}", f"{method.upper()} {path}"[:MAX_ENDPOINT]
+
+
+@router.get("/v1/auth", status_code=204, response_class=Response)
+async def forward_auth(
+    request: Request,
+    services: ServicesDep,
+    x_forwarded_method: Annotated[str | None, Header()] = None,
+    x_forwarded_uri: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Forward-auth for nginx `auth_request` and Traefik ForwardAuth: 204 or the refusal's status."""
+    if not x_forwarded_method or not x_forwarded_uri:
+        raise ApiProblem("forward-auth needs the X-Forwarded-Method and X-Forwarded-Uri headers")
+    scope, endpoint = needed_scope(x_forwarded_method, x_forwarded_uri)
+    answer = await _decide(services, bearer_token(request), scope, endpoint, "auth")
+    refuse_unless_allowed(services, answer)
+    headers = answer.quota.headers() if answer.quota else {}
+    if answer.key is not None:
+        headers["X-Keyledger-Key-Id"] = str(answer.key.credentials.key_id)
+        headers["X-Keyledger-Workspace-Id"] = str(answer.key.credentials.workspace_id)
+    return Response(status_code=204, headers=headers)
+
+
+def refuse_unless_allowed(services: Services, answer: Answer) -> None:
+    """Raise the problem an answer means (401, 403 or 429); return when it is allowed."""
+    if answer.code is VerifyCode.VALID:
+        return
+    if answer.code is VerifyCode.RATE_LIMITED and answer.quota is not None:
+        raise RateLimited(answer.quota)
+    if answer.code is VerifyCode.INSUFFICIENT_SCOPE:
+        raise InsufficientScope(answer.needed_scope or "", services.settings.insufficient_scope_status)
+    details = {
+        VerifyCode.REVOKED: "the presented key is revoked",
+        VerifyCode.EXPIRED: "the presented key or secret has expired",
+    }
+    raise Unauthorized(
+        details.get(answer.code, "the presented key is missing, malformed or unknown"), answer.code.value
+    )

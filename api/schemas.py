@@ -1,0 +1,161 @@
+"""HTTP shapes, apart from the domain. `KeyWithSecret` is the only shape that carries a secret."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from domain.keys import KeyState
+from domain.workspace import Workspace
+
+
+class WorkspaceCreate(BaseModel):
+    name: str
+    plan: str
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+
+
+class PlanChange(BaseModel):
+    plan: str
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+
+
+class WorkspacePublic(BaseModel):
+    id: UUID
+    name: str
+    plan: str
+    requests_per_minute: int
+    requests_per_day: int
+    live_keys: int
+
+    @classmethod
+    def of(cls, workspace: Workspace) -> WorkspacePublic:
+        return cls(
+            id=workspace.id,
+            name=workspace.name,
+            plan=workspace.plan,
+            requests_per_minute=workspace.requests_per_minute,
+            requests_per_day=workspace.requests_per_day,
+            live_keys=workspace.live_keys,
+        )
+
+
+class KeyPublic(BaseModel):
+    id: UUID
+    workspace_id: UUID
+    name: str
+    status: str
+    scopes: list[str]
+    effective_scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    rotated_at: datetime | None
+    previous_secret_valid_until: datetime | None
+    revoked_at: datetime | None
+    rotation_due: bool
+
+    @classmethod
+    def of(cls, state: KeyState) -> KeyPublic:
+        return cls.model_validate(state, from_attributes=True)
+
+
+class KeyWithSecret(BaseModel):
+    key: KeyPublic
+    secret: str = Field(description="the plaintext secret: shown in this answer only")
+
+
+class WorkspaceCreated(BaseModel):
+    workspace: WorkspacePublic
+    admin_key: KeyWithSecret
+
+
+class KeyIssue(BaseModel):
+    name: str
+    scopes: list[str] = Field(default_factory=list)
+    expires_at: datetime | None = None
+
+
+class ScopeGrant(BaseModel):
+    scopes: list[str]
+
+
+class Rotate(BaseModel):
+    grace_seconds: int = 86_400
+
+
+class Revoke(BaseModel):
+    reason: str | None = None
+
+
+class KeyList(BaseModel):
+    items: list[KeyPublic]
+
+
+class VerifyRequest(BaseModel):
+    key: str = Field(description="the presented secret")
+    scope: str
+    endpoint: str | None = Field(default=None, max_length=200)
+
+
+class RateLimitInfo(BaseModel):
+    limit: int
+    remaining: int
+    reset: int
+
+
+class VerifyResponse(BaseModel):
+    valid: bool
+    code: str
+    key_id: UUID | None
+    workspace_id: UUID | None
+    scopes: list[str] | None
+    ratelimit: RateLimitInfo | None
+
+
+class EndpointCount(BaseModel):
+    endpoint: str
+    count: int
+
+
+class UsagePoint(BaseModel):
+    start: datetime
+    requests: int
+    successes: int
+    client_errors: int
+    rate_limited: int
+
+
+class KeyUsagePublic(BaseModel):
+    key_id: UUID
+    total: int
+    successes: int
+    success_rate: float | None
+    client_errors: int
+    rate_limited: int
+    last_used: datetime | None
+    top_endpoints: list[EndpointCount]
+    per_minute: list[UsagePoint]
+    per_day: list[UsagePoint]
+
+
+class UsageList(BaseModel):
+    items: list[KeyUsagePublic]
+
+
+class AuditEntryPublic(BaseModel):
+    position: int
+    occurred_at: datetime
+    type: str
+    key_id: UUID | None
+    actor: str
+    data: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryPublic]
+    next_cursor: str | None

@@ -1,0 +1,117 @@
+"""Deciding on a presented key: cached credentials, the key rules, then the quota.
+
+Every answer about a known key is usage of that key and goes to the usage
+buffer (flushed as batched events); only allowed answers consume quota.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+from api.credential_cache import CachedKey, CredentialCache
+from api.metrics import Metrics
+from api.quotas import QuotaDecision, QuotaGate
+from domain import credentials
+from domain.errors import MalformedSecret
+from domain.verification import VerifyCode, check_credentials
+
+
+class UsageSink(Protocol):
+    def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    code: VerifyCode
+    status: int  # the HTTP status this answer means (what /v1/auth would send)
+    needed_scope: str | None
+    key: CachedKey | None = None
+    quota: QuotaDecision | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.code is VerifyCode.VALID
+
+
+class VerificationService:
+    def __init__(
+        self,
+        cache: CredentialCache,
+        quotas: QuotaGate,
+        usage: UsageSink,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        insufficient_scope_status: int = 403,
+    ) -> None:
+        self.cache = cache
+        self.quotas = quotas
+        self.usage = usage
+        self.metrics = metrics
+        self.clock = clock
+        self.statuses = {
+            VerifyCode.VALID: 200,
+            VerifyCode.NOT_FOUND: 401,
+            VerifyCode.REVOKED: 401,
+            VerifyCode.EXPIRED: 401,
+            VerifyCode.INSUFFICIENT_SCOPE: insufficient_scope_status,
+            VerifyCode.RATE_LIMITED: 429,
+        }
+
+    def lookup(self, secret: str | None) -> tuple[CachedKey | None, str]:
+        """The cached key a secret names (None when malformed or unknown) and the secret's digest."""
+        if not secret:
+            return None, ""
+        try:
+            key_id = credentials.key_id_of(secret)
+        except MalformedSecret:
+            return None, ""
+        return self.cache.get(key_id), credentials.digest(secret)
+
+    def judge(self, secret: str | None, needed_scope: str | None) -> Answer:
+        """The key rules alone: no quota, no usage (for management endpoints)."""
+        key, presented = self.lookup(secret)
+        if key is None:
+            return Answer(VerifyCode.NOT_FOUND, 401, needed_scope)
+        code = check_credentials(key.credentials, presented, needed_scope, self.clock())
+        return Answer(
+            code, self.statuses[code], needed_scope, key if code is not VerifyCode.NOT_FOUND else None
+        )
+
+    def verify(
+        self,
+        secret: str | None,
+        needed_scope: str | None,
+        endpoint: str,
+        via: str = "verify",
+        record_usage: bool = True,
+    ) -> Answer:
+        """Rules, then quota for allowed keys; records the answer as usage unless the caller will."""
+        started = time.perf_counter()
+        answer = self.judge(secret, needed_scope)
+        if answer.key is not None:
+            now = self.clock()
+            key = answer.key
+            rpm, rpd, key_id = key.requests_per_minute, key.requests_per_day, key.credentials.key_id
+            if answer.allowed:
+                decision = self.quotas.check(key_id, rpm, rpd, now)
+                code = VerifyCode.VALID if decision.allowed else VerifyCode.RATE_LIMITED
+                answer = Answer(code, self.statuses[code], needed_scope, key, decision)
+            else:
+                answer = Answer(
+                    answer.code, answer.status, needed_scope, key, self.quotas.peek(key_id, rpm, rpd, now)
+                )
+            if record_usage:
+                self.record(answer, endpoint, answer.status)
+        self.metrics.verify_latency.observe(time.perf_counter() - started)
+        self.metrics.answers.labels(via=via, code=answer.code.value).inc()
+        return answer
+
+    def record(self, answer: Answer, endpoint: str, status: int) -> None:
+        if answer.key is not None:
+            creds = answer.key.credentials
+            self.usage.record(creds.key_id, creds.workspace_id, endpoint, status, self.clock())
