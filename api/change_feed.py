@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 from uuid import UUID
 
 import redis
@@ -56,5 +56,5 @@ class RedisChangeFeed:
             pipe.execute()
 
     def markers(self, ids: Sequence[UUID]) -> list[int]:
-        values = self._redis.mget([self._name(item) for item in ids])
+        values = cast(list[bytes | None], self._redis.mget([self._name(item) for item in ids]))
         return [int(v) if v is not None else 0 for v in values]

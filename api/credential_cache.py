@@ -136,5 +136,5 @@ class CredentialCache:
                 log.warning("credential cache follower could not read the event stream", exc_info=True)
                 continue
             if notifications:
-                self.invalidate(*{n.originator_id for n in notifications})
+                self.invalidate(*{UUID(str(n.originator_id)) for n in notifications})
                 position = notifications[-1].id

@@ -9,17 +9,11 @@ from uuid import UUID
 
 from fastapi import Depends, Path, Request
 
-from api.problems import InsufficientScope, OperatorOnly, Unauthorized
+from api.problems import InsufficientScope, OperatorOnly, Unauthorized, refusal_for
 from domain import credentials
 from domain.errors import WorkspaceNotFound
-from domain.verification import VerifyCode, has_scope
+from domain.verification import has_scope
 from keyledger.bootstrap import Services
-
-_REFUSALS = {
-    VerifyCode.NOT_FOUND: "the presented key is missing, malformed or unknown",
-    VerifyCode.REVOKED: "the presented key is revoked",
-    VerifyCode.EXPIRED: "the presented key or secret has expired",
-}
 
 
 def get_services(request: Request) -> Services:
@@ -67,10 +61,9 @@ def require_scope(scope: str) -> object:
         request: Request, services: ServicesDep, ws: Annotated[UUID, Path(description="workspace id")]
     ) -> Caller:
         answer = services.verification.judge(bearer_token(request), None)
-        if answer.key is None or not answer.allowed:
-            raise Unauthorized(
-                _REFUSALS.get(answer.code, "the presented key is not valid"), answer.code.value
-            )
+        refusal = refusal_for(answer)
+        if refusal is not None or answer.key is None:
+            raise refusal or Unauthorized("the presented key is not valid")
         creds = answer.key.credentials
         if creds.workspace_id != ws:
             raise WorkspaceNotFound(f"workspace {ws} not found")

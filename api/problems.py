@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.quotas import QuotaDecision
+from api.verification import Answer
 from domain.errors import Conflict, DomainError, InvalidInput, NotFound
+from domain.verification import VerifyCode
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,26 @@ class OperatorOnly(ApiProblem):
         )
 
 
+_KEY_REFUSALS = {
+    VerifyCode.NOT_FOUND: "the presented key is missing, malformed or unknown",
+    VerifyCode.REVOKED: "the presented key is revoked",
+    VerifyCode.EXPIRED: "the presented key or secret has expired",
+}
+
+
+def refusal_for(answer: Answer, insufficient_scope_status: int = 403) -> ApiProblem | None:
+    """The problem an answer to a presented key means (401, 403 or 429), or None when allowed."""
+    if answer.code is VerifyCode.VALID:
+        return None
+    if answer.code is VerifyCode.RATE_LIMITED and answer.quota is not None:
+        return RateLimited(answer.quota)
+    if answer.code is VerifyCode.INSUFFICIENT_SCOPE:
+        return InsufficientScope(answer.needed_scope or "", insufficient_scope_status)
+    return Unauthorized(
+        _KEY_REFUSALS.get(answer.code, _KEY_REFUSALS[VerifyCode.NOT_FOUND]), answer.code.value
+    )
+
+
 _FAMILIES: list[tuple[type[DomainError], int]] = [(InvalidInput, 422), (NotFound, 404), (Conflict, 409)]
 
 
@@ -108,9 +130,13 @@ def _domain_error(_: Request, error: Exception) -> JSONResponse:
     return problem(status, error.title, str(error), _slug(type(error).__name__))
 
 
+def problem_response(error: ApiProblem) -> JSONResponse:
+    return problem(error.status, error.title, error.detail, error.kind, error.headers, **error.extra)
+
+
 def _api_problem(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ApiProblem)
-    return problem(error.status, error.title, error.detail, error.kind, error.headers, **error.extra)
+    return problem_response(error)
 
 
 def _validation_error(_: Request, error: Exception) -> JSONResponse:

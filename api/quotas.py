@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import cast
 from uuid import UUID
 
 from limits.storage import MemoryStorage, Storage, storage_from_string
@@ -77,7 +78,9 @@ class QuotaGate:
     """Checks and consumes a key's minute and day quotas."""
 
     def __init__(self, redis_url: str | None = None, namespace: str = "kl") -> None:
-        self.storage: Storage = storage_from_string(redis_url) if redis_url else MemoryStorage()
+        self.storage: Storage = (
+            cast(Storage, storage_from_string(redis_url)) if redis_url else MemoryStorage()
+        )
         self.shared = redis_url is not None
         self.namespace = namespace
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from api.credential_cache import CachedKey, CredentialCache
@@ -115,3 +116,16 @@ class VerificationService:
         if answer.key is not None:
             creds = answer.key.credentials
             self.usage.record(creds.key_id, creds.workspace_id, endpoint, status, self.clock())
+
+
+def needed_scope(method: str, uri: str) -> tuple[str | None, str]:
+    """The scope a request needs by method and first path segment, and its path without query.
+
+    GET and HEAD read, other methods write; a path without a segment needs no derivable scope.
+    """
+    path = urlsplit(uri).path or "/"
+    resource = path.strip("/").split("/", 1)[0]
+    if not resource:
+        return None, path
+    action = "read" if method.upper() in ("GET", "HEAD") else "write"
+    return f"{action}:{resource}", path

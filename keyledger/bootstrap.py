@@ -85,21 +85,65 @@ def open_ledger(settings: Settings) -> KeyLedger:
 
 
 @dataclass
+class VerificationStack:
+    """What answers presented keys in a process: the API, or a service mounting the guard."""
+
+    ledger: KeyLedger
+    feed: ChangeFeed
+    cache: CredentialCache
+    quotas: QuotaGate
+    usage: UsageRecorder
+    metrics: Metrics
+    verification: VerificationService
+
+    def start(self) -> None:
+        self.cache.start_following()
+        self.usage.start()
+
+    def stop(self) -> None:
+        self.usage.stop()
+        self.cache.stop_following()
+
+
+def open_change_feed(settings: Settings) -> ChangeFeed:
+    return RedisChangeFeed(settings.redis_url) if settings.redis_url else MemoryChangeFeed()
+
+
+def build_verification(settings: Settings, ledger: KeyLedger) -> VerificationStack:
+    feed = open_change_feed(settings)
+    cache = CredentialCache(ledger, feed)
+    quotas = QuotaGate(settings.redis_url)
+    usage = UsageRecorder(ledger, actor=f"api:{socket.gethostname()}:{os.getpid()}")
+    metrics = Metrics()
+    verification = VerificationService(
+        cache, quotas, usage, metrics, ledger.clock, settings.insufficient_scope_status
+    )
+    return VerificationStack(ledger, feed, cache, quotas, usage, metrics, verification)
+
+
+@dataclass
 class Services:
     """Everything one API process runs, built from settings in one place."""
 
     settings: Settings
     ledger: KeyLedger
     read_models: ReadModels
-    feed: ChangeFeed
-    cache: CredentialCache
-    quotas: QuotaGate
-    usage: UsageRecorder
-    verification: VerificationService
-    metrics: Metrics
+    stack: VerificationStack
     operator_digest: str
     generated_operator_token: str | None
     settle_timeout: float = 10.0
+
+    @property
+    def verification(self) -> VerificationService:
+        return self.stack.verification
+
+    @property
+    def quotas(self) -> QuotaGate:
+        return self.stack.quotas
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.stack.metrics
 
     def settle(self, position: int | None, *changed: UUID) -> None:
         """Make a command's effects visible before it is answered.
@@ -110,8 +154,8 @@ class Services:
         if position is None:
             return
         if changed:
-            self.feed.publish(changed, position)
-            self.cache.invalidate(*changed)
+            self.stack.feed.publish(changed, position)
+            self.stack.cache.invalidate(*changed)
         self.read_models.nudge()
         if not self.read_models.wait(position, timeout=self.settle_timeout):
             log.warning("read models did not reach position %s within %ss", position, self.settle_timeout)
@@ -121,8 +165,7 @@ class Services:
         self.read_models.catch_up()
         if not self.quotas.shared:
             self._restore_quotas()
-        self.cache.start_following()
-        self.usage.start()
+        self.stack.start()
 
     def _restore_quotas(self) -> None:
         now = self.ledger.clock()
@@ -131,40 +174,16 @@ class Services:
             self.quotas.restore(key_id, minute_used, day_used, now)
 
     def stop(self) -> None:
-        self.usage.stop()
-        self.cache.stop_following()
+        self.stack.stop()
         self.read_models.stop()
         self.ledger.close()
-
-
-def open_change_feed(settings: Settings) -> ChangeFeed:
-    return RedisChangeFeed(settings.redis_url) if settings.redis_url else MemoryChangeFeed()
 
 
 def build_services(settings: Settings) -> Services:
     ledger = open_ledger(settings)
     read_models = ReadModels(settings, ledger)
-    feed = open_change_feed(settings)
-    cache = CredentialCache(ledger, feed)
-    quotas = QuotaGate(settings.redis_url)
-    usage = UsageRecorder(ledger, actor=f"api:{socket.gethostname()}:{os.getpid()}")
-    metrics = Metrics()
-    metrics.watch_projection_lag(lambda: [(s.name, s.lag) for s in read_models.status()])
-    verification = VerificationService(
-        cache, quotas, usage, metrics, ledger.clock, settings.insufficient_scope_status
-    )
+    stack = build_verification(settings, ledger)
+    stack.metrics.watch_projection_lag(lambda: [(s.name, s.lag) for s in read_models.status()])
     configured = settings.operator_token.get_secret_value() if settings.operator_token else None
     digest, generated = ensure_operator_token(create_db_engine(settings), configured)
-    return Services(
-        settings=settings,
-        ledger=ledger,
-        read_models=read_models,
-        feed=feed,
-        cache=cache,
-        quotas=quotas,
-        usage=usage,
-        verification=verification,
-        metrics=metrics,
-        operator_digest=digest,
-        generated_operator_token=generated,
-    )
+    return Services(settings, ledger, read_models, stack, digest, generated)

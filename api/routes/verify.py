@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, bearer_token
-from api.problems import ApiProblem, InsufficientScope, RateLimited, Unauthorized
+from api.problems import ApiProblem, refusal_for
 from api.schemas import RateLimitInfo, VerifyRequest, VerifyResponse
-from api.verification import Answer
-from domain.verification import VerifyCode
+from api.verification import Answer, needed_scope
 from keyledger.bootstrap import Services
 
 router = APIRouter(tags=["verification"])
 
 MAX_ENDPOINT = 200
+
+
+def forwarded_request(method: str, uri: str) -> tuple[str, str]:
+    """The scope a forwarded request needs, and the endpoint it is recorded as (no query string)."""
+    scope, path = needed_scope(method, uri)
+    if scope is None:
+        raise ApiProblem("X-Forwarded-Uri names no resource (its first path segment is empty)")
+    return scope, f"{method.upper()} {path}"[:MAX_ENDPOINT]
 
 
 async def _decide(
@@ -48,16 +54,6 @@ async def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
     )
 
 
-def needed_scope(method: str, uri: str) -> tuple[str, str]:
-    """The scope a forwarded request needs, and the endpoint it is recorded as (no query string)."""
-    path = urlsplit(uri).path or "/"
-    resource = path.strip("/").split("/", 1)[0]
-    if not resource:
-        raise ApiProblem("X-Forwarded-Uri names no resource (its first path segment is empty)")
-    action = "read" if method.upper() in ("GET", "HEAD") else "write"
-    return f"{action}:{resource}", f"{method.upper()} {path}"[:MAX_ENDPOINT]
-
-
 @router.get("/v1/auth", status_code=204, response_class=Response)
 async def forward_auth(
     request: Request,
@@ -68,28 +64,13 @@ async def forward_auth(
     """Forward-auth for nginx `auth_request` and Traefik ForwardAuth: 204 or the refusal's status."""
     if not x_forwarded_method or not x_forwarded_uri:
         raise ApiProblem("forward-auth needs the X-Forwarded-Method and X-Forwarded-Uri headers")
-    scope, endpoint = needed_scope(x_forwarded_method, x_forwarded_uri)
+    scope, endpoint = forwarded_request(x_forwarded_method, x_forwarded_uri)
     answer = await _decide(services, bearer_token(request), scope, endpoint, "auth")
-    refuse_unless_allowed(services, answer)
+    refusal = refusal_for(answer, services.settings.insufficient_scope_status)
+    if refusal is not None:
+        raise refusal
     headers = answer.quota.headers() if answer.quota else {}
     if answer.key is not None:
         headers["X-Keyledger-Key-Id"] = str(answer.key.credentials.key_id)
         headers["X-Keyledger-Workspace-Id"] = str(answer.key.credentials.workspace_id)
     return Response(status_code=204, headers=headers)
-
-
-def refuse_unless_allowed(services: Services, answer: Answer) -> None:
-    """Raise the problem an answer means (401, 403 or 429); return when it is allowed."""
-    if answer.code is VerifyCode.VALID:
-        return
-    if answer.code is VerifyCode.RATE_LIMITED and answer.quota is not None:
-        raise RateLimited(answer.quota)
-    if answer.code is VerifyCode.INSUFFICIENT_SCOPE:
-        raise InsufficientScope(answer.needed_scope or "", services.settings.insufficient_scope_status)
-    details = {
-        VerifyCode.REVOKED: "the presented key is revoked",
-        VerifyCode.EXPIRED: "the presented key or secret has expired",
-    }
-    raise Unauthorized(
-        details.get(answer.code, "the presented key is missing, malformed or unknown"), answer.code.value
-    )

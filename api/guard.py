@@ -1,0 +1,76 @@
+"""keyledger's guard for Python services: an ASGI middleware.
+
+Mount it in front of a service's own ASGI app; each request must present a
+key (Bearer) holding the scope its method and path need (or what `scope_for`
+declares for it) and within its quota. The real response status is recorded as
+the key's usage. It runs keyledger's verification in-process, on the same
+event store and Redis as the keyledger API, so revocations reach it the same way.
+
+    from keyledger.bootstrap import build_verification, open_ledger
+    stack = build_verification(settings, open_ledger(settings))
+    app = KeyledgerGuard(service_app, stack.verification, scope_for={"/reports": "read:nodes"}.get ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import problem_response, refusal_for
+from api.verification import VerificationService, needed_scope
+
+ScopeFor = Callable[[str, str], str | None]
+
+
+def scope_from_method_and_path(method: str, path: str) -> str | None:
+    return needed_scope(method, path)[0]
+
+
+class KeyledgerGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verification: VerificationService,
+        scope_for: ScopeFor = scope_from_method_and_path,
+        exempt: tuple[str, ...] = (),
+        insufficient_scope_status: int = 403,
+    ) -> None:
+        self.app = app
+        self.verification = verification
+        self.scope_for = scope_for
+        self.exempt = exempt
+        self.insufficient_scope_status = insufficient_scope_status
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        header = Headers(scope=scope).get("authorization", "")
+        kind, _, token = header.partition(" ")
+        secret = token.strip() if kind.lower() == "bearer" else None
+        endpoint = f"{method} {path}"[:200]
+        answer = await run_in_threadpool(
+            self.verification.verify, secret, self.scope_for(method, path), endpoint, "guard", False
+        )
+        refusal = refusal_for(answer, self.insufficient_scope_status)
+        if refusal is not None:
+            self.verification.record(answer, endpoint, refusal.status)
+            await problem_response(refusal)(scope, receive, send)
+            return
+
+        status = 500  # what an app that fails before answering amounts to
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            self.verification.record(answer, endpoint, status)

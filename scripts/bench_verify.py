@@ -1,0 +1,168 @@
+"""Benchmark of key verification: in process, and over HTTP against a bare FastAPI baseline.
+
+Prints, in one run: in-process verifications per second; `/v1/verify` requests
+per second and p50/p99 latency under wrk; the same for a bare FastAPI endpoint
+with the same request and response shapes served the same way (uvicorn, one
+process, same log level); and the ratio keyledger / bare. Runs alternate and
+medians are quoted, since these machines are noisy.
+
+    scripts/bench_verify [--seconds 8] [--rounds 3] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from keyledger.bootstrap import build_verification, open_ledger
+from keyledger.settings import Settings
+
+BIN = Path(sys.executable).parent
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '%s'
+"""
+
+
+@dataclass
+class HttpResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _millis(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip()).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, body: str, seconds: int, connections: int, folder: Path) -> HttpResult:
+    script = folder / "post.lua"
+    script.write_text(WRK_SCRIPT % body)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _millis(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _millis(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    if re.search(r"Non-2xx", out):
+        raise RuntimeError(f"wrk saw non-2xx answers:\n{out}")
+    return HttpResult(rps, p50, p99)
+
+
+def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    for _ in range(300):
+        try:
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/verify", json={"key": "x", "scope": "read:nodes"}, timeout=1
+            )
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server on port {port} did not start: {log.read_text()[-1000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench_verify needs wrk (Debian package 'wrk'): apt-get install -y wrk")
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-verify-"))
+    settings = Settings(database_url=f"sqlite:///{folder / 'keyledger.db'}", redis_url=None)
+    ledger = open_ledger(settings)
+    created = ledger.create_workspace(
+        "bench", "enterprise", requests_per_minute=10**9, requests_per_day=10**9
+    )
+    secret = ledger.issue_key(created.workspace.id, "bench", ["read:nodes"]).secret
+
+    # In process: the full decision (cache, rules, quota, usage buffer, metrics), no HTTP.
+    stack = build_verification(settings, ledger)
+    stack.verification.verify(secret, "read:nodes", "GET /nodes")
+    in_process = []
+    for _ in range(args.rounds):
+        n, started = 50_000, time.perf_counter()
+        for _ in range(n):
+            stack.verification.verify(secret, "read:nodes", "GET /nodes")
+        in_process.append(n / (time.perf_counter() - started))
+    stack.usage.stop()
+    ledger.close()
+
+    body = json.dumps({"key": secret, "scope": "read:nodes", "endpoint": "GET /nodes"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
+    env |= {"KEYLEDGER_DATABASE_URL": settings.database_url, "KEYLEDGER_OPERATOR_TOKEN": "klop_bench"}
+    servers = {
+        "keyledger": ([str(BIN / "keyledger"), "serve", "--port", "18431"], 18431),
+        "bare": (
+            [
+                str(BIN / "python"),
+                "-m",
+                "uvicorn",
+                "scripts.bench_bare:app",
+                "--port",
+                "18432",
+                "--log-level",
+                "info",
+            ],
+            18432,
+        ),
+    }
+    results: dict[str, list[HttpResult]] = {name: [] for name in servers}
+    processes = {name: start(cmd, env, port, folder / f"{name}.log") for name, (cmd, port) in servers.items()}
+    try:
+        for _name, (_, port) in servers.items():  # warm up both
+            run_wrk(f"http://127.0.0.1:{port}/v1/verify", body, 2, args.connections, folder)
+        for _ in range(args.rounds):
+            for name, (_, port) in servers.items():
+                results[name].append(
+                    run_wrk(
+                        f"http://127.0.0.1:{port}/v1/verify", body, args.seconds, args.connections, folder
+                    )
+                )
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=15)
+
+    def median(name: str, field: str) -> float:
+        return statistics.median(getattr(r, field) for r in results[name])
+
+    print(f"in-process verifications/s (median of {args.rounds}): {statistics.median(in_process):,.0f}")
+    print(
+        f"HTTP POST /v1/verify, wrk -t1 -c{args.connections}, {args.seconds}s x {args.rounds} alternating rounds:"
+    )
+    for name in servers:
+        print(
+            f"  {name:9s}  {median(name, 'rps'):8,.0f} req/s   p50 {median(name, 'p50_ms'):6.2f} ms"
+            f"   p99 {median(name, 'p99_ms'):6.2f} ms   (rounds: {', '.join(f'{r.rps:,.0f}' for r in results[name])})"
+        )
+    ratio = median("keyledger", "rps") / median("bare", "rps")
+    print(f"ratio keyledger / bare FastAPI (median req/s): {ratio:.2f}  (target >= 0.70)")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

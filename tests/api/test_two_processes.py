@@ -1,0 +1,79 @@
+"""Two API processes on one PostgreSQL and one Redis behave as one service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keyledger.settings import Settings
+from tests.api.server import Server, create_workspace
+from tests.api.test_answers import issue, verify
+from tests.backends import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_pg_schema,
+    new_pg_schema,
+    postgres_problem,
+    redis_problem,
+    require,
+)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    require("PostgreSQL", postgres_problem())
+    require("Redis", redis_problem())
+    schema = new_pg_schema()
+    settings = Settings(database_url=POSTGRES_URL, database_schema=schema)
+    a = Server(settings, tmp_path / "a.log", REDIS_URL).start()
+    b = Server(settings, tmp_path / "b.log", REDIS_URL).start()
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+        drop_pg_schema(schema)
+
+
+def test_a_key_revoked_through_one_process_is_refused_by_the_other_at_once(pair):
+    a, b = pair
+    admin = create_workspace(a)["admin_key"]
+    key = issue(a, admin, ["read:nodes"])
+    assert verify(b, key["secret"])["code"] == "VALID"  # b now holds the key in memory
+
+    with a.client(admin["secret"]) as client:
+        revoked = client.post(f"/v1/workspaces/{admin['key']['workspace_id']}/keys/{key['key']['id']}/revoke")
+    assert revoked.status_code == 200
+
+    assert verify(b, key["secret"])["code"] == "REVOKED"
+
+
+def test_a_rotation_through_one_process_is_honoured_by_the_other_at_once(pair):
+    a, b = pair
+    admin = create_workspace(a)["admin_key"]
+    key = issue(a, admin, ["read:nodes"])
+    assert verify(b, key["secret"])["code"] == "VALID"
+
+    with a.client(admin["secret"]) as client:
+        ws = admin["key"]["workspace_id"]
+        rotated = client.post(
+            f"/v1/workspaces/{ws}/keys/{key['key']['id']}/rotate", json={"grace_seconds": 0}
+        )
+
+    assert verify(b, key["secret"])["code"] == "EXPIRED"
+    assert verify(b, rotated.json()["secret"])["code"] == "VALID"
+
+
+def test_sixty_requests_over_both_processes_exhaust_a_starter_minute(pair):
+    a, b = pair
+    admin = create_workspace(a, "starter")["admin_key"]
+    key = issue(a, admin, ["read:nodes"])
+
+    codes = [verify(a if i % 2 else b, key["secret"])["code"] for i in range(60)]
+    sixty_first = verify(a, key["secret"])
+
+    assert codes == ["VALID"] * 60
+    assert sixty_first["code"] == "RATE_LIMITED"
+    assert verify(b, key["secret"])["code"] == "RATE_LIMITED"
