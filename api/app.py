@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.routes import keys, ops, usage, verify, workspaces
-from keyledger.bootstrap import Services
+from keyledger.services import Services
 
 
 def create_app(services: Services) -> FastAPI:

@@ -55,6 +55,11 @@ class RedisChangeFeed:
                 pipe.set(self._name(item), position, ex=self.TTL_SECONDS)
             pipe.execute()
 
+    def ping(self) -> None:
+        self._redis.ping()
+
     def markers(self, ids: Sequence[UUID]) -> list[int]:
+        if not ids:
+            return []
         values = cast(list[bytes | None], self._redis.mget([self._name(item) for item in ids]))
         return [int(v) if v is not None else 0 for v in values]

@@ -13,7 +13,7 @@ from api.problems import InsufficientScope, OperatorOnly, Unauthorized, refusal_
 from domain import credentials
 from domain.errors import WorkspaceNotFound
 from domain.verification import has_scope
-from keyledger.bootstrap import Services
+from keyledger.services import Services
 
 
 def get_services(request: Request) -> Services:

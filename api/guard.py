@@ -6,9 +6,12 @@ declares for it) and within its quota. The real response status is recorded as
 the key's usage. It runs keyledger's verification in-process, on the same
 event store and Redis as the keyledger API, so revocations reach it the same way.
 
-    from keyledger.bootstrap import build_verification, open_ledger
+    from keyledger.bootstrap import open_ledger
+    from keyledger.services import build_verification
     stack = build_verification(settings, open_ledger(settings))
-    app = KeyledgerGuard(service_app, stack.verification, scope_for={"/reports": "read:nodes"}.get ...)
+    stack.start()
+    app = KeyledgerGuard(service_app, stack.verification)
+    # or declare scopes per route: KeyledgerGuard(app, v, scope_for=lambda method, path: ROUTE_SCOPES.get(path))
 """
 
 from __future__ import annotations

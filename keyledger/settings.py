@@ -15,6 +15,10 @@ from domain.scopes import ScopeCatalog
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+class StartupError(Exception):
+    """A setting that parses but does not work (e.g. an unreachable database); names the setting."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYLEDGER_", extra="ignore")
 
@@ -41,6 +45,13 @@ class Settings(BaseSettings):
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value or None
 
     @field_validator("database_schema")
     @classmethod

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from keyledger.bootstrap import build_verification, open_ledger
+from keyledger.bootstrap import open_ledger
+from keyledger.services import build_verification
 from keyledger.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -148,7 +149,7 @@ def main() -> None:
             process.wait(timeout=15)
 
     def median(name: str, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in results[name])
+        return float(statistics.median(getattr(r, field) for r in results[name]))
 
     print(f"in-process verifications/s (median of {args.rounds}): {statistics.median(in_process):,.0f}")
     print(

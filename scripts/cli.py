@@ -23,7 +23,7 @@ from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.timefmt import parse_rfc3339, to_rfc3339
 from domain.workspace import Workspace
 from keyledger.bootstrap import open_ledger
-from keyledger.settings import Settings
+from keyledger.settings import Settings, StartupError
 
 USAGE_ERROR = 2
 
@@ -184,7 +184,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from keyledger.bootstrap import build_services
+    from keyledger.services import build_services
 
     services = build_services(Settings())
     if services.generated_operator_token:
@@ -210,6 +210,8 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         _fail("aborted")
     except DomainError as error:
+        _fail(str(error))
+    except StartupError as error:
         _fail(str(error))
     except pydantic.ValidationError as error:
         first = error.errors()[0]

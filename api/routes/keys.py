@@ -11,7 +11,7 @@ from api.deps import AdminCaller, ServicesDep
 from api.schemas import KeyIssue, KeyList, KeyPublic, KeyWithSecret, Revoke, Rotate, ScopeGrant
 from domain.errors import KeyNotFound
 from domain.keys import ApiKey
-from keyledger.bootstrap import Services
+from keyledger.services import Services
 
 router = APIRouter(prefix="/v1/workspaces/{ws}/keys", tags=["keys"])
 

@@ -11,7 +11,7 @@ from api.deps import ServicesDep, bearer_token
 from api.problems import ApiProblem, refusal_for
 from api.schemas import RateLimitInfo, VerifyRequest, VerifyResponse
 from api.verification import Answer, needed_scope
-from keyledger.bootstrap import Services
+from keyledger.services import Services
 
 router = APIRouter(tags=["verification"])
 
