@@ -67,10 +67,16 @@ class KeyledgerGuard:
 
         status = 500  # what an app that fails before answering amounts to
 
+        extra = [
+            (k.lower().encode(), v.encode())
+            for k, v in (answer.quota.headers() if answer.quota else {}).items()
+        ]
+
         async def send_and_watch(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:

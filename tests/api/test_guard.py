@@ -70,7 +70,7 @@ def test_the_guard_checks_keys_and_records_the_services_real_statuses(guarded):
 
     assert anonymous.status_code == 401 and anonymous.headers["content-type"] == "application/problem+json"
     assert found.status_code == 200 and found.json() == {"report": 1}
-    assert "RateLimit" not in found.headers or found.headers["RateLimit"]
+    assert found.headers["RateLimit-Policy"] == '"minute";q=60;w=60, "day";q=10000;w=86400'
     assert missing.status_code == 404
     assert forbidden.status_code == 403
     assert forbidden.headers["WWW-Authenticate"] == 'Bearer error="insufficient_scope", scope="write:reports"'
