@@ -11,7 +11,8 @@ event store and Redis as the keyledger API, so revocations reach it the same way
     stack = build_verification(settings, open_ledger(settings))
     stack.start()
     app = KeyledgerGuard(service_app, stack.verification)
-    # or declare scopes per route: KeyledgerGuard(app, v, scope_for=lambda method, path: ROUTE_SCOPES.get(path))
+    # scopes declared per route instead:
+    # KeyledgerGuard(app, v, scope_for=lambda method, path: ROUTE_SCOPES.get(path))
 """
 
 from __future__ import annotations
