@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -98,14 +99,24 @@ class ApiKey(Aggregate):
             key.scopes = sorted(set(key.scopes) - set(self.scopes))
 
     class KeyRotated(Aggregate.Event):
+        # v2 records the moment the previous secret stops working, decided once at rotation.
+        # v1 held only the requested grace_seconds, so every reader (key read model, audit
+        # trail and export, verification) had to recompute timestamp + grace on its own.
+        class_version = 2
+
         secret_digest: str
         grace_seconds: int
+        previous_valid_until: datetime
         actor: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["previous_valid_until"] = state["timestamp"] + timedelta(seconds=state["grace_seconds"])
 
         def apply(self, key: ApiKey) -> None:
             # Only one previous secret is honoured: the one this rotation replaces.
             key.previous_digest = key.secret_digest
-            key.previous_valid_until = self.timestamp + timedelta(seconds=self.grace_seconds)
+            key.previous_valid_until = self.previous_valid_until
             key.secret_digest = self.secret_digest
             key.rotated_at = self.timestamp
 
@@ -248,10 +259,14 @@ class ApiKey(Aggregate):
 
     def rotate(self, new_secret_digest: str, grace_seconds: int, actor: str) -> None:
         self._check_not_revoked()
+        grace = check_grace(grace_seconds)
+        now = self.KeyRotated.create_timestamp()
         self.trigger_event(
             self.KeyRotated,
+            timestamp=now,
             secret_digest=new_secret_digest,
-            grace_seconds=check_grace(grace_seconds),
+            grace_seconds=grace,
+            previous_valid_until=now + timedelta(seconds=grace),
             actor=actor,
         )
 

@@ -1,0 +1,187 @@
+"""The audit-history read model: one row per lifecycle event, in stream order.
+
+Every event of a key or a workspace becomes a row (`UsageRecorded` events feed
+the quota model only): its global position, time, workspace, key, type, actor, and its data with
+the envelope removed. Digests never enter a row: a `*_digest` field becomes a
+`*_fingerprint` (`domain.credentials.fingerprint`), which tells auditors which
+secret was in use when without revealing anything usable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import JSON, BigInteger, Column, Index, MetaData, String, Table, Uuid, insert, select
+from sqlalchemy.engine import Connection
+
+from domain.credentials import fingerprint
+from domain.keys import ApiKey
+from domain.timefmt import to_rfc3339
+from domain.workspace import Workspace
+from projections.base import Positioned, Projection, Tables, chunks, table_name
+from projections.db import UTCDateTime
+
+# Kept in columns of their own (or the library's bookkeeping): not repeated in `data`.
+_ENVELOPE = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "actor"})
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    position: int
+    occurred_at: datetime
+    type: str
+    key_id: UUID | None
+    actor: str
+    data: dict[str, Any]
+    workspace_id: UUID
+
+
+def audit_data(event: Any) -> dict[str, Any]:
+    """An event's own fields, JSON-ready, with every digest replaced by its fingerprint."""
+    data: dict[str, Any] = {}
+    for name, value in vars(event).items():
+        if name in _ENVELOPE:
+            continue
+        if "digest" in name:
+            data[name.replace("digest", "fingerprint")] = fingerprint(value) if value else None
+        else:
+            data[name] = _jsonable(value)
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return to_rfc3339(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class AuditProjection(Projection):
+    name = "audit"
+    VERSION = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        # key id -> workspace id: fixed at issue, so a cache entry never goes stale (even
+        # one learnt in a batch that rolled back: the replay learns the same pair).
+        self._workspace_of_key: dict[UUID, UUID] = {}
+
+    def define_tables(self, metadata: MetaData, generation: int) -> Tables:
+        name = table_name("audit", generation)
+        audit = Table(
+            name,
+            metadata,
+            Column("position", BigInteger, primary_key=True, autoincrement=False),
+            Column("occurred_at", UTCDateTime, nullable=False),
+            Column("workspace_id", Uuid, nullable=False),
+            Column("key_id", Uuid),
+            Column("originator_id", Uuid, nullable=False),
+            Column("type", String(100), nullable=False),
+            Column("actor", String(200), nullable=False),
+            Column("data", JSON, nullable=False),
+        )
+        for column in ("workspace_id", "key_id", "originator_id"):
+            Index(f"ix_{name}_{column}", audit.c[column], audit.c.position)
+        return {"audit": audit}
+
+    def handles(self, event: Any) -> bool:
+        # Lifecycle events of keys and workspaces; usage feeds the quota model only.
+        return isinstance(event, ApiKey.Event | Workspace.Event)
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
+        table = tables["audit"]
+        for _, event in events:
+            if isinstance(event, ApiKey.KeyIssued):
+                self._workspace_of_key[event.originator_id] = event.workspace_id
+        unknown = sorted(
+            {
+                e.originator_id
+                for _, e in events
+                if isinstance(e, ApiKey.Event) and e.originator_id not in self._workspace_of_key
+            },
+            key=str,
+        )
+        for ids in chunks(unknown, 500):
+            query = select(table.c.originator_id, table.c.workspace_id).where(table.c.originator_id.in_(ids))
+            self._workspace_of_key.update({k: w for k, w in conn.execute(query)})
+        conn.execute(insert(table), [self._row(position, event) for position, event in events])
+
+    def _row(self, position: int, event: Any) -> dict[str, Any]:
+        workspace_id: UUID
+        key_id: UUID | None
+        if isinstance(event, ApiKey.Event):
+            workspace_id, key_id = self._workspace_of_key[event.originator_id], event.originator_id
+        else:  # a workspace event; slot events name the key they count
+            workspace_id, key_id = event.originator_id, getattr(event, "key_id", None)
+        return {
+            "position": position,
+            "occurred_at": event.timestamp,
+            "workspace_id": workspace_id,
+            "key_id": key_id,
+            "originator_id": event.originator_id,
+            "type": type(event).__name__,
+            "actor": event.actor,
+            "data": audit_data(event),
+        }
+
+
+def select_entries(
+    conn: Connection,
+    tables: Tables,
+    workspace_id: UUID,
+    key_id: UUID | None = None,
+    types: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: int | None = None,
+    limit: int = 100,
+) -> tuple[list[AuditEntry], int | None]:
+    """A page of entries in stream order (`since` <= time < `until`); the cursor for the next page or None."""
+    table = tables["audit"]
+    query = select(table).where(table.c.workspace_id == workspace_id)
+    if key_id is not None:
+        query = query.where(table.c.key_id == key_id)
+    if types is not None:
+        query = query.where(table.c.type.in_(list(types)))
+    if since is not None:
+        query = query.where(table.c.occurred_at >= since)
+    if until is not None:
+        query = query.where(table.c.occurred_at < until)
+    if after is not None:
+        query = query.where(table.c.position > after)
+    rows = conn.execute(query.order_by(table.c.position).limit(limit + 1)).mappings().all()
+    entries = [_entry(row) for row in rows[:limit]]
+    return entries, entries[-1].position if len(rows) > limit else None
+
+
+def select_history(conn: Connection, tables: Tables, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
+    """The key's own events, oldest first (none when the key belongs to another workspace)."""
+    table = tables["audit"]
+    query = (
+        select(table)
+        .where(table.c.originator_id == key_id, table.c.workspace_id == workspace_id)
+        .order_by(table.c.position)
+    )
+    return [_entry(row) for row in conn.execute(query).mappings()]
+
+
+def _entry(row: Any) -> AuditEntry:
+    return AuditEntry(
+        position=row["position"],
+        occurred_at=row["occurred_at"],
+        type=row["type"],
+        key_id=row["key_id"],
+        actor=row["actor"],
+        data=dict(row["data"]),
+        workspace_id=row["workspace_id"],
+    )

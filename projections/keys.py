@@ -1,0 +1,133 @@
+"""The current-keys read model: one row per key, the key's state after its last event.
+
+The rows hold exactly the `ApiKey` aggregate's attributes, so applying an event
+is the domain's own rule (`event.mutate(key)`) and a reader gets the domain's
+`KeyState` back (`ApiKey.state(now, catalog)`): nothing about key lifecycle is
+written twice. Time-dependent parts (status `expired`, `rotation_due`, whether
+the previous secret still works) and the effective scopes (which depend on the
+deployment's resource catalog) are derived when read, never stored stale.
+
+The rows hold the current and previous secret digests because the API verifies
+presented secrets from them (`KeyCredentials`); they never leave this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.domain import Snapshot
+from eventsourcing.utils import get_topic
+from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, String, Table, Text, Uuid, select
+from sqlalchemy.engine import Connection, RowMapping
+
+from domain.keys import ApiKey
+from projections.base import Positioned, Projection, Tables, chunks, table_name
+from projections.db import UTCDateTime, upsert
+
+# ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
+ATTRIBUTE_COLUMNS = {
+    "_created_on": "created_at",
+    "_modified_on": "modified_at",
+    "workspace_id": "workspace_id",
+    "name": "name",
+    "scopes": "scopes",
+    "expires_at": "expires_at",
+    "secret_digest": "secret_digest",
+    "previous_digest": "previous_digest",
+    "previous_valid_until": "previous_valid_until",
+    "rotated_at": "rotated_at",
+    "revoked_at": "revoked_at",
+    "revoked_reason": "revoked_reason",
+    "issued_by": "issued_by",
+}
+_LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
+_API_KEY_TOPIC = get_topic(ApiKey)
+
+
+class KeysProjection(Projection):
+    name = "keys"
+    VERSION = 1
+
+    def define_tables(self, metadata: MetaData, generation: int) -> Tables:
+        keys = Table(
+            table_name("keys", generation),
+            metadata,
+            Column("key_id", Uuid, primary_key=True),
+            Column("workspace_id", Uuid, nullable=False, index=True),
+            Column("name", String(200), nullable=False),
+            Column("scopes", JSON, nullable=False),  # granted; effective ones are derived when read
+            Column("created_at", UTCDateTime, nullable=False),
+            Column("modified_at", UTCDateTime, nullable=False),
+            Column("expires_at", UTCDateTime),
+            Column("rotated_at", UTCDateTime),
+            Column("previous_valid_until", UTCDateTime),  # end of the previous secret's grace
+            Column("revoked_at", UTCDateTime),
+            Column("revoked_reason", Text),
+            Column("issued_by", String(200), nullable=False),
+            Column("secret_digest", String(64), nullable=False),
+            Column("previous_digest", String(64)),
+            Column("version", Integer, nullable=False),  # the aggregate's version
+            Column("position", BigInteger, nullable=False, index=True),  # of its last event
+        )
+        return {"keys": keys}
+
+    def handles(self, event: Any) -> bool:
+        return isinstance(event, ApiKey.Event)
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
+        table = tables["keys"]
+        stored = sorted({e.originator_id for _, e in events if not isinstance(e, ApiKey.KeyIssued)}, key=str)
+        keys: dict[UUID, ApiKey] = {}
+        for ids in chunks(stored, 500):
+            for row in conn.execute(select(table).where(table.c.key_id.in_(ids))).mappings():
+                keys[row["key_id"]] = key_from_row(row)
+        last_position: dict[UUID, int] = {}
+        for position, event in events:
+            key = keys.get(event.originator_id)
+            if key is None and not isinstance(event, ApiKey.KeyIssued):
+                raise LookupError(f"event at position {position} is for a key the read model never saw")
+            keys[event.originator_id] = event.mutate(key)  # checks the version sequence, too
+            last_position[event.originator_id] = position
+        upsert(conn, table, [row_from_key(keys[i], p) for i, p in last_position.items()], key=["key_id"])
+
+
+def row_from_key(key: ApiKey, position: int) -> dict[str, Any]:
+    state = vars(key)
+    unmapped = state.keys() - ATTRIBUTE_COLUMNS.keys() - _LIBRARY_ATTRIBUTES
+    if unmapped:
+        raise TypeError(f"ApiKey attributes {sorted(unmapped)} have no column in the keys read model")
+    row = {column: state[attribute] for attribute, column in ATTRIBUTE_COLUMNS.items()}
+    row.update(key_id=key.id, version=key.version, position=position)
+    return row
+
+
+def key_from_row(row: RowMapping) -> ApiKey:
+    # The library's own way to rebuild an aggregate from stored state.
+    snapshot = Snapshot(
+        originator_id=row["key_id"],
+        originator_version=row["version"],
+        timestamp=row["modified_at"],
+        topic=_API_KEY_TOPIC,
+        state={attribute: row[column] for attribute, column in ATTRIBUTE_COLUMNS.items()},
+    )
+    return cast(ApiKey, snapshot.mutate(None))
+
+
+def select_key(conn: Connection, tables: Tables, key_id: UUID) -> ApiKey | None:
+    table = tables["keys"]
+    row = conn.execute(select(table).where(table.c.key_id == key_id)).mappings().first()
+    return key_from_row(row) if row is not None else None
+
+
+def select_workspace_keys(conn: Connection, tables: Tables, workspace_id: UUID) -> list[ApiKey]:
+    table = tables["keys"]
+    query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)
+    return [key_from_row(row) for row in conn.execute(query).mappings()]
+
+
+def select_changed_keys(conn: Connection, tables: Tables, after: int) -> list[ApiKey]:
+    table = tables["keys"]
+    query = select(table).where(table.c.position > after).order_by(table.c.position)
+    return [key_from_row(row) for row in conn.execute(query).mappings()]

@@ -1,0 +1,389 @@
+"""ReadModels: the facade the API and the CLI use to keep read models caught up and to query them.
+
+A background thread polls the event stream (every `poll_interval`, at once on
+`nudge()`) and applies new events in batches. `wait(position)` returns as soon
+as the runner has committed that position: the thread signals a condition
+after each batch, so read-your-writes costs a few milliseconds, not the
+library's 100-800 ms polling back-off. Queries read the active generation of
+each read model only, in one snapshot, so they never see a half-built one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TypeVar
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from domain.application import KeyLedger
+from domain.errors import InvalidInput
+from domain.keys import ApiKey, KeyState
+from domain.verification import KeyCredentials
+from keyledger.settings import Settings
+from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
+from projections.base import Projection, Tables
+from projections.db import create_read_engine, read_transaction
+from projections.errors import ProjectionNotReady, RebuildInProgress, UnknownProjection
+from projections.keys import KeysProjection, select_changed_keys, select_key, select_workspace_keys
+from projections.runner import Progress, Runner, positions_reached
+from projections.tracking import STATE
+from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+KEY_STATUSES = ("active", "expired", "revoked")
+CATCH_UP_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    version: int | None  # of the active generation; None before the first build
+    position: int
+    lag: int  # events in the store after `position`
+    generation: int | None
+    code_version: int  # differs from `version` until the projection is rebuilt
+
+
+def default_projections() -> list[Projection]:
+    return [KeysProjection(), UsageProjection(), AuditProjection()]
+
+
+class ReadModels:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: KeyLedger,
+        *,
+        projections: Sequence[Projection] | None = None,
+        batch_size: int = 1000,
+        rebuild_batch_size: int = 2000,
+        poll_interval: float = 0.075,
+    ) -> None:
+        self.ledger = ledger
+        self.catalog = ledger.catalog
+        self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
+        self.projections = {p.name: p for p in (projections or default_projections())}
+        self.names = tuple(self.projections)
+        self.runner = Runner(
+            self.engine, ledger, list(self.projections.values()), batch_size, rebuild_batch_size
+        )
+        self.poll_interval = poll_interval
+        self._positions: dict[str, int] = {}
+        self._changed = threading.Condition()  # signalled whenever _positions moves
+        self._waiters = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._set_up = False
+        self._current = False
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build what is missing or outdated, then keep every read model caught up in the background."""
+        if self._thread is not None:
+            return
+        self.ensure_current()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._follow, name="keyledger-read-models", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            thread.join(timeout=30)
+
+    def close(self) -> None:
+        self.stop()
+        self.engine.dispose()
+
+    def nudge(self) -> None:
+        """A command was just saved in this process: poll now rather than at the next tick."""
+        self._wake.set()
+
+    def ensure_current(self, progress: Progress | None = None) -> list[str]:
+        """Rebuild every read model that was never built or whose code VERSION was raised.
+
+        Returns the names rebuilt. Waits while another process rebuilds one of them.
+        """
+        self._setup()
+        rebuilt: list[str] = []
+        while True:
+            active = self.runner.active()
+            for name, generation in active.items():
+                code = self.projections[name].VERSION
+                if generation.version > code:
+                    raise ProjectionNotReady(
+                        f"read model {name!r} was built by newer code (version {generation.version}, "
+                        f"this code has {code}); upgrade this process"
+                    )
+            stale = [
+                n for n in self.names if n not in active or active[n].version < self.projections[n].VERSION
+            ]
+            if not stale:
+                break
+            try:
+                self.runner.rebuild(stale, progress)
+                rebuilt += stale
+            except RebuildInProgress as error:
+                log.info("%s; waiting", error)
+                time.sleep(0.5)
+        self._current = True
+        self._refresh_positions()
+        return rebuilt
+
+    def _setup(self) -> None:
+        if not self._set_up:
+            self.runner.setup()
+            self._set_up = True
+
+    # --- following the stream ---------------------------------------------------
+
+    def _follow(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._wake.clear()  # before polling: a nudge during the poll triggers another one
+            try:
+                count = self._poll()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("read models: applying events failed (attempt %d); retrying", failures)
+                self._stopping.wait(min(30.0, 0.25 * 2**failures))
+                continue
+            if count < self.runner.batch_size:
+                self._wake.wait(0.01 if self._waiters else self.poll_interval)
+
+    def _poll(self) -> int:
+        """Apply one batch if the store is ahead of us; returns the events read."""
+        if self._reached(self.runner.head(), self.names):
+            return 0
+        count = self.runner.step()
+        self._refresh_positions()  # also picks up what other processes applied
+        return count
+
+    def _refresh_positions(self) -> None:
+        active = self.runner.active()
+        with self._changed:
+            for name, generation in active.items():
+                if generation.version == self.projections[name].VERSION:
+                    self._positions[name] = generation.position
+            self._changed.notify_all()
+
+    def _reached(self, position: int, names: Sequence[str]) -> bool:
+        with self._changed:
+            return positions_reached(self._positions, position, names)
+
+    def catch_up(self) -> int:
+        """Apply everything up to the current head, here and now; returns that position."""
+        if not self._current:
+            self.ensure_current()
+        head = self.runner.head()
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT
+        while not self._reached(head, self.names):
+            if self._poll() == 0:  # another process holds the batch: let it finish
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"read models did not reach position {head}")
+                time.sleep(0.01)
+        return head
+
+    def wait(self, position: int, names: Sequence[str] | None = None, timeout: float = 5.0) -> bool:
+        """True once the named read models (default all) have applied `position`; False on timeout."""
+        wanted = self._check_names(names) if names else self.names
+        deadline = time.monotonic() + timeout
+        if self._reached(position, wanted):
+            return True
+        if self._thread is None:  # nobody follows the stream: do it in this thread
+            if not self._current:
+                self.ensure_current()
+            while not self._reached(position, wanted):
+                if time.monotonic() >= deadline:
+                    return False
+                if self._poll() == 0:
+                    time.sleep(0.005)
+            return True
+        with self._changed:
+            self._waiters += 1
+            try:
+                self._wake.set()
+                while not positions_reached(self._positions, position, wanted):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._changed.wait(remaining)
+                return True
+            finally:
+                self._waiters -= 1
+
+    # --- operations -----------------------------------------------------------------
+
+    def status(self) -> list[ProjectionStatus]:
+        self._setup()
+        head = self.runner.head()
+        active = self.runner.active()
+        result = []
+        for name, projection in self.projections.items():
+            generation = active.get(name)
+            position = generation.position if generation else 0
+            result.append(
+                ProjectionStatus(
+                    name=name,
+                    version=generation.version if generation else None,
+                    position=position,
+                    lag=max(0, head - position),
+                    generation=generation.generation if generation else None,
+                    code_version=projection.VERSION,
+                )
+            )
+        return result
+
+    def rebuild(self, name: str | None = None, progress: Progress | None = None) -> None:
+        """Replay the stream into fresh tables while the current ones serve, then switch atomically."""
+        names = self._check_names([name]) if name is not None else self.names
+        self._setup()
+        self.runner.rebuild(names, progress)
+        self._refresh_positions()
+
+    def _check_names(self, names: Sequence[str]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in self.projections]
+        if unknown:
+            raise UnknownProjection(
+                f"unknown projection {unknown[0]!r}; known projections: {', '.join(self.names)}"
+            )
+        return tuple(names)
+
+    # --- queries ------------------------------------------------------------------
+
+    def _read(self, name: str, query: Callable[[Connection, Tables], T]) -> T:
+        """Run `query` on the active generation of a read model, in one snapshot."""
+        self._setup()
+        projection = self.projections[name]
+        for attempt in range(3):
+            generation = None
+            try:
+                with read_transaction(self.engine) as conn:
+                    generation = self._active_generation(conn, name)
+                    return query(conn, projection.tables(generation))
+            except DBAPIError:
+                # A rebuild may have switched generations and dropped this one between our
+                # two statements: read again from the new one.
+                if attempt == 2 or generation is None or self._active_number(name) == generation:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _active_generation(self, conn: Connection, name: str) -> int:
+        row = conn.execute(
+            select(STATE.c.generation, STATE.c.version).where(STATE.c.name == name, STATE.c.active)
+        ).first()
+        code = self.projections[name].VERSION
+        if row is None:
+            raise ProjectionNotReady(f"read model {name!r} is not built yet (keyledger projections rebuild)")
+        if row.version != code:
+            raise ProjectionNotReady(
+                f"read model {name!r} is at version {row.version}; this code reads {code}"
+            )
+        return int(row.generation)
+
+    def _active_number(self, name: str) -> int | None:
+        with read_transaction(self.engine) as conn:
+            try:
+                return self._active_generation(conn, name)
+            except ProjectionNotReady:
+                return None
+
+    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime) -> KeyState | None:
+        key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))
+        if key is None or key.workspace_id != workspace_id:
+            return None
+        return key.state(now, self.catalog)
+
+    def list_keys(
+        self,
+        workspace_id: UUID,
+        now: datetime,
+        status: str | None = None,
+        rotation_due: bool | None = None,
+    ) -> list[KeyState]:
+        if status is not None and status not in KEY_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(KEY_STATUSES)}")
+        keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id))
+        states = [key.state(now, self.catalog) for key in keys]
+        return [
+            s
+            for s in states
+            if (status is None or s.status == status)
+            and (rotation_due is None or s.rotation_due == rotation_due)
+        ]
+
+    def key_credentials(self, key_id: UUID) -> KeyCredentials | None:
+        """What verification needs about one key (digests included), or None."""
+        key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))
+        return key.credentials(self.catalog) if key is not None else None
+
+    def changed_credentials(self, after: int = 0) -> tuple[list[KeyCredentials], int]:
+        """Credentials of the keys changed after position `after`, and the position they reflect.
+
+        Lets an API process keep an in-memory verification cache fresh: call again
+        with the returned position.
+        """
+
+        def query(conn: Connection, tables: Tables) -> tuple[list[ApiKey], int]:
+            position = conn.execute(
+                select(STATE.c.position).where(STATE.c.name == "keys", STATE.c.active)
+            ).scalar_one()
+            return select_changed_keys(conn, tables, after), int(position)
+
+        keys, position = self._read("keys", query)
+        return [key.credentials(self.catalog) for key in keys], position
+
+    def usage(
+        self,
+        workspace_id: UUID,
+        key_id: UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[KeyUsage]:
+        """Per key (most used first): totals, top endpoints, minute and day series in [since, until)."""
+        return self._read(
+            "usage", lambda conn, tables: select_usage(conn, tables, workspace_id, key_id, since, until)
+        )
+
+    def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
+        """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
+        return self._read("usage", lambda conn, tables: select_consumed(conn, tables, minute, day))
+
+    def audit(
+        self,
+        workspace_id: UUID,
+        key_id: UUID | None = None,
+        types: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[AuditEntry], int | None]:
+        """A page of a workspace's audit trail after cursor `after`; the next cursor or None at the end."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
+        return self._read(
+            "audit",
+            lambda conn, tables: select_entries(
+                conn, tables, workspace_id, key_id, types, since, until, after, limit
+            ),
+        )
+
+    def history(self, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
+        """The key's own events, oldest first."""
+        return self._read("audit", lambda conn, tables: select_history(conn, tables, workspace_id, key_id))

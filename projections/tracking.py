@@ -1,0 +1,131 @@
+"""How far each read model has read: one row per projection generation, written with its rows.
+
+`kl_projection_state` holds (name, generation, version, position, active). The
+active generation of a projection is the one queries read and the runner keeps
+caught up; a rebuild fills a new, inactive generation and then flips `active`
+in one transaction. `position` is the last notification id applied: it only
+moves forward and only from the value the writer read (see `advance`), like the
+library's tracking records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Row
+
+from projections.db import UTCDateTime
+from projections.errors import TrackingConflict
+
+STATE = Table(
+    "kl_projection_state",
+    MetaData(),
+    Column("name", String(64), primary_key=True),
+    Column("generation", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("active", Boolean, nullable=False),
+    # A building generation's heartbeat: a rebuild whose heartbeat stopped was abandoned.
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Generation:
+    name: str
+    generation: int
+    version: int
+    position: int
+    active: bool
+    updated_at: datetime
+
+
+def _generation(row: Row[tuple[str, int, int, int, bool, datetime]]) -> Generation:
+    return Generation(*row)
+
+
+def select_generations(
+    conn: Connection,
+    names: Collection[str] | None = None,
+    *,
+    active: bool | None = None,
+    lock: bool = False,
+    skip_locked: bool = False,
+) -> list[Generation]:
+    """Generations, optionally locked for this transaction.
+
+    On PostgreSQL `skip_locked` leaves out rows another process is writing
+    right now, so several runners never apply the same batch; SQLite has no row
+    locks but serialises writers (BEGIN IMMEDIATE).
+    """
+    query = select(STATE).order_by(STATE.c.name, STATE.c.generation)
+    if names is not None:
+        query = query.where(STATE.c.name.in_(list(names)))
+    if active is not None:
+        query = query.where(STATE.c.active == active)
+    if lock:
+        query = query.with_for_update(skip_locked=skip_locked)
+    return [_generation(row) for row in conn.execute(query)]
+
+
+def insert_generation(
+    conn: Connection, name: str, generation: int, version: int, now: datetime
+) -> Generation:
+    new = Generation(name, generation, version, 0, False, now)
+    conn.execute(insert(STATE).values(**vars(new)))
+    return new
+
+
+def advance(conn: Connection, generation: Generation, position: int, now: datetime) -> Generation:
+    """Record that `generation` applied everything up to `position`, in the caller's transaction."""
+    if position <= generation.position:
+        raise TrackingConflict(f"{generation.name}: position {position} is not after {generation.position}")
+    result = conn.execute(
+        update(STATE)
+        .where(
+            and_(
+                STATE.c.name == generation.name,
+                STATE.c.generation == generation.generation,
+                STATE.c.position == generation.position,
+            )
+        )
+        .values(position=position, updated_at=now)
+    )
+    if result.rowcount != 1:
+        raise TrackingConflict(f"{generation.name}: another writer moved the position")
+    return replace(generation, position=position, updated_at=now)
+
+
+def activate(conn: Connection, generations: Collection[Generation]) -> None:
+    """Make these generations the active ones of their projections (one transaction: an atomic switch)."""
+    for new in generations:
+        conn.execute(update(STATE).where(STATE.c.name == new.name).values(active=False))
+        conn.execute(
+            update(STATE)
+            .where(and_(STATE.c.name == new.name, STATE.c.generation == new.generation))
+            .values(active=True)
+        )
+
+
+def delete_generation(conn: Connection, generation: Generation) -> None:
+    conn.execute(
+        delete(STATE).where(
+            and_(STATE.c.name == generation.name, STATE.c.generation == generation.generation)
+        )
+    )

@@ -1,0 +1,266 @@
+"""The quota-usage read model: answers per key per UTC minute and per UTC day, and per endpoint.
+
+Fed only by `UsageRecorded` events (batched usage counts, see `domain.usage`).
+Each batch of events is summed in memory first and then added to the stored
+counters with one upsert per table, so a batch costs a few statements however
+many answers it counts.
+
+Counters: `requests` (every answer), `successes` (2xx), `client_errors` (4xx
+other than 429), `rate_limited` (429). A refused (429) answer consumes no quota.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple, cast
+from uuid import UUID
+
+from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, Uuid, func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement
+
+from domain.usage import UsageBatch
+from projections.base import Positioned, Projection, Tables, table_name
+from projections.db import UTCDateTime, upsert
+
+COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
+TOP_ENDPOINTS = 5
+MAX_ENDPOINT_LENGTH = 200
+
+
+class UsageBucket(NamedTuple):
+    """One UTC minute (a datetime) or one UTC day (a date) of a key's answers."""
+
+    start: datetime | date
+    requests: int
+    successes: int
+    client_errors: int
+    rate_limited: int
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    key_id: UUID
+    total: int
+    successes: int
+    success_rate: float | None  # share of 2xx answers; None when there were none
+    client_errors: int
+    rate_limited: int
+    top_endpoints: list[tuple[str, int]]
+    per_minute: list[UsageBucket]
+    per_day: list[UsageBucket]
+    last_used: datetime | None  # start of the last minute with an answer
+
+
+def _counter_columns() -> list[Column[int]]:
+    return [Column(name, BigInteger, nullable=False) for name in COUNTERS]
+
+
+def _split(status: int, count: int) -> tuple[int, int, int, int]:
+    return (
+        count,
+        count if 200 <= status < 300 else 0,
+        count if 400 <= status < 500 and status != 429 else 0,
+        count if status == 429 else 0,
+    )
+
+
+class UsageProjection(Projection):
+    name = "usage"
+    VERSION = 1
+
+    def define_tables(self, metadata: MetaData, generation: int) -> Tables:
+        minute = Table(
+            table_name("usage_minute", generation),
+            metadata,
+            Column("key_id", Uuid, primary_key=True),
+            Column("minute", UTCDateTime, primary_key=True, index=True),
+            Column("workspace_id", Uuid, nullable=False, index=True),
+            *_counter_columns(),
+        )
+        day = Table(
+            table_name("usage_day", generation),
+            metadata,
+            Column("key_id", Uuid, primary_key=True),
+            Column("day", Date, primary_key=True, index=True),
+            Column("workspace_id", Uuid, nullable=False, index=True),
+            *_counter_columns(),
+        )
+        endpoint = Table(
+            table_name("usage_endpoint", generation),
+            metadata,
+            Column("key_id", Uuid, primary_key=True),
+            Column("minute", UTCDateTime, primary_key=True),
+            Column("endpoint", String(MAX_ENDPOINT_LENGTH), primary_key=True),
+            Column("workspace_id", Uuid, nullable=False, index=True),
+            Column("requests", BigInteger, nullable=False),
+        )
+        return {"minute": minute, "day": day, "endpoint": endpoint}
+
+    def handles(self, event: Any) -> bool:
+        return isinstance(event, UsageBatch.UsageRecorded)
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
+        minutes: dict[tuple[UUID, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        days: dict[tuple[UUID, date], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        endpoints: dict[tuple[UUID, datetime, str], int] = defaultdict(int)
+        workspace_of: dict[UUID, UUID] = {}
+        # Batches repeat the same few ids and minutes: parse each distinct string once.
+        ids: dict[str, UUID] = {}
+        times: dict[str, tuple[datetime, date]] = {}
+        for _, event in events:
+            for entry in event.entries:
+                key_id = ids.get(entry["key_id"]) or ids.setdefault(entry["key_id"], UUID(entry["key_id"]))
+                if key_id not in workspace_of:
+                    workspace_of[key_id] = UUID(entry["workspace_id"])
+                moment = times.get(entry["minute"])
+                if moment is None:
+                    minute = _floor_minute(datetime.fromisoformat(entry["minute"]))
+                    moment = times.setdefault(entry["minute"], (minute, minute.date()))
+                minute, day = moment
+                split = _split(int(entry["status"]), int(entry["count"]))
+                by_minute, by_day = minutes[key_id, minute], days[key_id, day]
+                for i in range(4):
+                    by_minute[i] += split[i]
+                    by_day[i] += split[i]
+                endpoints[key_id, minute, entry["endpoint"][:MAX_ENDPOINT_LENGTH]] += split[0]
+        upsert(
+            conn,
+            tables["minute"],
+            [
+                {
+                    "key_id": k,
+                    "minute": m,
+                    "workspace_id": workspace_of[k],
+                    **dict(zip(COUNTERS, c, strict=True)),
+                }
+                for (k, m), c in minutes.items()
+            ],
+            key=["key_id", "minute"],
+            add=COUNTERS,
+        )
+        upsert(
+            conn,
+            tables["day"],
+            [
+                {
+                    "key_id": k,
+                    "day": d,
+                    "workspace_id": workspace_of[k],
+                    **dict(zip(COUNTERS, c, strict=True)),
+                }
+                for (k, d), c in days.items()
+            ],
+            key=["key_id", "day"],
+            add=COUNTERS,
+        )
+        upsert(
+            conn,
+            tables["endpoint"],
+            [
+                {"key_id": k, "minute": m, "endpoint": e, "workspace_id": workspace_of[k], "requests": n}
+                for (k, m, e), n in endpoints.items()
+            ],
+            key=["key_id", "minute", "endpoint"],
+            add=["requests"],
+        )
+
+
+def _floor_minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def select_usage(
+    conn: Connection,
+    tables: Tables,
+    workspace_id: UUID,
+    key_id: UUID | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[KeyUsage]:
+    """Usage per key in [since, until); per_day lists the whole UTC days that range touches."""
+    minute, day, endpoint = tables["minute"], tables["day"], tables["endpoint"]
+
+    def where(table: Table, time: ColumnElement[Any], lower: Any, upper: Any, inclusive: bool) -> list[Any]:
+        clauses: list[Any] = [table.c.workspace_id == workspace_id]
+        if key_id is not None:
+            clauses.append(table.c.key_id == key_id)
+        if lower is not None:
+            clauses.append(time >= lower)
+        if upper is not None:
+            clauses.append(time <= upper if inclusive else time < upper)
+        return clauses
+
+    per_minute: dict[UUID, list[UsageBucket]] = defaultdict(list)
+    query = select(minute.c.key_id, minute.c.minute, *(minute.c[c] for c in COUNTERS))
+    query = query.where(*where(minute, minute.c.minute, since, until, False)).order_by(
+        minute.c.key_id, minute.c.minute
+    )
+    for row in conn.execute(query):
+        per_minute[row[0]].append(UsageBucket(*row[1:]))
+
+    first_day = since.astimezone(UTC).date() if since is not None else None
+    last_day = (until - timedelta(microseconds=1)).astimezone(UTC).date() if until is not None else None
+    per_day: dict[UUID, list[UsageBucket]] = defaultdict(list)
+    query = select(day.c.key_id, day.c.day, *(day.c[c] for c in COUNTERS))
+    query = query.where(*where(day, day.c.day, first_day, last_day, True)).order_by(day.c.key_id, day.c.day)
+    for row in conn.execute(query):
+        per_day[row[0]].append(UsageBucket(*row[1:]))
+
+    top: dict[UUID, list[tuple[str, int]]] = defaultdict(list)
+    count = func.sum(endpoint.c.requests)
+    query = (
+        select(endpoint.c.key_id, endpoint.c.endpoint, count)
+        .where(*where(endpoint, endpoint.c.minute, since, until, False))
+        .group_by(endpoint.c.key_id, endpoint.c.endpoint)
+        .order_by(endpoint.c.key_id, count.desc(), endpoint.c.endpoint)
+    )
+    for key, name, requests in conn.execute(query):
+        if len(top[key]) < TOP_ENDPOINTS:
+            top[key].append((name, int(requests)))
+
+    key_ids: Iterable[UUID] = [key_id] if key_id is not None else per_minute.keys()
+    usages = [_key_usage(k, per_minute.get(k, []), per_day.get(k, []), top.get(k, [])) for k in key_ids]
+    return sorted(usages, key=lambda u: (-u.total, str(u.key_id)))
+
+
+def _key_usage(
+    key_id: UUID, per_minute: list[UsageBucket], per_day: list[UsageBucket], top: list[tuple[str, int]]
+) -> KeyUsage:
+    total = sum(b.requests for b in per_minute)
+    successes = sum(b.successes for b in per_minute)
+    used = [cast(datetime, b.start) for b in per_minute if b.requests]
+    return KeyUsage(
+        key_id=key_id,
+        total=total,
+        successes=successes,
+        success_rate=successes / total if total else None,
+        client_errors=sum(b.client_errors for b in per_minute),
+        rate_limited=sum(b.rate_limited for b in per_minute),
+        top_endpoints=top,
+        per_minute=per_minute,
+        per_day=per_day,
+        last_used=max(used) if used else None,
+    )
+
+
+def select_consumed(
+    conn: Connection, tables: Tables, minute: datetime, day: date
+) -> dict[UUID, tuple[int, int]]:
+    """Answers per key in that minute and that day that consumed quota (all but 429s)."""
+    minute_table, day_table = tables["minute"], tables["day"]
+    consumed: dict[UUID, list[int]] = defaultdict(lambda: [0, 0])
+    query = select(minute_table.c.key_id, minute_table.c.requests - minute_table.c.rate_limited).where(
+        minute_table.c.minute == _floor_minute(minute)
+    )
+    for key, count in conn.execute(query):
+        consumed[key][0] = int(count)
+    query = select(day_table.c.key_id, day_table.c.requests - day_table.c.rate_limited).where(
+        day_table.c.day == day
+    )
+    for key, count in conn.execute(query):
+        consumed[key][1] = int(count)
+    return {key: (m, d) for key, (m, d) in consumed.items()}

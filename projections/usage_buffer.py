@@ -1,0 +1,129 @@
+"""UsageRecorder: counts an API process's answers in memory and records them as batched usage events.
+
+`record()` is on the request path: it only adds one to a counter under a lock
+(no I/O). A flusher thread turns the counters into `UsageRecorded` events about
+every `flush_interval` seconds, or sooner once `flush_every` answers are
+waiting. Counts are kept per (key, UTC minute, endpoint, status), so a busy key
+adds one entry per minute and endpoint and status, not one per request.
+
+What a crash can lose: the counts not flushed yet (at most about one flush
+interval of answers). Lifecycle events never pass through here: they are saved
+by their command before it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from uuid import UUID
+
+from domain.application import KeyLedger
+from domain.usage import MAX_ENTRIES_PER_BATCH, UsageCount
+from projections.usage import MAX_ENDPOINT_LENGTH
+
+log = logging.getLogger(__name__)
+
+_Slot = tuple[UUID, UUID, datetime, str, int]  # key, workspace, minute, endpoint, status
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        ledger: KeyLedger,
+        actor: str | None = None,
+        flush_interval: float = 1.0,
+        flush_every: int = 5000,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
+        """`on_flush(position)` runs after each flush that recorded events (e.g. ReadModels.nudge)."""
+        self.ledger = ledger
+        self.actor = actor or f"usage:{socket.gethostname()}:{os.getpid()}"
+        self.flush_interval = flush_interval
+        self.flush_every = flush_every
+        self.on_flush = on_flush
+        self._counts: Counter[_Slot] = Counter()
+        self._answers = 0
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time keeps events in order per process
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record(
+        self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime | None = None
+    ) -> None:
+        """Count one answer to a key. Cheap and thread-safe; never touches the store."""
+        moment = (at or datetime.now(UTC)).astimezone(UTC)
+        minute = moment.replace(second=0, microsecond=0)
+        slot = (key_id, workspace_id, minute, endpoint[:MAX_ENDPOINT_LENGTH], status)
+        with self._lock:
+            self._counts[slot] += 1
+            self._answers += 1
+            full = self._answers >= self.flush_every
+        if full:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Answers counted but not recorded yet."""
+        with self._lock:
+            return self._answers
+
+    def flush(self) -> int | None:
+        """Record every pending count now; returns the position of the last event recorded, or None.
+
+        On failure the counts go back into the buffer (to be retried) and the error is raised.
+        """
+        with self._flushing:
+            with self._lock:
+                taken, self._counts = self._counts, Counter()
+                self._answers = 0
+            counts = [UsageCount(k, w, m, e, s, n) for (k, w, m, e, s), n in taken.items()]
+            position = None
+            for start in range(0, len(counts), MAX_ENTRIES_PER_BATCH):
+                chunk = counts[start : start + MAX_ENTRIES_PER_BATCH]
+                try:
+                    # One small event per save: large PostgreSQL saves can hang (EVENTSOURCING-NOTES).
+                    position = self.ledger.record_usage(chunk, self.actor)
+                except Exception:
+                    self._restore(counts[start:])
+                    raise
+            if position is not None and self.on_flush is not None:
+                self.on_flush(position)
+            return position
+
+    def _restore(self, counts: list[UsageCount]) -> None:
+        with self._lock:
+            for c in counts:
+                self._counts[c.key_id, c.workspace_id, c.minute, c.endpoint, c.status] += c.count
+                self._answers += c.count
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="keyledger-usage-flusher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the flusher and record what is still pending."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            thread.join(timeout=30)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("recording usage failed; the counts are kept and retried")
+                self._stopping.wait(self.flush_interval)
