@@ -29,7 +29,9 @@ class Store:
         if self.postgres:
             with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
                 conn.execute(
-                    sql.SQL("SET search_path TO {}").format(sql.Identifier(self.settings.database_schema or ""))
+                    sql.SQL("SET search_path TO {}").format(
+                        sql.Identifier(self.settings.database_schema or "")
+                    )
                 )
 
                 def execute(query: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -46,7 +48,9 @@ class Store:
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._execute() as execute:
-            return list(execute(query.format(events=self.events, chain=self.chain, pos=self.position), params))
+            return list(
+                execute(query.format(events=self.events, chain=self.chain, pos=self.position), params)
+            )
 
     def state(self, position: int) -> bytes:
         return bytes(self.sql("SELECT state FROM {events} WHERE {pos} = ?", (position,))[0][0])

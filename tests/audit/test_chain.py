@@ -85,7 +85,8 @@ def test_verify_detects_an_inserted_event(audited: KeyLedger, audit_settings: Se
     topic, state = store.sql("SELECT topic, state FROM {events} WHERE {pos} = 1")[0]
     oid = uuid4() if store.postgres else uuid4().hex
     store.sql(
-        "INSERT INTO {events} (originator_id, originator_version, topic, state, {pos}) VALUES (?, 1, ?, ?, ?)",
+        "INSERT INTO {events} (originator_id, originator_version, topic, state, {pos}) "
+        "VALUES (?, 1, ?, ?, ?)",
         (oid, topic, state, position),
     )
 
@@ -123,7 +124,9 @@ def test_an_event_removed_with_its_link_breaks_the_next_link(audited: KeyLedger,
     assert (verdict.finding.position, verdict.finding.problem) == (bad + 1, Problem.ALTERED)
 
 
-def test_a_tail_removed_from_both_tables_needs_the_exported_head(audited: KeyLedger, audit_settings: Settings):
+def test_a_tail_removed_from_both_tables_needs_the_exported_head(
+    audited: KeyLedger, audit_settings: Settings
+):
     seed(audited)
     head = verify(audited).head
     assert head is not None
@@ -178,7 +181,9 @@ def test_start_up_refuses_a_missing_or_wrong_key_once_a_chain_exists(audit_setti
     assert "genesis" in json.loads(result.stdout)["problem"]
 
 
-def test_events_written_before_the_key_was_set_are_chained_when_it_is(settings: Settings, audit_settings: Settings):
+def test_events_written_before_the_key_was_set_are_chained_when_it_is(
+    settings: Settings, audit_settings: Settings
+):
     plain = open_ledger(settings)
     seed(plain)
     plain.close()
