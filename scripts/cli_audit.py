@@ -29,7 +29,10 @@ from domain.errors import InvalidInput
 from domain.history import replay
 from domain.timefmt import parse_rfc3339, to_rfc3339
 from keyledger.auditchain.links import MAC_SIZE, ChainKey, Link
-from keyledger.auditchain.verify import ChainReader, verify_chain
+from keyledger.auditchain.postgres import ChainedPostgresRecorder
+from keyledger.auditchain.snapshots import check_snapshots
+from keyledger.auditchain.sqlite import ChainedSQLiteRecorder
+from keyledger.auditchain.verify import Verdict, verify_chain
 from keyledger.auditchain.writer import ENV_STARTUP_CHECK
 from keyledger.bootstrap import ensure_schema, event_store_env
 from keyledger.settings import Settings
@@ -189,22 +192,18 @@ def verify_command(
         typer.Option(help="POSITION:MAC of a head printed by an earlier verify; detects a removed tail"),
     ] = None,
 ) -> None:
-    """Check every stored event against the HMAC chain; name the first bad position (exit 1)."""
+    """Check every stored event against the HMAC chain, then every snapshot against its events.
+
+    Names the first bad position and exits 1; prints the chain head to anchor a later run.
+    """
     settings = _settings()
     if settings.audit_key is None:
         raise InvalidInput("KEYLEDGER_AUDIT_KEY is not set: it is needed to check the audit chain")
     key = ChainKey.from_setting(settings.audit_key.get_secret_value())
     expected = _anchor(anchor) if anchor else None
     ledger = _ledger(settings)
-    console = Console(stderr=True)
     try:
-        recorder = ledger.recorder
-        if not isinstance(recorder, ChainReader):
-            raise InvalidInput("this store's recorder keeps no audit chain")
-        total = ledger.recorder.max_notification_id() or 0
-        with _progress(console) as progress:
-            task = progress.add_task("verify", total=total)
-            verdict = verify_chain(recorder, key, expected, lambda p: progress.update(task, completed=p))
+        verdict = _verify(ledger, key, expected, Console(stderr=True))
     finally:
         ledger.close()
     head = {"position": verdict.head.position, "mac": verdict.head.mac.hex()} if verdict.head else None
@@ -224,6 +223,21 @@ def verify_command(
     typer.echo(json.dumps(report, indent=2))
     typer.echo(f"keyledger: audit verify failed at position {finding.position}: {finding.detail}", err=True)
     raise typer.Exit(TAMPERED)
+
+
+def _verify(ledger: KeyLedger, key: ChainKey, anchor: Link | None, console: Console) -> Verdict:
+    recorder = ledger.recorder
+    if not isinstance(recorder, ChainedSQLiteRecorder | ChainedPostgresRecorder):
+        raise InvalidInput("this store's recorder keeps no audit chain")
+    with _progress(console) as progress:
+        events = progress.add_task("events", total=recorder.max_notification_id() or 0)
+        verdict = verify_chain(recorder, key, anchor, lambda p: progress.update(events, completed=p))
+        if not verdict.ok:
+            return verdict
+        ids = recorder.select_snapshot_ids()
+        snapshots = progress.add_task("snapshots", total=len(ids))
+        finding = check_snapshots(ledger, ids, recorder.select_positions, lambda: progress.advance(snapshots))
+        return dataclasses.replace(verdict, finding=finding)
 
 
 def _format_head(head: Link | None) -> str:

@@ -32,6 +32,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         *,
         events_table_name: str = "stored_events",
         chain_key: ChainKey | None = None,
+        snapshots_table_name: str = "stored_snapshots",
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         self.chain_key = chain_key
@@ -63,6 +64,10 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
             "WHERE notification_id > %s AND notification_id < %s ORDER BY notification_id LIMIT %s"
         ).format(schema, events)
+        self.select_snapshot_ids_statement = SQL("SELECT DISTINCT originator_id FROM {}.{}").format(
+            schema, Identifier(snapshots_table_name)
+        )
+        self.snapshots_regclass = f'"{self.datastore.schema}"."{snapshots_table_name}"'
         self.select_positions_statement = SQL(
             "SELECT originator_version, notification_id FROM {}.{} WHERE originator_id = %s"
         ).format(schema, events)
@@ -140,6 +145,16 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self.select_positions_statement, (originator_id,))
             return {r["originator_version"]: r["notification_id"] for r in curs.fetchall()}
 
+    def select_snapshot_ids(self) -> list[UUID]:
+        """Every aggregate that has a snapshot (the snapshots table is the library's)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute("SELECT to_regclass(%s) AS t", (self.snapshots_regclass,))
+            found = curs.fetchone()
+            if found is None or found["t"] is None:  # snapshotting never enabled
+                return []
+            curs.execute(self.select_snapshot_ids_statement)
+            return [r["originator_id"] for r in curs.fetchall()]
+
     def seal(self) -> None:
         """Start the chain (genesis, then links for events already stored), under the table lock."""
         if self.chain_key is None:
@@ -153,9 +168,11 @@ class Factory(PostgresFactory):
     """`eventsourcing.postgres`'s factory, with the chained application recorder."""
 
     def application_recorder(self) -> ApplicationRecorder:
+        prefix = self.env.name.lower() or "stored"  # the library's table naming
         recorder = ChainedPostgresRecorder(
             datastore=self.datastore,
-            events_table_name=(self.env.name.lower() or "stored") + "_events",
+            events_table_name=prefix + "_events",
+            snapshots_table_name=prefix + "_snapshots",
             chain_key=writer.key_from_env(self.env.get(writer.ENV_KEY)),
         )
         if self.env_create_table():

@@ -7,6 +7,7 @@ another writer, and rowid order (the position) is commit order.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
@@ -28,6 +29,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         events_table_name: str = "stored_events",
         chain_key: ChainKey | None = None,
         chain_table_name: str = "audit_chain",
+        snapshots_table_name: str = "stored_snapshots",
     ) -> None:
         self.chain_table_name = chain_table_name  # the base constructor builds the CREATE statements
         self.chain_key = chain_key
@@ -50,6 +52,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             f"SELECT originator_version, rowid FROM {events} WHERE originator_id = ?"  # noqa: S608
         )
         self.take_write_lock = f"DELETE FROM {chain} WHERE 0"  # noqa: S608
+        self.select_snapshot_ids_statement = f"SELECT DISTINCT originator_id FROM {snapshots_table_name}"  # noqa: S608
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -113,6 +116,15 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             c.execute(self.select_positions_statement, (originator_id.hex,))
             return {row[0]: row[1] for row in c.fetchall()}
+
+    def select_snapshot_ids(self) -> list[UUID]:
+        """Every aggregate that has a snapshot (the snapshots table is the library's)."""
+        with self.datastore.transaction(commit=False) as c:
+            try:
+                c.execute(self.select_snapshot_ids_statement)
+            except sqlite3.OperationalError:  # no snapshots table: snapshotting never enabled
+                return []
+            return [UUID(row[0]) for row in c.fetchall()]
 
     def seal(self) -> None:
         """Start the chain (genesis, then links for events already stored)."""

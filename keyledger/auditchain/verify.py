@@ -21,6 +21,7 @@ class Problem(StrEnum):
     REMOVED = "removed"
     INSERTED = "inserted"
     TRUNCATED = "truncated"
+    SNAPSHOT = "snapshot"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class Store:
         self.postgres = settings.is_postgres
         self.events = "keyledger_events" if self.postgres else "stored_events"
         self.chain = "keyledger_audit_chain" if self.postgres else "audit_chain"
+        self.snapshots = "keyledger_snapshots" if self.postgres else "stored_snapshots"
         self.position = "notification_id" if self.postgres else "rowid"
 
     @contextmanager
@@ -49,7 +50,12 @@ class Store:
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._execute() as execute:
             return list(
-                execute(query.format(events=self.events, chain=self.chain, pos=self.position), params)
+                execute(
+                    query.format(
+                        events=self.events, chain=self.chain, snapshots=self.snapshots, pos=self.position
+                    ),
+                    params,
+                )
             )
 
     def state(self, position: int) -> bytes:

@@ -224,3 +224,27 @@ def test_concurrent_writers_keep_one_unbroken_chain(audited: KeyLedger):
     verdict = verify(audited)
     assert verdict.ok, verdict.finding
     assert verdict.events == audited.max_position()
+
+
+def test_verify_checks_snapshots_against_their_events(audited: KeyLedger, audit_settings: Settings):
+    ws = audited.create_workspace("acme", "pro").workspace.id
+    key = audited.issue_key(ws, "busy", ["read:nodes"]).key
+    for i in range(120):  # a snapshot at version 100, where the key holds read:nodes only
+        key.grant(["write:edges"], "operator") if i % 2 == 0 else key.revoke_scopes(
+            ["write:edges"], "operator"
+        )
+    audited.save(key)
+    store = Store(audit_settings)
+    assert run(audit_settings, "verify").returncode == 0
+    (state,) = store.sql("SELECT state FROM {snapshots}")[0]
+    planted = bytes(state).replace(b'"read:nodes"', b'"admin"')
+    assert planted != bytes(state)
+    store.sql("UPDATE {snapshots} SET state = ?", (planted,))
+
+    result = run(audit_settings, "verify")
+
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["problem"] == "snapshot"
+    assert report["first_bad_position"] == audited.recorder.select_positions(key.id)[100]  # type: ignore[attr-defined]
+    assert str(key.id) in report["detail"]
