@@ -145,5 +145,5 @@ class Factory(SQLiteFactory):
         )
         if self.env_create_table():
             recorder.create_table()
-        writer.open_chain(recorder, check=bool(strtobool(self.env.get(writer.ENV_STARTUP_CHECK, "y"))))
+        writer.open_chain(recorder, writes=bool(strtobool(self.env.get(writer.ENV_STARTUP_CHECK, "y"))))
         return recorder

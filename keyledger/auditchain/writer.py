@@ -103,12 +103,14 @@ class ChainRecorder(Protocol):
     def seal(self) -> None: ...
 
 
-def open_chain(recorder: ChainRecorder, check: bool) -> None:
-    """At start-up: refuse a missing or wrong key; start the chain over events already stored."""
+def open_chain(recorder: ChainRecorder, writes: bool) -> None:
+    """At start-up of a process that writes: refuse a missing or wrong key, and start the chain
+    over the events already stored. Audit tools only read: they skip both."""
+    if not writes:
+        return
     first = recorder.select_links(gt=GENESIS_POSITION - 1, limit=1)
     genesis = first[0] if first and first[0].position == GENESIS_POSITION else None
-    if check:
-        check_at_startup(recorder.chain_key, genesis, has_links=bool(first))
+    check_at_startup(recorder.chain_key, genesis, has_links=bool(first))
     if recorder.chain_key is not None and not first:
         recorder.seal()
 

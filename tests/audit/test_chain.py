@@ -248,3 +248,13 @@ def test_verify_checks_snapshots_against_their_events(audited: KeyLedger, audit_
     assert report["problem"] == "snapshot"
     assert report["first_bad_position"] == audited.recorder.select_positions(key.id)[100]  # type: ignore[attr-defined]
     assert str(key.id) in report["detail"]
+
+
+def test_verify_reports_an_unchained_store_and_leaves_it_alone(ledger: KeyLedger, audit_settings: Settings):
+    seed(ledger)  # written without a key
+
+    result = run(audit_settings, "verify")
+
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["problem"] == "no-chain"
+    assert Store(audit_settings).sql("SELECT COUNT(*) FROM {chain}")[0][0] == 0

@@ -17,6 +17,7 @@ from domain.credentials import digest
 from domain.errors import DomainError
 from domain.keys import ApiKey
 from domain.timefmt import to_rfc3339
+from domain.usage import UsageCount
 from keyledger.settings import Settings
 from scripts.cli import app
 from tests.audit.cli import env_of, run
@@ -134,16 +135,28 @@ def test_export_filters_by_workspace_and_time(audited: KeyLedger, audit_settings
     audited.grant_scopes(b.admin_key.id, ["read:nodes"])
     since = next(iter(audited.events.get(b.admin_key.id, desc=True, limit=1))).timestamp  # type: ignore[attr-defined]
     audited.grant_scopes(a.admin_key.id, ["read:nodes"])
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    audited.record_usage(
+        [UsageCount(w.admin_key.id, w.workspace.id, minute, "GET /nodes", 200, 3) for w in (a, b)], "api"
+    )
 
     only_b = run(audit_settings, "export", "--workspace", str(b.workspace.id))
     recent = run(audit_settings, "export", "--since", to_rfc3339(since) or "")
 
     b_lines = [json.loads(line) for line in only_b.stdout.splitlines()]
     assert {e["workspace_id"] for e in b_lines} == {str(b.workspace.id)}
-    assert [e["type"] for e in b_lines] == ["WorkspaceCreated", "KeySlotTaken", "KeyIssued", "ScopesGranted"]
-    assert [json.loads(line)["key_id"] for line in recent.stdout.splitlines()] == [
-        str(b.admin_key.id),
-        str(a.admin_key.id),
+    assert [e["type"] for e in b_lines] == [
+        "WorkspaceCreated",
+        "KeySlotTaken",
+        "KeyIssued",
+        "ScopesGranted",
+        "UsageRecorded",
+    ]
+    assert [e["key_id"] for e in b_lines[-1]["data"]["entries"]] == [str(b.admin_key.id)]
+    assert [json.loads(line)["type"] for line in recent.stdout.splitlines()] == [
+        "ScopesGranted",
+        "ScopesGranted",
+        "UsageRecorded",
     ]
 
 
