@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import psycopg
@@ -10,26 +9,28 @@ from eventsourcing.persistence import PersistenceError
 from psycopg import sql
 
 from domain.application import KeyLedger
+from keyledger.auditchain.writer import chain_env
 from keyledger.settings import Settings, StartupError
-
-log = logging.getLogger(__name__)
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:
     """The `eventsourcing` library's environment for the configured database."""
     url = settings.url
+    audit_key = settings.audit_key.get_secret_value() if settings.audit_key else None
     if not settings.is_postgres:
         path = url.database or ""
         if path in ("", ":memory:"):
             # Threads share one in-memory database only through a named, shared cache.
             path = f"file:keyledger-{os.getpid()}-{id(settings)}?mode=memory&cache=shared"
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            # eventsourcing.sqlite, plus the audit chain (keyledger/auditchain)
+            "PERSISTENCE_MODULE": "keyledger.auditchain.sqlite:Factory",
             "SQLITE_DBNAME": path,
             "SQLITE_LOCK_TIMEOUT": "30",
+            **chain_env(audit_key),
         }
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "keyledger.auditchain.postgres:Factory",
         "POSTGRES_DBNAME": url.database or "postgres",
         # TCP, not the unix socket: large saves can hang over the socket (EVENTSOURCING-NOTES).
         "POSTGRES_HOST": url.host or "127.0.0.1",
@@ -40,6 +41,7 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_POOL_SIZE": "5",
         "POSTGRES_MAX_OVERFLOW": "10",
         "POSTGRES_CONNECT_TIMEOUT": "5",
+        **chain_env(audit_key),
     }
     if settings.database_schema:
         env["POSTGRES_SCHEMA"] = settings.database_schema

@@ -13,6 +13,7 @@ from domain.errors import DomainError
 from domain.scopes import ScopeCatalog
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MIN_AUDIT_KEY_LENGTH = 32
 
 
 class StartupError(Exception):
@@ -20,7 +21,8 @@ class StartupError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_", extra="ignore")
+    # hide_input_in_errors: a rejected secret (token, audit key) never appears in an error message.
+    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         default="sqlite:///keyledger.db",
@@ -33,7 +35,9 @@ class Settings(BaseSettings):
     operator_token: SecretStr | None = None
     resources: str = Field(default="nodes,edges,livedata,events", description="the resource catalog")
     insufficient_scope_status: int = 403
-    audit_key: SecretStr | None = None
+    audit_key: SecretStr | None = Field(
+        default=None, description="key of the audit HMAC chain; unset: no chain is written"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -77,6 +81,15 @@ class Settings(BaseSettings):
     def _check_scope_status(cls, value: int) -> int:
         if value not in (401, 403):
             raise ValueError("must be 403 or 401")
+        return value
+
+    @field_validator("audit_key")
+    @classmethod
+    def _check_audit_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # an empty variable means unset
+        if len(value.get_secret_value()) < MIN_AUDIT_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_AUDIT_KEY_LENGTH} characters (openssl rand -hex 32)")
         return value
 
     @property

@@ -1,0 +1,181 @@
+"""The library's PostgreSQL recorder, extended to write the audit chain in the insert transaction.
+
+The library serialises inserting transactions with an EXCLUSIVE lock on the events
+table, so positions are handed out in commit order. The chain is read and extended
+after that lock is taken, in the same transaction: chain order is commit order, and
+a rolled-back insert leaves neither events nor links (only a gap in positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder, InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.utils import retry, strtobool
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from keyledger.auditchain import writer
+from keyledger.auditchain.links import GENESIS_POSITION, ChainKey, Link
+
+BACKFILL_BATCH = 1000
+
+
+class ChainedPostgresRecorder(PostgresApplicationRecorder):
+    def __init__(
+        self,
+        datastore: PostgresDatastore,
+        *,
+        events_table_name: str = "stored_events",
+        chain_key: ChainKey | None = None,
+        snapshots_table_name: str = "stored_snapshots",
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.chain_key = chain_key
+        self.chain_table_name = events_table_name.removesuffix("_events") + "_audit_chain"
+        self.check_identifier_length(self.chain_table_name)
+        schema, chain, events = (
+            Identifier(self.datastore.schema),
+            Identifier(self.chain_table_name),
+            Identifier(self.events_table_name),
+        )
+        self.sql_create_statements.append(
+            SQL("CREATE TABLE IF NOT EXISTS {}.{} (position bigint PRIMARY KEY, mac bytea NOT NULL)").format(
+                schema, chain
+            )
+        )
+        # Which row got which position, whatever order RETURNING lists them in.
+        self.insert_events_statement += SQL(", originator_id, originator_version")
+        self.select_chain_ends = SQL(
+            "SELECT position, mac FROM {0}.{1} WHERE position = %s "
+            "UNION ALL (SELECT position, mac FROM {0}.{1} ORDER BY position DESC LIMIT 1)"
+        ).format(schema, chain)
+        self.insert_links = SQL(
+            "INSERT INTO {}.{} (position, mac) SELECT * FROM unnest(%s::bigint[], %s::bytea[])"
+        ).format(schema, chain)
+        self.select_links_statement = SQL(
+            "SELECT position, mac FROM {}.{} WHERE position > %s ORDER BY position LIMIT %s"
+        ).format(schema, chain)
+        self.select_events_between = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
+            "WHERE notification_id > %s AND notification_id < %s ORDER BY notification_id LIMIT %s"
+        ).format(schema, events)
+        self.select_snapshot_ids_statement = SQL("SELECT DISTINCT originator_id FROM {}.{}").format(
+            schema, Identifier(snapshots_table_name)
+        )
+        self.snapshots_regclass = f'"{self.datastore.schema}"."{snapshots_table_name}"'
+        self.select_positions_statement = SQL(
+            "SELECT originator_version, notification_id FROM {}.{} WHERE originator_id = %s"
+        ).format(schema, events)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        positions: Sequence[int] | None
+        if self.chain_key is None or not stored_events:
+            positions = super().insert_events(stored_events, **kwargs)
+        else:
+            positions = self._insert_chained(self.chain_key, stored_events, **kwargs)
+        return positions
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's insert
+    def _insert_chained(
+        self, key: ChainKey, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> list[int]:
+        # One plain transaction (no pipeline): an error while chaining must roll the events back too.
+        with self.datastore.transaction(commit=True) as curs:
+            self._insert_stored_events(curs, stored_events, **kwargs)  # locks the table, then inserts
+            rows = curs.fetchall()
+            by_version = {(r["originator_id"], r["originator_version"]): r["notification_id"] for r in rows}
+            new = sorted(
+                ((by_version[(e.originator_id, e.originator_version)], e) for e in stored_events),
+                key=lambda pair: pair[0],
+            )
+            self._extend_chain(curs, key, new)
+        return [r["notification_id"] for r in rows]
+
+    def _extend_chain(self, curs: Cursor[DictRow], key: ChainKey, new: list[tuple[int, StoredEvent]]) -> None:
+        curs.execute(self.select_chain_ends, (GENESIS_POSITION,))
+        ends = [Link(r["position"], bytes(r["mac"])) for r in curs.fetchall()]
+        genesis = ends[0] if ends and ends[0].position == GENESIS_POSITION else None
+        start = writer.start(key, genesis, ends[-1] if ends else None)
+        self._write_links(curs, start.new_links)
+        previous = start.previous
+        if start.needs_backfill:
+            for batch in self._events_before(curs, new[0][0] if new else None):
+                links = writer.extend(key, previous, batch)
+                self._write_links(curs, links)
+                previous = links[-1]
+        self._write_links(curs, writer.extend(key, previous, new))
+
+    def _events_before(
+        self, curs: Cursor[DictRow], stop: int | None
+    ) -> Iterator[list[tuple[int, StoredEvent]]]:
+        after = 0
+        while True:
+            curs.execute(self.select_events_between, (after, stop or 2**63 - 1, BACKFILL_BATCH))
+            rows = curs.fetchall()
+            if not rows:
+                return
+            yield [
+                (
+                    r["notification_id"],
+                    StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"])),
+                )
+                for r in rows
+            ]
+            after = rows[-1]["notification_id"]
+
+    def _write_links(self, curs: Cursor[DictRow], links: list[Link]) -> None:
+        if links:
+            curs.execute(self.insert_links, ([link.position for link in links], [link.mac for link in links]))
+
+    # --- what the audit tools read -------------------------------------
+
+    def select_links(self, gt: int, limit: int) -> list[Link]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_links_statement, (gt, limit))
+            return [Link(r["position"], bytes(r["mac"])) for r in curs.fetchall()]
+
+    def select_positions(self, originator_id: UUID) -> dict[int, int]:
+        """Stream position of each version of one aggregate."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_positions_statement, (originator_id,))
+            return {r["originator_version"]: r["notification_id"] for r in curs.fetchall()}
+
+    def select_snapshot_ids(self) -> list[UUID]:
+        """Every aggregate that has a snapshot (the snapshots table is the library's)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute("SELECT to_regclass(%s) AS t", (self.snapshots_regclass,))
+            found = curs.fetchone()
+            if found is None or found["t"] is None:  # snapshotting never enabled
+                return []
+            curs.execute(self.select_snapshot_ids_statement)
+            return [r["originator_id"] for r in curs.fetchall()]
+
+    def seal(self) -> None:
+        """Start the chain (genesis, then links for events already stored), under the table lock."""
+        if self.chain_key is None:
+            return
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock_table(curs)
+            self._extend_chain(curs, self.chain_key, [])
+
+
+class Factory(PostgresFactory):
+    """`eventsourcing.postgres`'s factory, with the chained application recorder."""
+
+    def application_recorder(self) -> ApplicationRecorder:
+        prefix = self.env.name.lower() or "stored"  # the library's table naming
+        recorder = ChainedPostgresRecorder(
+            datastore=self.datastore,
+            events_table_name=prefix + "_events",
+            snapshots_table_name=prefix + "_snapshots",
+            chain_key=writer.key_from_env(self.env.get(writer.ENV_KEY)),
+        )
+        if self.env_create_table():
+            recorder.create_table()
+        writer.open_chain(recorder, writes=bool(strtobool(self.env.get(writer.ENV_STARTUP_CHECK, "y"))))
+        return recorder

@@ -1,0 +1,115 @@
+"""Benchmark of `state_at` (the `state?at=T` query) for one key with 10,000 events.
+
+Builds the key on a fresh SQLite file and a fresh PostgreSQL schema (grants and
+revokes alternating, saved in chunks, audit chain on), then times `state_at` at
+random moments of its life, in-process. Target: median under 50 ms.
+
+    scripts/bench_audit [--events 10000] [--samples 200] [--backend sqlite|postgres|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from uuid import uuid4
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from domain.application import KeyLedger
+from domain.history import replay, state_at
+from keyledger.bootstrap import open_ledger
+from keyledger.settings import Settings
+
+POSTGRES_URL = os.environ.get("KEYLEDGER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+AUDIT_KEY = SecretStr("bench-audit-key-" + "0" * 32)
+CHUNK = 500  # events per save: large PostgreSQL saves can hang (EVENTSOURCING-NOTES)
+
+
+@contextmanager
+def store(backend: str) -> Iterator[Settings]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as directory:
+            yield Settings(database_url=f"sqlite:///{Path(directory) / 'bench.db'}", audit_key=AUDIT_KEY)
+        return
+    schema = f"bench_{uuid4().hex[:12]}"
+    try:
+        yield Settings(database_url=POSTGRES_URL, database_schema=schema, audit_key=AUDIT_KEY)
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def build_key(ledger: KeyLedger, events: int) -> tuple[object, list[datetime]]:
+    ws = ledger.create_workspace("bench", "pro").workspace.id
+    key = ledger.issue_key(ws, "busy", ["read:nodes"]).key
+    for i in range(events - 1):
+        if i % 2 == 0:
+            key.grant(["write:edges"], "operator")
+        else:
+            key.revoke_scopes(["write:edges"], "operator")
+        if (i + 1) % CHUNK == 0:
+            ledger.save(key)
+    ledger.save(key)
+    times = [e.timestamp for e in ledger.events.get(key.id)]  # type: ignore[attr-defined]
+    return key.id, times
+
+
+def bench(backend: str, events: int, samples: int) -> None:
+    with store(backend) as settings:
+        ledger = open_ledger(settings)
+        try:
+            started = time.perf_counter()
+            key_id, times = build_key(ledger, events)
+            built = time.perf_counter() - started
+            ledger.repository.cache = None
+            rng = random.Random(1)
+            durations = []
+            for _ in range(samples):
+                at = times[0] + (times[-1] - times[0]) * rng.random()
+                t0 = time.perf_counter()
+                state_at(ledger, key_id, at)  # type: ignore[arg-type]
+                durations.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            replay(ledger, key_id, times[-1])  # type: ignore[arg-type]
+            full_replay = (time.perf_counter() - t0) * 1000
+        finally:
+            ledger.close()
+    durations.sort()
+    median = statistics.median(durations)
+    p95 = durations[int(len(durations) * 0.95) - 1]
+    verdict = "OK" if median < 50 else "OVER TARGET"
+    print(
+        f"{backend:9} key with {len(times)} events (built in {built:.1f} s): "
+        f"state_at median {median:.2f} ms, "
+        f"p95 {p95:.2f} ms, max {durations[-1]:.2f} ms over {samples} random times [{verdict}]; "
+        f"raw replay of all events {full_replay:.0f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    args = parser.parse_args()
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        bench(backend, args.events, args.samples)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
