@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
-from api.routes import keys, ops, usage, verify, workspaces
+from api.routes import audit, keys, ops, usage, verify, workspaces
 from keyledger.services import Services
 
 
@@ -29,6 +29,6 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
-    for module in (workspaces, keys, usage, verify, ops):
+    for module in (workspaces, keys, usage, audit, verify, ops):
         app.include_router(module.router)
     return app

@@ -68,10 +68,7 @@ class KeyledgerGuard:
 
         status = 500  # what an app that fails before answering amounts to
 
-        extra = [
-            (k.lower().encode(), v.encode())
-            for k, v in (answer.quota.headers() if answer.quota else {}).items()
-        ]
+        extra = [(k.lower().encode(), v.encode()) for k, v in (answer.quota.headers() if answer.quota else {}).items()]
 
         async def send_and_watch(message: Message) -> None:
             nonlocal status

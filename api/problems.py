@@ -116,9 +116,7 @@ def refusal_for(answer: Answer, insufficient_scope_status: int = 403) -> ApiProb
         return RateLimited(answer.quota)
     if answer.code is VerifyCode.INSUFFICIENT_SCOPE:
         return InsufficientScope(answer.needed_scope or "", insufficient_scope_status)
-    return Unauthorized(
-        _KEY_REFUSALS.get(answer.code, _KEY_REFUSALS[VerifyCode.NOT_FOUND]), answer.code.value
-    )
+    return Unauthorized(_KEY_REFUSALS.get(answer.code, _KEY_REFUSALS[VerifyCode.NOT_FOUND]), answer.code.value)
 
 
 _FAMILIES: list[tuple[type[DomainError], int]] = [(InvalidInput, 422), (NotFound, 404), (Conflict, 409)]
@@ -144,9 +142,7 @@ def _validation_error(_: Request, error: Exception) -> JSONResponse:
     # Location and message only: `input` may hold a secret.
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in error.errors()]
     where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-    return problem(
-        422, "Invalid request", f"the request is not valid: {where}", "invalid-request", errors=errors
-    )
+    return problem(422, "Invalid request", f"the request is not valid: {where}", "invalid-request", errors=errors)
 
 
 def _http_error(_: Request, error: Exception) -> JSONResponse:

@@ -78,9 +78,7 @@ class QuotaGate:
     """Checks and consumes a key's minute and day quotas."""
 
     def __init__(self, redis_url: str | None = None, namespace: str = "kl") -> None:
-        self.storage: Storage = (
-            cast(Storage, storage_from_string(redis_url)) if redis_url else MemoryStorage()
-        )
+        self.storage: Storage = cast(Storage, storage_from_string(redis_url)) if redis_url else MemoryStorage()
         self.shared = redis_url is not None
         self.namespace = namespace
 
@@ -120,9 +118,7 @@ class QuotaGate:
         next_day = _day_start(now) + timedelta(days=1)
         return QuotaDecision(
             allowed=allowed,
-            minute=Window(
-                "minute", per_minute, max(0, per_minute - minute_used), _seconds_until(next_minute, now)
-            ),
+            minute=Window("minute", per_minute, max(0, per_minute - minute_used), _seconds_until(next_minute, now)),
             day=Window("day", per_day, max(0, per_day - day_used), _seconds_until(next_day, now)),
         )
 

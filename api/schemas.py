@@ -159,3 +159,28 @@ class AuditEntryPublic(BaseModel):
 class AuditPage(BaseModel):
     items: list[AuditEntryPublic]
     next_cursor: str | None
+
+
+class KeyStateAtPublic(BaseModel):
+    """A key as it stood at `at`, rebuilt from events; secrets by fingerprint only."""
+
+    at: datetime
+    key: KeyPublic
+    version: int
+    last_event_at: datetime
+    current_secret: str
+    previous_secret: str | None
+    valid_secrets: list[str]
+
+
+class KeyAccessPublic(BaseModel):
+    key_id: UUID
+    name: str
+    granted_by: list[str]
+    state: KeyStateAtPublic
+
+
+class AccessList(BaseModel):
+    scope: str
+    at: datetime
+    items: list[KeyAccessPublic]

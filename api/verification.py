@@ -79,9 +79,7 @@ class VerificationService:
         if key is None:
             return Answer(VerifyCode.NOT_FOUND, 401, needed_scope)
         code = check_credentials(key.credentials, presented, needed_scope, self.clock())
-        return Answer(
-            code, self.statuses[code], needed_scope, key if code is not VerifyCode.NOT_FOUND else None
-        )
+        return Answer(code, self.statuses[code], needed_scope, key if code is not VerifyCode.NOT_FOUND else None)
 
     def verify(
         self,
@@ -103,9 +101,7 @@ class VerificationService:
                 code = VerifyCode.VALID if decision.allowed else VerifyCode.RATE_LIMITED
                 answer = Answer(code, self.statuses[code], needed_scope, key, decision)
             else:
-                answer = Answer(
-                    answer.code, answer.status, needed_scope, key, self.quotas.peek(key_id, rpm, rpd, now)
-                )
+                answer = Answer(answer.code, answer.status, needed_scope, key, self.quotas.peek(key_id, rpm, rpd, now))
             if record_usage:
                 self.record(answer, endpoint, answer.status)
         self.metrics.verify_latency.observe(time.perf_counter() - started)

@@ -40,9 +40,7 @@ def keys_with_access(ledger: KeyLedger, workspace_id: UUID, scope: str, at: date
         raise WorkspaceNotFound(f"workspace {workspace_id} not found")
     # A release is recorded just after its key's revocation: released by T means revoked by T.
     released = {e.key_id for e in events if isinstance(e, Workspace.KeySlotReleased) and e.timestamp <= at}
-    candidates = [
-        e.key_id for e in events if isinstance(e, Workspace.KeySlotTaken) and e.key_id not in released
-    ]
+    candidates = [e.key_id for e in events if isinstance(e, Workspace.KeySlotTaken) and e.key_id not in released]
     found: list[KeyAccess] = []
     for key_id in dict.fromkeys(candidates):
         try:

@@ -136,9 +136,7 @@ class KeyLedger(Application[UUID]):
         except KeyNotFound:
             return VerifyCode.NOT_FOUND, None
         needed = self.catalog.parse(needed_scope) if needed_scope is not None else None
-        code = check_credentials(
-            key.credentials(self.catalog), credentials.digest(secret), needed, self.clock()
-        )
+        code = check_credentials(key.credentials(self.catalog), credentials.digest(secret), needed, self.clock())
         return code, key if code is not VerifyCode.NOT_FOUND else None
 
     # --- workspace commands -----------------------------------------------

@@ -76,9 +76,7 @@ def state_at(ledger: KeyLedger, key_id: UUID, at: datetime, workspace_id: UUID |
     return _state_of(ledger, key, at, version, last_event_at)
 
 
-def replay(
-    ledger: KeyLedger, key_id: UUID, at: datetime | None = None, workspace_id: UUID | None = None
-) -> Replay:
+def replay(ledger: KeyLedger, key_id: UUID, at: datetime | None = None, workspace_id: UUID | None = None) -> Replay:
     """The key's timeline up to `at` (default: now) and its state then, from raw events alone."""
     at = at or ledger.clock()
     check_aware(at)
@@ -102,8 +100,7 @@ def history(ledger: KeyLedger, key_id: UUID, workspace_id: UUID | None = None) -
     _issued_event(ledger, key_id, workspace_id)
     positions = _positions(ledger, key_id)
     return [
-        TimelineEntry(positions.get(event.originator_version), describe(event))
-        for event in _events(ledger, key_id)
+        TimelineEntry(positions.get(event.originator_version), describe(event)) for event in _events(ledger, key_id)
     ]
 
 
@@ -120,9 +117,7 @@ def _events(
     limit: int | None = None,
 ) -> Iterator[Aggregate.Event]:
     """The key's stored events, decoded (typed: the library's protocol lacks `timestamp`)."""
-    return cast(
-        "Iterator[Aggregate.Event]", ledger.events.get(key_id, gt=gt, lte=lte, desc=desc, limit=limit)
-    )
+    return cast("Iterator[Aggregate.Event]", ledger.events.get(key_id, gt=gt, lte=lte, desc=desc, limit=limit))
 
 
 def check_aware(at: datetime) -> None:
@@ -132,9 +127,7 @@ def check_aware(at: datetime) -> None:
 
 def _issued_event(ledger: KeyLedger, key_id: UUID, workspace_id: UUID | None) -> ApiKey.KeyIssued:
     first = next(iter(_events(ledger, key_id, lte=1)), None)
-    if not isinstance(first, ApiKey.KeyIssued) or (
-        workspace_id is not None and first.workspace_id != workspace_id
-    ):
+    if not isinstance(first, ApiKey.KeyIssued) or (workspace_id is not None and first.workspace_id != workspace_id):
         raise KeyNotFound(f"key {key_id} not found")
     return first
 
@@ -174,9 +167,7 @@ def _positions(ledger: KeyLedger, key_id: UUID) -> dict[int, int]:
     return recorder.select_positions(key_id) if isinstance(recorder, KnowsPositions) else {}
 
 
-def _state_of(
-    ledger: KeyLedger, key: ApiKey, at: datetime, version: int, last_event_at: datetime
-) -> KeyStateAt:
+def _state_of(ledger: KeyLedger, key: ApiKey, at: datetime, version: int, last_event_at: datetime) -> KeyStateAt:
     state = key.state(at, ledger.catalog)
     current = fingerprint(key.secret_digest)
     previous = (

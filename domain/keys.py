@@ -52,9 +52,7 @@ def check_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
 
 def check_scope_count(scopes: list[str]) -> None:
     if len(scopes) > MAX_SCOPES_PER_KEY:
-        raise TooManyScopes(
-            f"a key holds at most {MAX_SCOPES_PER_KEY} scopes; this change would give it {len(scopes)}"
-        )
+        raise TooManyScopes(f"a key holds at most {MAX_SCOPES_PER_KEY} scopes; this change would give it {len(scopes)}")
 
 
 @dataclass(frozen=True)

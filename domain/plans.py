@@ -36,9 +36,7 @@ def parse_plan(name: str) -> Plan:
         raise InvalidPlan(f"unknown plan {name!r}; known plans: {known}") from None
 
 
-def limits_for(
-    plan: Plan, requests_per_minute: int | None = None, requests_per_day: int | None = None
-) -> Limits:
+def limits_for(plan: Plan, requests_per_minute: int | None = None, requests_per_day: int | None = None) -> Limits:
     """Limits of a plan. Enterprise needs both numbers; other plans take none."""
     if plan is Plan.ENTERPRISE:
         if requests_per_minute is None or requests_per_day is None:

@@ -58,8 +58,7 @@ class ScopeCatalog:
         resource = match.group(2)
         if resource not in self.resources:
             raise UnknownResource(
-                f"scope {scope!r} names unknown resource {resource!r}; "
-                f"known resources: {', '.join(self.resources)}"
+                f"scope {scope!r} names unknown resource {resource!r}; known resources: {', '.join(self.resources)}"
             )
         return scope
 
@@ -68,9 +67,7 @@ class ScopeCatalog:
         return sorted({self.parse(s) for s in scopes})
 
     def all_scopes(self) -> frozenset[str]:
-        return frozenset(
-            [ADMIN] + [f"{action}:{resource}" for action in ACTIONS for resource in self.resources]
-        )
+        return frozenset([ADMIN] + [f"{action}:{resource}" for action in ACTIONS for resource in self.resources])
 
     def effective(self, granted: Iterable[str]) -> frozenset[str]:
         """The closure of granted scopes under `write:R => read:R` and `admin => all`."""

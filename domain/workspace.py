@@ -62,9 +62,7 @@ class Workspace(Aggregate):
         def apply(self, workspace: Workspace) -> None:
             workspace.live_key_ids.remove(self.key_id)
 
-    def __init__(
-        self, name: str, plan: str, requests_per_minute: int, requests_per_day: int, actor: str
-    ) -> None:
+    def __init__(self, name: str, plan: str, requests_per_minute: int, requests_per_day: int, actor: str) -> None:
         self.name = name
         self.plan = plan
         self.requests_per_minute = requests_per_minute

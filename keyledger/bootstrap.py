@@ -62,9 +62,7 @@ def ensure_schema(settings: Settings) -> None:
         connect_timeout=5,
         autocommit=True,
     ) as conn:
-        conn.execute(
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.database_schema))
-        )
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.database_schema)))
 
 
 def open_ledger(settings: Settings) -> KeyLedger:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import redis
-from projections.usage_buffer import UsageRecorder
 
 from api.change_feed import ChangeFeed, MemoryChangeFeed, RedisChangeFeed
 from api.credential_cache import CredentialCache
@@ -22,6 +21,7 @@ from keyledger.database import create_db_engine
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
 from projections import ReadModels
+from projections.usage_buffer import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def build_verification(settings: Settings, ledger: KeyLedger) -> VerificationSta
     quotas = QuotaGate(settings.redis_url)
     usage = UsageRecorder(ledger, actor=f"api:{socket.gethostname()}:{os.getpid()}")
     metrics = Metrics()
-    verification = VerificationService(
-        cache, quotas, usage, metrics, ledger.clock, settings.insufficient_scope_status
-    )
+    verification = VerificationService(cache, quotas, usage, metrics, ledger.clock, settings.insufficient_scope_status)
     return VerificationStack(ledger, feed, cache, quotas, usage, metrics, verification)
 
 

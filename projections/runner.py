@@ -125,9 +125,7 @@ class Runner:
         log.info("rebuilding %s into generation(s) %s", names, [g.generation for g in building])
         while True:
             with write_transaction(self.engine) as conn:
-                count, building = self._apply_batch(
-                    conn, self._relock(conn, building), self.rebuild_batch_size
-                )
+                count, building = self._apply_batch(conn, self._relock(conn, building), self.rebuild_batch_size)
             if progress is not None:
                 done = min(g.position for g in building)
                 progress(done, max(done, self.head()))
@@ -169,9 +167,7 @@ class Runner:
         for generation in building:
             found = current.get((generation.name, generation.generation))
             if found is None or found.position != generation.position:
-                raise RebuildInProgress(
-                    f"the rebuild of {generation.name!r} was taken over by another process"
-                )
+                raise RebuildInProgress(f"the rebuild of {generation.name!r} was taken over by another process")
         return list(building)
 
     def _switch(self, building: Sequence[Generation]) -> list[Generation]:

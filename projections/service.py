@@ -74,9 +74,7 @@ class ReadModels:
         self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
         self.projections = {p.name: p for p in (projections or default_projections())}
         self.names = tuple(self.projections)
-        self.runner = Runner(
-            self.engine, ledger, list(self.projections.values()), batch_size, rebuild_batch_size
-        )
+        self.runner = Runner(self.engine, ledger, list(self.projections.values()), batch_size, rebuild_batch_size)
         self.poll_interval = poll_interval
         self._positions: dict[str, int] = {}
         self._changed = threading.Condition()  # signalled whenever _positions moves
@@ -129,9 +127,7 @@ class ReadModels:
                         f"read model {name!r} was built by newer code (version {generation.version}, "
                         f"this code has {code}); upgrade this process"
                     )
-            stale = [
-                n for n in self.names if n not in active or active[n].version < self.projections[n].VERSION
-            ]
+            stale = [n for n in self.names if n not in active or active[n].version < self.projections[n].VERSION]
             if not stale:
                 break
             try:
@@ -259,9 +255,7 @@ class ReadModels:
     def _check_names(self, names: Sequence[str]) -> tuple[str, ...]:
         unknown = [n for n in names if n not in self.projections]
         if unknown:
-            raise UnknownProjection(
-                f"unknown projection {unknown[0]!r}; known projections: {', '.join(self.names)}"
-            )
+            raise UnknownProjection(f"unknown projection {unknown[0]!r}; known projections: {', '.join(self.names)}")
         return tuple(names)
 
     # --- queries ------------------------------------------------------------------
@@ -291,9 +285,7 @@ class ReadModels:
         if row is None:
             raise ProjectionNotReady(f"read model {name!r} is not built yet (keyledger projections rebuild)")
         if row.version != code:
-            raise ProjectionNotReady(
-                f"read model {name!r} is at version {row.version}; this code reads {code}"
-            )
+            raise ProjectionNotReady(f"read model {name!r} is at version {row.version}; this code reads {code}")
         return int(row.generation)
 
     def _active_number(self, name: str) -> int | None:
@@ -323,8 +315,7 @@ class ReadModels:
         return [
             s
             for s in states
-            if (status is None or s.status == status)
-            and (rotation_due is None or s.rotation_due == rotation_due)
+            if (status is None or s.status == status) and (rotation_due is None or s.rotation_due == rotation_due)
         ]
 
     def key_credentials(self, key_id: UUID) -> KeyCredentials | None:
@@ -340,9 +331,7 @@ class ReadModels:
         """
 
         def query(conn: Connection, tables: Tables) -> tuple[list[ApiKey], int]:
-            position = conn.execute(
-                select(STATE.c.position).where(STATE.c.name == "keys", STATE.c.active)
-            ).scalar_one()
+            position = conn.execute(select(STATE.c.position).where(STATE.c.name == "keys", STATE.c.active)).scalar_one()
             return select_changed_keys(conn, tables, after), int(position)
 
         keys, position = self._read("keys", query)
@@ -356,9 +345,7 @@ class ReadModels:
         until: datetime | None = None,
     ) -> list[KeyUsage]:
         """Per key (most used first): totals, top endpoints, minute and day series in [since, until)."""
-        return self._read(
-            "usage", lambda conn, tables: select_usage(conn, tables, workspace_id, key_id, since, until)
-        )
+        return self._read("usage", lambda conn, tables: select_usage(conn, tables, workspace_id, key_id, since, until))
 
     def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
         """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
@@ -379,9 +366,7 @@ class ReadModels:
             raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
         return self._read(
             "audit",
-            lambda conn, tables: select_entries(
-                conn, tables, workspace_id, key_id, types, since, until, after, limit
-            ),
+            lambda conn, tables: select_entries(conn, tables, workspace_id, key_id, types, since, until, after, limit),
         )
 
     def history(self, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:

@@ -84,9 +84,7 @@ def select_generations(
     return [_generation(row) for row in conn.execute(query)]
 
 
-def insert_generation(
-    conn: Connection, name: str, generation: int, version: int, now: datetime
-) -> Generation:
+def insert_generation(conn: Connection, name: str, generation: int, version: int, now: datetime) -> Generation:
     new = Generation(name, generation, version, 0, False, now)
     conn.execute(insert(STATE).values(**vars(new)))
     return new
@@ -125,7 +123,5 @@ def activate(conn: Connection, generations: Collection[Generation]) -> None:
 
 def delete_generation(conn: Connection, generation: Generation) -> None:
     conn.execute(
-        delete(STATE).where(
-            and_(STATE.c.name == generation.name, STATE.c.generation == generation.generation)
-        )
+        delete(STATE).where(and_(STATE.c.name == generation.name, STATE.c.generation == generation.generation))
     )

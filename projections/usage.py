@@ -196,9 +196,7 @@ def select_usage(
 
     per_minute: dict[UUID, list[UsageBucket]] = defaultdict(list)
     query = select(minute.c.key_id, minute.c.minute, *(minute.c[c] for c in COUNTERS))
-    query = query.where(*where(minute, minute.c.minute, since, until, False)).order_by(
-        minute.c.key_id, minute.c.minute
-    )
+    query = query.where(*where(minute, minute.c.minute, since, until, False)).order_by(minute.c.key_id, minute.c.minute)
     for row in conn.execute(query):
         per_minute[row[0]].append(UsageBucket(*row[1:]))
 
@@ -247,9 +245,7 @@ def _key_usage(
     )
 
 
-def select_consumed(
-    conn: Connection, tables: Tables, minute: datetime, day: date
-) -> dict[UUID, tuple[int, int]]:
+def select_consumed(conn: Connection, tables: Tables, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
     """Answers per key in that minute and that day that consumed quota (all but 429s)."""
     minute_table, day_table = tables["minute"], tables["day"]
     consumed: dict[UUID, list[int]] = defaultdict(lambda: [0, 0])
@@ -258,9 +254,7 @@ def select_consumed(
     )
     for key, count in conn.execute(query):
         consumed[key][0] = int(count)
-    query = select(day_table.c.key_id, day_table.c.requests - day_table.c.rate_limited).where(
-        day_table.c.day == day
-    )
+    query = select(day_table.c.key_id, day_table.c.requests - day_table.c.rate_limited).where(day_table.c.day == day)
     for key, count in conn.execute(query):
         consumed[key][1] = int(count)
     return {key: (m, d) for key, (m, d) in consumed.items()}

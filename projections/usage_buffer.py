@@ -54,9 +54,7 @@ class UsageRecorder:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def record(
-        self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime | None = None
-    ) -> None:
+    def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime | None = None) -> None:
         """Count one answer to a key. Cheap and thread-safe; never touches the store."""
         moment = (at or datetime.now(UTC)).astimezone(UTC)
         minute = moment.replace(second=0, microsecond=0)

@@ -71,9 +71,7 @@ def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subp
     process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     for _ in range(300):
         try:
-            httpx.post(
-                f"http://127.0.0.1:{port}/v1/verify", json={"key": "x", "scope": "read:nodes"}, timeout=1
-            )
+            httpx.post(f"http://127.0.0.1:{port}/v1/verify", json={"key": "x", "scope": "read:nodes"}, timeout=1)
             return process
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -82,9 +80,7 @@ def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subp
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
@@ -95,9 +91,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-verify-"))
     settings = Settings(database_url=f"sqlite:///{folder / 'keyledger.db'}", redis_url=None)
     ledger = open_ledger(settings)
-    created = ledger.create_workspace(
-        "bench", "enterprise", requests_per_minute=10**9, requests_per_day=10**9
-    )
+    created = ledger.create_workspace("bench", "enterprise", requests_per_minute=10**9, requests_per_day=10**9)
     secret = ledger.issue_key(created.workspace.id, "bench", ["read:nodes"]).secret
 
     # In process: the full decision (cache, rules, quota, usage buffer, metrics), no HTTP.
@@ -139,9 +133,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, (_, port) in servers.items():
                 results[name].append(
-                    run_wrk(
-                        f"http://127.0.0.1:{port}/v1/verify", body, args.seconds, args.connections, folder
-                    )
+                    run_wrk(f"http://127.0.0.1:{port}/v1/verify", body, args.seconds, args.connections, folder)
                 )
     finally:
         for process in processes.values():
@@ -152,9 +144,7 @@ def main() -> None:
         return float(statistics.median(getattr(r, field) for r in results[name]))
 
     print(f"in-process verifications/s (median of {args.rounds}): {statistics.median(in_process):,.0f}")
-    print(
-        f"HTTP POST /v1/verify, wrk -t1 -c{args.connections}, {args.seconds}s x {args.rounds} alternating rounds:"
-    )
+    print(f"HTTP POST /v1/verify, wrk -t1 -c{args.connections}, {args.seconds}s x {args.rounds} alternating rounds:")
     for name in servers:
         print(
             f"  {name:9s}  {median(name, 'rps'):8,.0f} req/s   p50 {median(name, 'p50_ms'):6.2f} ms"

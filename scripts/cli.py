@@ -28,9 +28,7 @@ from scripts.cli_audit import audit_app
 
 USAGE_ERROR = 2
 
-app = typer.Typer(
-    help="keyledger: event-sourced API-key lifecycle.", no_args_is_help=True, add_completion=False
-)
+app = typer.Typer(help="keyledger: event-sourced API-key lifecycle.", no_args_is_help=True, add_completion=False)
 workspace_app = typer.Typer(help="Workspaces and their plans.", no_args_is_help=True)
 key_app = typer.Typer(help="Keys: issue, scopes, rotation, revocation.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
@@ -115,9 +113,7 @@ def workspace_plan(
     requests_per_day: Annotated[int | None, typer.Option("--rpd", help="enterprise only")] = None,
 ) -> None:
     """Change a workspace's plan."""
-    update = _ledger().change_plan(
-        _uuid(workspace, "workspace"), plan, OPERATOR, requests_per_minute, requests_per_day
-    )
+    update = _ledger().change_plan(_uuid(workspace, "workspace"), plan, OPERATOR, requests_per_minute, requests_per_day)
     _emit({**_workspace_json(update.workspace), "position": update.position})
 
 

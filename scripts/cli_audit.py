@@ -155,9 +155,7 @@ def _notifications(ledger: KeyLedger) -> Iterator[list[Notification]]:
         after = batch[-1].id
 
 
-def _export_lines(
-    ledger: KeyLedger, workspace_id: UUID | None, since: datetime | None
-) -> Iterator[str | None]:
+def _export_lines(ledger: KeyLedger, workspace_id: UUID | None, since: datetime | None) -> Iterator[str | None]:
     """JSON lines, with None after each batch (a progress tick)."""
     key_workspaces: dict[UUID, UUID] = {}  # from each KeyIssued, for the key's later events
     for batch in _notifications(ledger):

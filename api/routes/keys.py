@@ -48,9 +48,7 @@ def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> 
 
 
 @router.post("/{key}/scopes", response_model=KeyPublic)
-def grant_scopes(
-    ws: UUID, key: UUID, body: ScopeGrant, services: ServicesDep, caller: AdminCaller
-) -> KeyPublic:
+def grant_scopes(ws: UUID, key: UUID, body: ScopeGrant, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
     update = services.ledger.grant_scopes(key, body.scopes, caller.actor, workspace_id=ws)
     services.settle(update.position, key)
     return _public(services, update.key)

@@ -16,9 +16,7 @@ router = APIRouter(tags=["operations"])
 def healthz(services: ServicesDep) -> dict[str, Any]:
     return {
         "status": "ok",
-        "projections": {
-            s.name: {"position": s.position, "lag": s.lag} for s in services.read_models.status()
-        },
+        "projections": {s.name: {"position": s.position, "lag": s.lag} for s in services.read_models.status()},
     }
 
 

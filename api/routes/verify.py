@@ -26,9 +26,7 @@ def forwarded_request(method: str, uri: str) -> tuple[str, str]:
     return scope, f"{method.upper()} {path}"[:MAX_ENDPOINT]
 
 
-async def _decide(
-    services: Services, secret: str | None, scope: str | None, endpoint: str, via: str
-) -> Answer:
+async def _decide(services: Services, secret: str | None, scope: str | None, endpoint: str, via: str) -> Answer:
     # With shared (Redis) counters a decision does network I/O: keep it off the event loop.
     if services.quotas.shared:
         return await run_in_threadpool(services.verification.verify, secret, scope, endpoint, via)
@@ -48,9 +46,7 @@ async def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
         key_id=key.credentials.key_id if key else None,
         workspace_id=key.credentials.workspace_id if key else None,
         scopes=key.scopes if key else None,
-        ratelimit=RateLimitInfo(limit=window.limit, remaining=window.remaining, reset=window.reset)
-        if window
-        else None,
+        ratelimit=RateLimitInfo(limit=window.limit, remaining=window.remaining, reset=window.reset) if window else None,
     )
 
 

@@ -22,9 +22,7 @@ router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"])
 @router.post("", status_code=201, response_model=WorkspaceCreated)
 def create_workspace(body: WorkspaceCreate, services: ServicesDep, actor: OperatorDep) -> WorkspaceCreated:
     ledger = services.ledger
-    created = ledger.create_workspace(
-        body.name, body.plan, actor, body.requests_per_minute, body.requests_per_day
-    )
+    created = ledger.create_workspace(body.name, body.plan, actor, body.requests_per_minute, body.requests_per_day)
     services.settle(created.position, created.workspace.id, created.admin_key.id)
     state = created.admin_key.state(ledger.clock(), ledger.catalog)
     return WorkspaceCreated(
@@ -35,9 +33,7 @@ def create_workspace(body: WorkspaceCreate, services: ServicesDep, actor: Operat
 
 @router.put("/{ws}/plan", response_model=WorkspacePublic)
 def change_plan(ws: UUID, body: PlanChange, services: ServicesDep, actor: OperatorDep) -> WorkspacePublic:
-    update = services.ledger.change_plan(
-        ws, body.plan, actor, body.requests_per_minute, body.requests_per_day
-    )
+    update = services.ledger.change_plan(ws, body.plan, actor, body.requests_per_minute, body.requests_per_day)
     services.settle(update.position, ws)
     return WorkspacePublic.of(update.workspace)
 

@@ -81,9 +81,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         return positions
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's insert
-    def _insert_chained(
-        self, key: ChainKey, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> list[int]:
+    def _insert_chained(self, key: ChainKey, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
         # One plain transaction (no pipeline): an error while chaining must roll the events back too.
         with self.datastore.transaction(commit=True) as curs:
             self._insert_stored_events(curs, stored_events, **kwargs)  # locks the table, then inserts
@@ -110,9 +108,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
                 previous = links[-1]
         self._write_links(curs, writer.extend(key, previous, new))
 
-    def _events_before(
-        self, curs: Cursor[DictRow], stop: int | None
-    ) -> Iterator[list[tuple[int, StoredEvent]]]:
+    def _events_before(self, curs: Cursor[DictRow], stop: int | None) -> Iterator[list[tuple[int, StoredEvent]]]:
         after = 0
         while True:
             curs.execute(self.select_events_between, (after, stop or 2**63 - 1, BACKFILL_BATCH))

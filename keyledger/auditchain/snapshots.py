@@ -35,9 +35,7 @@ def check_snapshots(
             aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
             snapshot = snapshots.pop(event.originator_version, None)
             if snapshot is not None and not _same(snapshot, aggregate):
-                return _finding(
-                    originator_id, event.originator_version, positions, "does not match its events"
-                )
+                return _finding(originator_id, event.originator_version, positions, "does not match its events")
         if snapshots:
             return _finding(originator_id, min(snapshots), positions, "is for a version with no event")
         progress()

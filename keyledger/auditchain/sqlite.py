@@ -45,20 +45,15 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             "WHERE rowid > ? AND rowid < ? ORDER BY rowid LIMIT ?"
         )
         self.insert_link = f"INSERT INTO {chain} (position, mac) VALUES (?, ?)"  # noqa: S608
-        self.select_links_statement = (
-            f"SELECT position, mac FROM {chain} WHERE position > ? ORDER BY position LIMIT ?"  # noqa: S608
-        )
-        self.select_positions_statement = (
-            f"SELECT originator_version, rowid FROM {events} WHERE originator_id = ?"  # noqa: S608
-        )
+        self.select_links_statement = f"SELECT position, mac FROM {chain} WHERE position > ? ORDER BY position LIMIT ?"  # noqa: S608
+        self.select_positions_statement = f"SELECT originator_version, rowid FROM {events} WHERE originator_id = ?"  # noqa: S608
         self.take_write_lock = f"DELETE FROM {chain} WHERE 0"  # noqa: S608
         self.select_snapshot_ids_statement = f"SELECT DISTINCT originator_id FROM {snapshots_table_name}"  # noqa: S608
 
     def construct_create_table_statements(self) -> list[str]:
         return [
             *super().construct_create_table_statements(),
-            f"CREATE TABLE IF NOT EXISTS {self.chain_table_name} "
-            "(position INTEGER PRIMARY KEY, mac BLOB NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.chain_table_name} (position INTEGER PRIMARY KEY, mac BLOB NOT NULL)",
         ]
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
@@ -85,9 +80,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
     def _events_before(self, c: SQLiteCursor, stop: int | None) -> Iterator[list[tuple[int, StoredEvent]]]:
         after = 0
         while True:
-            c.execute(
-                self.select_events_between, (after, stop if stop is not None else 2**63 - 1, BACKFILL_BATCH)
-            )
+            c.execute(self.select_events_between, (after, stop if stop is not None else 2**63 - 1, BACKFILL_BATCH))
             rows = c.fetchall()
             if not rows:
                 return

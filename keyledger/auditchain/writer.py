@@ -48,8 +48,7 @@ def start(key: ChainKey, genesis: Link | None, head: Link | None) -> ChainStart:
     if genesis is None:
         if head is not None:
             raise AuditChainError(
-                "the audit chain has lost its genesis link: the store was altered; "
-                "run `keyledger audit verify`"
+                "the audit chain has lost its genesis link: the store was altered; run `keyledger audit verify`"
             )
         first = Link(GENESIS_POSITION, key.genesis())
         return ChainStart([first], first, needs_backfill=True)
@@ -68,9 +67,7 @@ def extend(key: ChainKey, previous: Link, events: Iterable[tuple[int, StoredLike
                 f"the audit chain already reaches position {previous.position} but a new event was "
                 f"stored at position {position}: stored events were removed; run `keyledger audit verify`"
             )
-        mac = key.link(
-            previous.mac, position, event.originator_id, event.originator_version, event.topic, event.state
-        )
+        mac = key.link(previous.mac, position, event.originator_id, event.originator_version, event.topic, event.state)
         previous = Link(position, mac)
         links.append(previous)
     return links

@@ -37,9 +37,7 @@ def issue(server: Server, admin: dict[str, Any], scopes: list[str], **extra: Any
     return body
 
 
-def verify(
-    server: Server, secret: str, scope: str = "read:nodes", endpoint: str | None = None
-) -> dict[str, Any]:
+def verify(server: Server, secret: str, scope: str = "read:nodes", endpoint: str | None = None) -> dict[str, Any]:
     with server.client() as client:
         response = client.post("/v1/verify", json={"key": secret, "scope": scope, "endpoint": endpoint})
     assert response.status_code == 200, response.text
@@ -141,9 +139,7 @@ def test_an_expired_key_and_a_previous_secret_past_grace_are_expired(server: Ser
     rotating = issue(server, admin, ["read:nodes"])
     ws = admin["key"]["workspace_id"]
     with server.client(admin["secret"]) as client:
-        rotated = client.post(
-            f"/v1/workspaces/{ws}/keys/{rotating['key']['id']}/rotate", json={"grace_seconds": 0}
-        )
+        rotated = client.post(f"/v1/workspaces/{ws}/keys/{rotating['key']['id']}/rotate", json={"grace_seconds": 0})
     assert rotated.status_code == 200
 
     assert verify(server, rotating["secret"])["code"] == "EXPIRED"
@@ -193,9 +189,7 @@ def windows(response: httpx.Response) -> dict[str, int]:
 def test_refused_requests_consume_no_quota(server: Server):
     # The day-limit case (which must also leave the minute untouched) is in tests/unit/test_quotas.py.
     per_minute, per_day, exhausted = 2, 10, "minute"
-    workspace = create_workspace(
-        server, "enterprise", requests_per_minute=per_minute, requests_per_day=per_day
-    )
+    workspace = create_workspace(server, "enterprise", requests_per_minute=per_minute, requests_per_day=per_day)
     key = issue(server, workspace["admin_key"], ["read:nodes"])
     allowed = min(per_minute, per_day)
     for _ in range(allowed):
@@ -242,9 +236,7 @@ def test_malformed_input_gets_a_clear_problem_never_500(server: Server, admin):
             client.post(f"/v1/workspaces/{ws}/keys", json={"name": "x", "scopes": ELEVEN_SCOPES}),
             client.post(f"/v1/workspaces/{ws}/keys", json={"name": "", "scopes": []}),
             client.post(f"/v1/workspaces/{ws}/keys", json={"name": "x", "expires_at": "yesterday"}),
-            client.post(
-                f"/v1/workspaces/{ws}/keys/{admin['key']['id']}/rotate", json={"grace_seconds": 86_401}
-            ),
+            client.post(f"/v1/workspaces/{ws}/keys/{admin['key']['id']}/rotate", json={"grace_seconds": 86_401}),
             client.get("/v1/workspaces/not-a-uuid/keys"),
             client.get(f"/v1/workspaces/{ws}/keys", params={"status": "sleeping"}),
         ]

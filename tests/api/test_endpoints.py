@@ -39,9 +39,7 @@ def test_workspace_endpoints_need_the_operator_token(server: Server):
         refused = client.post("/v1/workspaces", json={"name": "x", "plan": "starter"})
     created = create_workspace(server)
     with server.client(created["admin_key"]["secret"]) as client:
-        admin_tries_plan = client.put(
-            f"/v1/workspaces/{created['workspace']['id']}/plan", json={"plan": "pro"}
-        )
+        admin_tries_plan = client.put(f"/v1/workspaces/{created['workspace']['id']}/plan", json={"plan": "pro"})
 
     assert_problem(refused, 401)
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
@@ -119,9 +117,7 @@ def test_rotation_returns_the_new_secret_and_when_the_old_one_stops(server: Serv
     key = issue(server, admin, ["read:nodes"])
 
     with server.client(admin["secret"]) as client:
-        rotated = client.post(
-            f"/v1/workspaces/{ws}/keys/{key['key']['id']}/rotate", json={"grace_seconds": 600}
-        )
+        rotated = client.post(f"/v1/workspaces/{ws}/keys/{key['key']['id']}/rotate", json={"grace_seconds": 600})
         default = client.post(f"/v1/workspaces/{ws}/keys/{key['key']['id']}/rotate")
 
     first, second = rotated.json(), default.json()

@@ -81,9 +81,7 @@ def test_the_guard_checks_keys_and_records_the_services_real_statuses(guarded):
 
 def test_the_guard_refuses_over_quota_without_calling_the_service(guarded):
     ledger, stack, client = guarded
-    workspace = ledger.create_workspace(
-        "svc", "enterprise", requests_per_minute=2, requests_per_day=10
-    ).workspace
+    workspace = ledger.create_workspace("svc", "enterprise", requests_per_minute=2, requests_per_day=10).workspace
     writer = ledger.issue_key(workspace.id, "writer", ["write:reports"]).secret
     bearer = {"Authorization": f"Bearer {writer}"}
 

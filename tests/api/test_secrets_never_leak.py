@@ -23,13 +23,9 @@ def test_secrets_appear_only_in_issue_and_rotate_answers(server: Server, backend
     admin_secret = created["admin_key"]["secret"]
     ws = created["workspace"]["id"]
     with server.client(admin_secret) as admin:
-        issued = call(
-            admin, "POST", f"/v1/workspaces/{ws}/keys", json={"name": "k", "scopes": ["read:nodes"]}
-        ).json()
+        issued = call(admin, "POST", f"/v1/workspaces/{ws}/keys", json={"name": "k", "scopes": ["read:nodes"]}).json()
         key = issued["key"]["id"]
-        rotated = call(
-            admin, "POST", f"/v1/workspaces/{ws}/keys/{key}/rotate", json={"grace_seconds": 300}
-        ).json()
+        rotated = call(admin, "POST", f"/v1/workspaces/{ws}/keys/{key}/rotate", json={"grace_seconds": 300}).json()
         issuing_answers = {
             "POST /v1/workspaces",
             f"POST /v1/workspaces/{ws}/keys",

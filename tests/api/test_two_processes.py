@@ -58,9 +58,7 @@ def test_a_rotation_through_one_process_is_honoured_by_the_other_at_once(pair):
 
     with a.client(admin["secret"]) as client:
         ws = admin["key"]["workspace_id"]
-        rotated = client.post(
-            f"/v1/workspaces/{ws}/keys/{key['key']['id']}/rotate", json={"grace_seconds": 0}
-        )
+        rotated = client.post(f"/v1/workspaces/{ws}/keys/{key['key']['id']}/rotate", json={"grace_seconds": 0})
 
     assert verify(b, key["secret"])["code"] == "EXPIRED"
     assert verify(b, rotated.json()["secret"])["code"] == "VALID"

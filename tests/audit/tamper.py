@@ -30,9 +30,7 @@ class Store:
         if self.postgres:
             with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
                 conn.execute(
-                    sql.SQL("SET search_path TO {}").format(
-                        sql.Identifier(self.settings.database_schema or "")
-                    )
+                    sql.SQL("SET search_path TO {}").format(sql.Identifier(self.settings.database_schema or ""))
                 )
 
                 def execute(query: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -51,9 +49,7 @@ class Store:
         with self._execute() as execute:
             return list(
                 execute(
-                    query.format(
-                        events=self.events, chain=self.chain, snapshots=self.snapshots, pos=self.position
-                    ),
+                    query.format(events=self.events, chain=self.chain, snapshots=self.snapshots, pos=self.position),
                     params,
                 )
             )

@@ -85,8 +85,7 @@ def test_verify_detects_an_inserted_event(audited: KeyLedger, audit_settings: Se
     topic, state = store.sql("SELECT topic, state FROM {events} WHERE {pos} = 1")[0]
     oid = uuid4() if store.postgres else uuid4().hex
     store.sql(
-        "INSERT INTO {events} (originator_id, originator_version, topic, state, {pos}) "
-        "VALUES (?, 1, ?, ?, ?)",
+        "INSERT INTO {events} (originator_id, originator_version, topic, state, {pos}) VALUES (?, 1, ?, ?, ?)",
         (oid, topic, state, position),
     )
 
@@ -124,9 +123,7 @@ def test_an_event_removed_with_its_link_breaks_the_next_link(audited: KeyLedger,
     assert (verdict.finding.position, verdict.finding.problem) == (bad + 1, Problem.ALTERED)
 
 
-def test_a_tail_removed_from_both_tables_needs_the_exported_head(
-    audited: KeyLedger, audit_settings: Settings
-):
+def test_a_tail_removed_from_both_tables_needs_the_exported_head(audited: KeyLedger, audit_settings: Settings):
     seed(audited)
     head = verify(audited).head
     assert head is not None
@@ -181,9 +178,7 @@ def test_start_up_refuses_a_missing_or_wrong_key_once_a_chain_exists(audit_setti
     assert "genesis" in json.loads(result.stdout)["problem"]
 
 
-def test_events_written_before_the_key_was_set_are_chained_when_it_is(
-    settings: Settings, audit_settings: Settings
-):
+def test_events_written_before_the_key_was_set_are_chained_when_it_is(settings: Settings, audit_settings: Settings):
     plain = open_ledger(settings)
     seed(plain)
     plain.close()
@@ -230,9 +225,7 @@ def test_verify_checks_snapshots_against_their_events(audited: KeyLedger, audit_
     ws = audited.create_workspace("acme", "pro").workspace.id
     key = audited.issue_key(ws, "busy", ["read:nodes"]).key
     for i in range(120):  # a snapshot at version 100, where the key holds read:nodes only
-        key.grant(["write:edges"], "operator") if i % 2 == 0 else key.revoke_scopes(
-            ["write:edges"], "operator"
-        )
+        key.grant(["write:edges"], "operator") if i % 2 == 0 else key.revoke_scopes(["write:edges"], "operator")
     audited.save(key)
     store = Store(audit_settings)
     assert run(audit_settings, "verify").returncode == 0

@@ -37,11 +37,7 @@ def random_history(ledger: KeyLedger, seed: int, commands: int = 60) -> tuple[li
         try:
             if action == "issue":
                 ws = rng.choice(workspaces).workspace.id
-                expiry = (
-                    datetime.now(UTC) + timedelta(seconds=rng.choice([1, 3600]))
-                    if rng.random() < 0.3
-                    else None
-                )
+                expiry = datetime.now(UTC) + timedelta(seconds=rng.choice([1, 3600])) if rng.random() < 0.3 else None
                 issued = ledger.issue_key(ws, f"k{len(keys)}", rng.sample(SCOPES, 2), expires_at=expiry)
                 keys.append(issued.key.id)
                 secrets.append(issued.secret)
@@ -61,9 +57,7 @@ def random_history(ledger: KeyLedger, seed: int, commands: int = 60) -> tuple[li
 
 
 def as_json(value: Any) -> Any:
-    return json.loads(
-        json.dumps(value, default=lambda v: to_rfc3339(v) if isinstance(v, datetime) else str(v))
-    )
+    return json.loads(json.dumps(value, default=lambda v: to_rfc3339(v) if isinstance(v, datetime) else str(v)))
 
 
 def test_replay_rebuilds_every_key_as_the_aggregate_sees_it(audited: KeyLedger, audit_settings: Settings):
@@ -84,9 +78,7 @@ def test_replay_rebuilds_every_key_as_the_aggregate_sees_it(audited: KeyLedger, 
         assert positions == sorted(positions) and None not in positions
 
 
-def test_replay_runs_from_the_command_line_and_stops_at_the_time_asked(
-    audited: KeyLedger, audit_settings: Settings
-):
+def test_replay_runs_from_the_command_line_and_stops_at_the_time_asked(audited: KeyLedger, audit_settings: Settings):
     ws = audited.create_workspace("acme", "pro").workspace.id
     issued = audited.issue_key(ws, "ci", ["read:nodes"])
     audited.grant_scopes(issued.key.id, ["write:edges"])
@@ -111,9 +103,7 @@ def test_replay_runs_from_the_command_line_and_stops_at_the_time_asked(
     assert issued.secret not in before_grant.stdout
 
 
-def test_export_streams_every_event_once_in_order_without_secrets(
-    audited: KeyLedger, audit_settings: Settings
-):
+def test_export_streams_every_event_once_in_order_without_secrets(audited: KeyLedger, audit_settings: Settings):
     keys, secrets = random_history(audited, seed=5, commands=30)
 
     result = run(audit_settings, "export")

@@ -118,9 +118,7 @@ def test_state_never_shows_a_digest_or_secret(audited: KeyLedger):
     issued = audited.issue_key(ws, "ci", ["read:nodes"])
     rotated = audited.rotate_key(issued.key.id, grace_seconds=60)
 
-    shown = repr(state_at(audited, issued.key.id, datetime.now(UTC), ws)) + repr(
-        history(audited, issued.key.id)
-    )
+    shown = repr(state_at(audited, issued.key.id, datetime.now(UTC), ws)) + repr(history(audited, issued.key.id))
 
     for secret in (issued.secret, rotated.secret):
         assert secret not in shown

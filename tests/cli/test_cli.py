@@ -22,9 +22,7 @@ def run(settings: Settings, *args: str, cwd: Path | None = None) -> subprocess.C
     env["KEYLEDGER_DATABASE_URL"] = settings.database_url
     if settings.database_schema:
         env["KEYLEDGER_DATABASE_SCHEMA"] = settings.database_schema
-    return subprocess.run(
-        [KEYLEDGER, *args], capture_output=True, text=True, env=env, timeout=60, cwd=cwd, check=False
-    )
+    return subprocess.run([KEYLEDGER, *args], capture_output=True, text=True, env=env, timeout=60, cwd=cwd, check=False)
 
 
 def ok(settings: Settings, *args: str) -> Any:

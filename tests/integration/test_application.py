@@ -30,9 +30,7 @@ def event_classes(aggregate_class: type) -> set[str]:
     return {
         name
         for name, value in vars(aggregate_class).items()
-        if isinstance(value, type)
-        and issubclass(value, CanMutateAggregate)
-        and name not in ("Event", "Created")
+        if isinstance(value, type) and issubclass(value, CanMutateAggregate) and name not in ("Event", "Created")
     }
 
 
@@ -172,9 +170,7 @@ def test_stored_rows_never_hold_a_plaintext_secret(ledger: KeyLedger, settings):
     rows = [row for table_rows in dump.values() for row in table_rows]
     assert sum(len(r) for r in dump.values()) >= 8, "the dump must see the stored events and the snapshot"
     key_id = issued.key.id
-    assert any(
-        str(key_id).encode() in row or key_id.hex.encode() in row or key_id.bytes in row for row in rows
-    )
+    assert any(str(key_id).encode() in row or key_id.hex.encode() in row or key_id.bytes in row for row in rows)
     for secret in secrets:
         for fragment in (secret, secret[3:], secret[25:68]):  # whole, without prefix, random part
             assert not any(fragment.encode() in row for row in rows)

@@ -24,9 +24,7 @@ CATALOG = ScopeCatalog()
 NOW = datetime(2027, 3, 3, 14, 0, tzinfo=UTC)
 # Twelve non-admin scopes, enough to go past the limit of ten.
 ALL_SCOPES = sorted(
-    s
-    for s in ScopeCatalog.of(["nodes", "edges", "jobs", "queries", "events", "livedata"]).all_scopes()
-    if s != "admin"
+    s for s in ScopeCatalog.of(["nodes", "edges", "jobs", "queries", "events", "livedata"]).all_scopes() if s != "admin"
 )
 
 

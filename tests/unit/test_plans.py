@@ -13,9 +13,7 @@ def test_enterprise_takes_custom_numbers():
     assert limits_for(Plan.ENTERPRISE, 1000, 2_000_000) == Limits(1000, 2_000_000)
 
 
-@pytest.mark.parametrize(
-    "rpm,rpd", [(None, 10), (10, None), (0, 10), (10, -1), (20, 10), (True, 10), (1.5, 10)]
-)
+@pytest.mark.parametrize("rpm,rpd", [(None, 10), (10, None), (0, 10), (10, -1), (20, 10), (True, 10), (1.5, 10)])
 def test_enterprise_refuses_missing_or_nonsensical_numbers(rpm, rpd):
     with pytest.raises(InvalidPlan):
         limits_for(Plan.ENTERPRISE, rpm, rpd)

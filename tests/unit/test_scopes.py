@@ -27,9 +27,7 @@ def test_read_does_not_include_write():
     assert "write:nodes" not in CATALOG.effective(["read:nodes"])
 
 
-@pytest.mark.parametrize(
-    "scope", ["read", "read:", "READ:nodes", "delete:nodes", "read:nodes:x", "", " admin", 7]
-)
+@pytest.mark.parametrize("scope", ["read", "read:", "READ:nodes", "delete:nodes", "read:nodes:x", "", " admin", 7])
 def test_malformed_scopes_are_refused(scope):
     with pytest.raises(MalformedScope):
         CATALOG.parse(scope)

@@ -1,0 +1,110 @@
+"""The auditor's endpoints: a key's history and its state at a moment, the audit log, access queries.
+
+History and the audit log come from the audit read model; `state?at=` and the
+access query are rebuilt from the events themselves.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+
+from api.deps import AuditorCaller, ServicesDep
+from api.schemas import (
+    AccessList,
+    AuditEntryPublic,
+    AuditPage,
+    KeyAccessPublic,
+    KeyPublic,
+    KeyStateAtPublic,
+)
+from domain.access import keys_with_access
+from domain.errors import InvalidInput, KeyNotFound
+from domain.history import KeyStateAt, state_at
+from projections.audit import AuditEntry
+
+router = APIRouter(prefix="/v1/workspaces/{ws}", tags=["audit"])
+
+
+def _entry(entry: AuditEntry) -> AuditEntryPublic:
+    return AuditEntryPublic.model_validate(entry, from_attributes=True)
+
+
+def _state(state: KeyStateAt) -> KeyStateAtPublic:
+    return KeyStateAtPublic(
+        at=state.at,
+        key=KeyPublic.of(state.key),
+        version=state.version,
+        last_event_at=state.last_event_at,
+        current_secret=state.current_secret,
+        previous_secret=state.previous_secret,
+        valid_secrets=state.valid_secrets,
+    )
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise InvalidInput("cursor must be a value of next_cursor from an earlier page")
+    return int(cursor)
+
+
+@router.get("/keys/{key}/history", response_model=AuditPage)
+def key_history(ws: UUID, key: UUID, services: ServicesDep, caller: AuditorCaller) -> AuditPage:
+    """The key's events, oldest first."""
+    entries = services.read_models.history(ws, key)
+    if not entries:
+        raise KeyNotFound(f"key {key} not found")
+    return AuditPage(items=[_entry(e) for e in entries], next_cursor=None)
+
+
+@router.get("/keys/{key}/state", response_model=KeyStateAtPublic)
+def key_state_at(
+    ws: UUID,
+    key: UUID,
+    at: Annotated[datetime, Query(description="RFC 3339 time, e.g. 2027-03-03T14:00:00Z")],
+    services: ServicesDep,
+    caller: AuditorCaller,
+) -> KeyStateAtPublic:
+    """The key as it stood at `at`, rebuilt from its events (404 before it was issued)."""
+    return _state(state_at(services.ledger, key, at, workspace_id=ws))
+
+
+@router.get("/audit", response_model=AuditPage)
+def audit_log(
+    ws: UUID,
+    services: ServicesDep,
+    caller: AuditorCaller,
+    key: UUID | None = None,
+    type: Annotated[list[str] | None, Query(description="event type; repeat for several")] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditPage:
+    """The workspace's audit history in stream order; pass `next_cursor` back as `cursor` for the next page."""
+    entries, next_position = services.read_models.audit(ws, key, type, since, until, after=_cursor(cursor), limit=limit)
+    return AuditPage(
+        items=[_entry(e) for e in entries],
+        next_cursor=str(next_position) if next_position is not None else None,
+    )
+
+
+@router.get("/audit/access", response_model=AccessList)
+def access_at(
+    ws: UUID,
+    scope: str,
+    at: datetime,
+    services: ServicesDep,
+    caller: AuditorCaller,
+) -> AccessList:
+    """The keys whose effective permissions included `scope` at `at`."""
+    found = keys_with_access(services.ledger, ws, scope, at)
+    items = [
+        KeyAccessPublic(key_id=a.key_id, name=a.name, granted_by=a.granted_by, state=_state(a.state)) for a in found
+    ]
+    return AccessList(scope=scope, at=at, items=items)
