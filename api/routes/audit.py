@@ -86,12 +86,13 @@ def audit_log(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
-    """The workspace's audit history in stream order; pass `next_cursor` back as `cursor` for the next page."""
-    entries, next_position = services.read_models.audit(ws, key, type, since, until, after=_cursor(cursor), limit=limit)
-    return AuditPage(
-        items=[_entry(e) for e in entries],
-        next_cursor=str(next_position) if next_position is not None else None,
-    )
+    """The workspace's audit history in stream order.
+
+    `next_cursor` is the position of the page's last entry: pass it back as `cursor` for the
+    next page, also later to follow new entries. It is null when the page is empty.
+    """
+    entries, _ = services.read_models.audit(ws, key, type, since, until, after=_cursor(cursor), limit=limit)
+    return AuditPage(items=[_entry(e) for e in entries], next_cursor=str(entries[-1].position) if entries else None)
 
 
 @router.get("/audit/access", response_model=AccessList)
