@@ -17,7 +17,6 @@ from api.quotas import QuotaGate
 from api.verification import VerificationService
 from domain.application import KeyLedger
 from keyledger.bootstrap import open_ledger
-from keyledger.database import create_db_engine
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
 from projections import ReadModels
@@ -132,5 +131,5 @@ def build_services(settings: Settings) -> Services:
     stack = build_verification(settings, ledger)
     stack.metrics.watch_projection_lag(lambda: [(s.name, s.lag) for s in read_models.status()])
     configured = settings.operator_token.get_secret_value() if settings.operator_token else None
-    digest, generated = ensure_operator_token(create_db_engine(settings), configured)
+    digest, generated = ensure_operator_token(read_models.engine, configured)
     return Services(settings, ledger, read_models, stack, digest, generated)
