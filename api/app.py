@@ -29,6 +29,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
-    for module in (workspaces, keys, usage, audit, verify, ops):
+    # The verification routes come first: routing tries routes in order, and they are the hot path.
+    for module in (verify, workspaces, keys, usage, audit, ops):
         app.include_router(module.router)
     return app

@@ -16,9 +16,14 @@ from domain.verification import has_scope
 from keyledger.services import Services
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    # async: a plain def dependency would hop to the thread pool on every request.
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

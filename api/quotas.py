@@ -1,10 +1,12 @@
 """Per-key request quotas: fixed windows aligned to the UTC minute and the UTC day.
 
-Counters live in a `limits` storage: in process memory by default, in Redis when
-several API processes must share them. The library's rate limiters start a
-window at a key's first hit and name counters by the limit's amount, while ours
-must align to the calendar and survive a plan change mid-window, so the gate
-uses the storage's atomic `incr` on counters named by key and UTC minute/day.
+Shared counters live in the `limits` library's Redis storage (its atomic
+INCR-and-EXPIRE script). The library's rate limiters start a window at a key's
+first hit and name counters by the limit's amount, while ours must align to the
+calendar and survive a plan change mid-window, so the gate uses the storage's
+`incr` on counters named by key and UTC minute/day. In one process the counters
+are a plain locked dict (`LocalCounters`): the library's memory storage starts a
+timer thread every 10 ms under load, which measurably slowed verification.
 
 A refused request consumes nothing: an increment that went over a limit is
 undone before answering, so every allowed request saw a count within its limits.
@@ -12,12 +14,14 @@ undone before answering, so every allowed request saw a count within its limits.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import cast
+from datetime import UTC, date, datetime
+from typing import Protocol, cast
 from uuid import UUID
 
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import Storage, storage_from_string
 
 # Counters outlive their window a little so a slow request still finds its own.
 MINUTE_EXPIRY = 120
@@ -62,29 +66,69 @@ class QuotaDecision:
         return headers
 
 
-def _minute_start(now: datetime) -> datetime:
-    return now.astimezone(UTC).replace(second=0, microsecond=0)
+class LocalCounters:
+    """In-process counters with the `incr`/`get` subset of a `limits` storage.
+
+    Counter names carry their window, so old windows are only dropped, never
+    reset: a sweep every `SWEEP_SECONDS` removes the expired ones.
+    """
+
+    SWEEP_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.monotonic()
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            value = self._counts.get(key, 0) + amount
+            self._counts[key] = value
+            self._expiry.setdefault(key, now + expiry)
+            return value
+
+    def get(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, at in self._expiry.items() if at <= now]:
+            self._counts.pop(key, None)
+            self._expiry.pop(key, None)
+        self._next_sweep = now + self.SWEEP_SECONDS
 
 
-def _day_start(now: datetime) -> datetime:
-    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+class Counters(Protocol):
+    """What the gate needs of a counter store: `LocalCounters` or a `limits` storage."""
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        """Add `amount` to a counter (created with `expiry` seconds to live); return the new value."""
+        ...
+
+    def get(self, key: str) -> int:
+        """A counter's value, 0 when absent."""
+        ...
 
 
-def _seconds_until(moment: datetime, now: datetime) -> int:
-    return max(1, int((moment - now).total_seconds() + 0.999))
+def _windows(now: datetime) -> tuple[int, int, int]:
+    """The UTC minute and day numbers since the epoch, and the second within the day."""
+    second = int(now.timestamp())
+    return second // 60, second // 86_400, second % 86_400
 
 
 class QuotaGate:
     """Checks and consumes a key's minute and day quotas."""
 
     def __init__(self, redis_url: str | None = None, namespace: str = "kl") -> None:
-        self.storage: Storage = cast(Storage, storage_from_string(redis_url)) if redis_url else MemoryStorage()
+        self.storage: Counters = cast(Storage, storage_from_string(redis_url)) if redis_url else LocalCounters()
         self.shared = redis_url is not None
         self.namespace = namespace
 
     def _counters(self, key_id: UUID, now: datetime) -> tuple[str, str]:
-        minute = _minute_start(now).strftime("%Y%m%d%H%M")
-        day = _day_start(now).strftime("%Y%m%d")
+        minute, day, _ = _windows(now)
         return f"{self.namespace}:q:{key_id}:m{minute}", f"{self.namespace}:q:{key_id}:d{day}"
 
     def check(self, key_id: UUID, per_minute: int, per_day: int, now: datetime) -> QuotaDecision:
@@ -114,12 +158,11 @@ class QuotaGate:
     def _decision(
         allowed: bool, per_minute: int, per_day: int, minute_used: int, day_used: int, now: datetime
     ) -> QuotaDecision:
-        next_minute = _minute_start(now) + timedelta(minutes=1)
-        next_day = _day_start(now) + timedelta(days=1)
+        _, _, second_of_day = _windows(now)
         return QuotaDecision(
             allowed=allowed,
-            minute=Window("minute", per_minute, max(0, per_minute - minute_used), _seconds_until(next_minute, now)),
-            day=Window("day", per_day, max(0, per_day - day_used), _seconds_until(next_day, now)),
+            minute=Window("minute", per_minute, max(0, per_minute - minute_used), 60 - second_of_day % 60),
+            day=Window("day", per_day, max(0, per_day - day_used), 86_400 - second_of_day),
         )
 
     def restore(self, key_id: UUID, minute_used: int, day_used: int, now: datetime) -> None:
@@ -133,4 +176,5 @@ class QuotaGate:
     @staticmethod
     def window_of(now: datetime) -> tuple[datetime, date]:
         """The UTC minute and day a moment falls in."""
-        return _minute_start(now), _day_start(now).date()
+        minute = now.astimezone(UTC).replace(second=0, microsecond=0)
+        return minute, minute.date()

@@ -105,7 +105,7 @@ class VerificationService:
             if record_usage:
                 self.record(answer, endpoint, answer.status)
         self.metrics.verify_latency.observe(time.perf_counter() - started)
-        self.metrics.answers.labels(via=via, code=answer.code.value).inc()
+        self.metrics.answer(via, answer.code.value)
         return answer
 
     def record(self, answer: Answer, endpoint: str, status: int) -> None:

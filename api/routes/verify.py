@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ServicesDep, bearer_token
+from api.deps import bearer_token, services_of
 from api.problems import ApiProblem, refusal_for
 from api.schemas import RateLimitInfo, VerifyRequest, VerifyResponse
 from api.verification import Answer, needed_scope
@@ -34,8 +34,9 @@ async def _decide(services: Services, secret: str | None, scope: str | None, end
 
 
 @router.post("/v1/verify", response_model=VerifyResponse)
-async def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
+async def verify(body: VerifyRequest, request: Request) -> VerifyResponse:
     """Always 200: the verdict is in `code`. A valid answer consumes quota."""
+    services = services_of(request)  # not a dependency: resolving one costs more than the decision
     scope = services.ledger.catalog.parse(body.scope)
     answer = await _decide(services, body.key, scope, body.endpoint or "POST /v1/verify", "verify")
     key = answer.key
@@ -53,11 +54,11 @@ async def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
 @router.get("/v1/auth", status_code=204, response_class=Response)
 async def forward_auth(
     request: Request,
-    services: ServicesDep,
     x_forwarded_method: Annotated[str | None, Header()] = None,
     x_forwarded_uri: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Forward-auth for nginx `auth_request` and Traefik ForwardAuth: 204 or the refusal's status."""
+    services = services_of(request)
     if not x_forwarded_method or not x_forwarded_uri:
         raise ApiProblem("forward-auth needs the X-Forwarded-Method and X-Forwarded-Uri headers")
     scope, endpoint = forwarded_request(x_forwarded_method, x_forwarded_uri)
