@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
-from api.routes import audit, keys, ops, usage, verify, workspaces
+from api.routes import audit, dashboard, keys, me, ops, usage, verify, workspaces
 from keyledger.services import Services
 
 
@@ -30,6 +30,6 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     problems.install(app)
     # The verification routes come first: routing tries routes in order, and they are the hot path.
-    for module in (verify, workspaces, keys, usage, audit, ops):
+    for module in (verify, workspaces, keys, usage, audit, me, ops, dashboard):
         app.include_router(module.router)
     return app

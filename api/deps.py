@@ -56,6 +56,15 @@ def require_operator(request: Request, services: ServicesDep) -> str:
     return "operator"
 
 
+def require_key(request: Request, services: ServicesDep) -> Caller:
+    """A valid key of any workspace and any scopes (no quota, no usage): who is calling."""
+    answer = services.verification.judge(bearer_token(request), None)
+    refusal = refusal_for(answer)
+    if refusal is not None or answer.key is None:
+        raise refusal or Unauthorized("the presented key is not valid")
+    return Caller(answer.key.credentials.key_id, answer.key.credentials.workspace_id)
+
+
 def require_scope(scope: str) -> object:
     """A dependency admitting a valid key of the path's workspace that holds `scope`.
 
@@ -79,6 +88,7 @@ def require_scope(scope: str) -> object:
     return Depends(dependency)
 
 
+KeyCaller = Annotated[Caller, Depends(require_key)]
 AdminCaller = Annotated[Caller, require_scope("admin")]
 AuditorCaller = Annotated[Caller, require_scope("read:events")]
 OperatorDep = Annotated[str, Depends(require_operator)]

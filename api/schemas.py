@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from domain.keys import KeyState
-from domain.workspace import Workspace
+from domain.workspace import MAX_LIVE_KEYS, Workspace
 
 
 class WorkspaceCreate(BaseModel):
@@ -32,6 +32,7 @@ class WorkspacePublic(BaseModel):
     requests_per_minute: int
     requests_per_day: int
     live_keys: int
+    max_live_keys: int = Field(default=MAX_LIVE_KEYS, description="live keys a workspace may hold")
 
     @classmethod
     def of(cls, workspace: Workspace) -> WorkspacePublic:
@@ -62,6 +63,18 @@ class KeyPublic(BaseModel):
     @classmethod
     def of(cls, state: KeyState) -> KeyPublic:
         return cls.model_validate(state, from_attributes=True)
+
+
+class WorkspaceRef(BaseModel):
+    id: UUID
+    name: str
+
+
+class Me(BaseModel):
+    """The presented key itself and the workspace it belongs to."""
+
+    key: KeyPublic
+    workspace: WorkspaceRef
 
 
 class KeyWithSecret(BaseModel):
@@ -139,11 +152,15 @@ class KeyUsagePublic(BaseModel):
     rate_limited: int
     last_used: datetime | None
     top_endpoints: list[EndpointCount]
-    per_minute: list[UsagePoint]
+    per_minute: list[UsagePoint] = Field(description="per UTC minute with answers; empty when `bucket` is asked")
     per_day: list[UsagePoint]
+    series: list[UsagePoint] | None = Field(
+        default=None, description="with `bucket`: the minute counts summed per UTC minute, hour or day"
+    )
 
 
 class UsageList(BaseModel):
+    bucket: str | None = None
     items: list[KeyUsagePublic]
 
 

@@ -245,6 +245,31 @@ def _key_usage(
     )
 
 
+BUCKETS = ("minute", "hour", "day")
+
+
+def floor_to(moment: datetime, bucket: str) -> datetime:
+    """The start of the UTC minute, hour or day holding `moment`."""
+    moment = _floor_minute(moment)
+    if bucket == "minute":
+        return moment
+    if bucket == "hour":
+        return moment.replace(minute=0)
+    if bucket == "day":
+        return moment.replace(hour=0, minute=0)
+    raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}")
+
+
+def rebucket(per_minute: Iterable[UsageBucket], bucket: str) -> list[UsageBucket]:
+    """A minute series summed per UTC minute, hour or day: buckets with answers only, oldest first."""
+    sums: dict[datetime, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for point in per_minute:
+        counts = sums[floor_to(cast(datetime, point.start), bucket)]
+        for i, value in enumerate(point[1:]):
+            counts[i] += value
+    return [UsageBucket(start, *counts) for start, counts in sorted(sums.items())]
+
+
 def select_consumed(conn: Connection, tables: Tables, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
     """Answers per key in that minute and that day that consumed quota (all but 429s)."""
     minute_table, day_table = tables["minute"], tables["day"]

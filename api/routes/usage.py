@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Literal
 from uuid import UUID
 
 from fastapi import APIRouter
 
 from api.deps import AdminCaller, ServicesDep
 from api.schemas import EndpointCount, KeyUsagePublic, UsageList, UsagePoint
+from projections.usage import UsageBucket, rebucket
 
 router = APIRouter(prefix="/v1/workspaces/{ws}", tags=["usage"])
 
 
-def _points(rows: Any) -> list[UsagePoint]:
+def _points(rows: Iterable[UsageBucket]) -> list[UsagePoint]:
     return [
         UsagePoint(start=start, requests=requests, successes=ok, client_errors=errors, rate_limited=limited)
         for start, requests, ok, errors, limited in rows
@@ -29,7 +31,9 @@ def usage(
     key: UUID | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    bucket: Literal["minute", "hour", "day"] | None = None,
 ) -> UsageList:
+    """`bucket` replaces the minute series by `series`, summed per UTC minute, hour or day (a chart's steps)."""
     items = [
         KeyUsagePublic(
             key_id=u.key_id,
@@ -40,9 +44,10 @@ def usage(
             rate_limited=u.rate_limited,
             last_used=u.last_used,
             top_endpoints=[EndpointCount(endpoint=e, count=c) for e, c in u.top_endpoints],
-            per_minute=_points(u.per_minute),
+            per_minute=_points(u.per_minute) if bucket is None else [],
             per_day=_points(u.per_day),
+            series=_points(rebucket(u.per_minute, bucket)) if bucket is not None else None,
         )
         for u in services.read_models.usage(ws, key, since, until)
     ]
-    return UsageList(items=items)
+    return UsageList(bucket=bucket, items=items)

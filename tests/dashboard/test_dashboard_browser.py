@@ -1,0 +1,179 @@
+"""The dashboard in headless Chromium against a real `keyledger serve`: totals, chart, rotation, refusals."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.api.server import Server, create_workspace
+from tests.api.test_answers import issue, verify
+from tests.dashboard.dashboard_page import DashboardPage
+
+
+def clear_of_minute_boundary(margin: float = 3.0) -> None:
+    """Rate limits use UTC-minute windows: start a burst early enough in a minute to finish inside it."""
+    second = datetime.now(UTC).second + datetime.now(UTC).microsecond / 1e6
+    if second > 60 - margin:
+        time.sleep(60 - second + 0.05)
+
+
+def wait_for_usage(server: Server, admin: dict[str, Any], totals: dict[str, int]) -> None:
+    """Usage is flushed about every second: wait until the API counts every request the test made."""
+    ws = admin["key"]["workspace_id"]
+    seen: dict[str, int] = {}
+    with server.client(admin["secret"]) as client:
+        for _ in range(100):
+            items = client.get(f"/v1/workspaces/{ws}/usage").json()["items"]
+            seen = {item["key_id"]: item["total"] for item in items}
+            if all(seen.get(key) == total for key, total in totals.items()):
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"usage never reached {totals}: {seen}")
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f} %"
+
+
+def test_admin_sees_usage_rotates_and_revokes_keys(server: Server, dashboard: DashboardPage, tmp_path: Path):
+    created = create_workspace(server, "enterprise", requests_per_minute=8, requests_per_day=1000)
+    admin = created["admin_key"]
+    reader = issue(server, admin, ["read:nodes"], name="web frontend")
+    batch = issue(server, admin, ["read:nodes"], name="nightly batch")
+    reader_id, batch_id, admin_id = reader["key"]["id"], batch["key"]["id"], admin["key"]["id"]
+
+    clear_of_minute_boundary()
+    outcomes = [verify(server, reader["secret"], "read:nodes", "GET /nodes")["code"] for _ in range(3)]
+    outcomes.append(verify(server, reader["secret"], "read:nodes", "GET /nodes/7")["code"])
+    outcomes += [verify(server, reader["secret"], "write:edges", "POST /edges")["code"] for _ in range(2)]
+    bursts = [verify(server, batch["secret"], "read:nodes", "GET /nodes")["code"] for _ in range(10)]
+    assert outcomes == ["VALID"] * 4 + ["INSUFFICIENT_SCOPE"] * 2
+    assert bursts == ["VALID"] * 8 + ["RATE_LIMITED"] * 2  # 8 per minute
+    wait_for_usage(server, admin, {reader_id: 6, batch_id: 10})
+
+    dashboard.open().sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+    page = dashboard.page
+
+    # The workspace: limits and live keys out of 50.
+    assert page.inner_text("#ws-plan") == "enterprise"
+    assert page.inner_text("#ws-rpm") == "8"
+    assert page.inner_text("#ws-rpd") == "1,000"
+    assert page.inner_text("#ws-live") == "3 / 50"
+
+    # Per key, for each period: totals, success rate (2xx share), 429s, endpoints, last used; the chart by outcome.
+    for period in ("hour", "week", "month", "day"):
+        dashboard.choose_period(period)
+        assert dashboard.usage_cell(reader_id, "total") == "6", period
+        assert dashboard.usage_cell(reader_id, "success-rate") == percent(4, 6) == "66.7 %"
+        assert dashboard.usage_cell(reader_id, "rate-limited") == "0"
+        assert dashboard.usage_cell(batch_id, "total") == "10"
+        assert dashboard.usage_cell(batch_id, "success-rate") == percent(8, 10) == "80.0 %"
+        assert dashboard.usage_cell(batch_id, "rate-limited") == "2"
+        assert dashboard.usage_cell(admin_id, "total") == "0"
+        assert dashboard.usage_cell(admin_id, "success-rate") == "—"
+        assert dashboard.chart_counts(reader_id) == {"2xx": 4, "4xx (not 429)": 2}, period
+        assert dashboard.chart_counts(batch_id) == {"2xx": 8, "429": 2}, period
+    endpoints = dashboard.usage_cell(reader_id, "top-endpoints").splitlines()
+    assert endpoints[:3] == ["GET /nodes 3", "POST /edges 2", "GET /nodes/7 1"]
+    assert dashboard.usage_cell(reader_id, "last-used").endswith("UTC")
+    assert dashboard.usage_cell(admin_id, "last-used") == "—"
+    assert page.inner_text("#usage-summary") == f"· 16 requests, {percent(12, 16)} 2xx"
+
+    # Each key's status, scopes, age and rotation due.
+    assert dashboard.key_cell(reader_id, "status") == "active"
+    assert dashboard.key_cell(reader_id, "scopes") == "read:nodes"
+    assert dashboard.key_cell(admin_id, "scopes") == "admin"
+    assert dashboard.key_cell(reader_id, "rotation-due") == "no"
+    assert dashboard.key_cell(reader_id, "age").endswith((" s", " min"))
+    dashboard.screenshot(tmp_path / "dashboard.png")
+
+    # Rotate through the page: asked first, cancel changes nothing.
+    dashboard.click_action(reader_id, "rotate")
+    assert "Rotate key" in page.inner_text("#confirm-title")
+    page.click("#confirm-cancel")
+    assert not page.is_visible("#secret-dialog")
+    assert verify(server, reader["secret"])["code"] == "VALID"
+
+    dashboard.click_action(reader_id, "rotate")
+    page.select_option("#grace", "0")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#secret-dialog[open]")
+    secret = page.inner_text("#new-secret").strip()
+    dashboard.screenshot(tmp_path / "new-secret.png")
+    assert secret.startswith("kl_") and secret != reader["secret"]
+    assert "no longer works" in page.inner_text("#secret-grace")
+    rotated = verify(server, secret, "read:nodes", "GET /nodes")
+    assert rotated["code"] == "VALID" and rotated["key_id"] == reader_id
+    assert verify(server, reader["secret"])["code"] == "EXPIRED"  # grace 0: the old secret stopped
+
+    page.click("#close-secret")
+    page.wait_for_selector("#secret-dialog", state="hidden")
+    assert secret not in page.content()  # shown once
+    assert page.inner_text("#new-secret") == ""
+
+    # Revoke through the page, confirmed: the key shows revoked and frees a slot.
+    dashboard.click_action(batch_id, "revoke")
+    page.fill("#revoke-reason", "leaked in a test")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{batch_id}"].status-revoked')
+    assert dashboard.key_cell(batch_id, "status") == "revoked"
+    assert page.inner_text("#ws-live") == "2 / 50"
+    assert verify(server, batch["secret"])["code"] == "REVOKED"
+
+    # The admin key lives in sessionStorage only: a reload keeps the session; no cookie, no secret in any URL.
+    assert dashboard.session_secret() == admin["secret"]
+    assert page.evaluate("document.cookie") == ""
+    page.reload()
+    dashboard.wait_signed_in()
+    secrets = (admin["secret"], reader["secret"], batch["secret"], secret)
+    assert not [url for url in dashboard.requests if any(s in url for s in secrets)]
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+def test_wrong_non_admin_and_revoked_keys_get_a_clear_message(server: Server, dashboard: DashboardPage):
+    created = create_workspace(server)
+    admin = created["admin_key"]
+    reader = issue(server, admin, ["read:nodes"])
+    revoked = issue(server, admin, ["admin"])
+    with server.client(admin["secret"]) as client:
+        response = client.post(f"/v1/workspaces/{admin['key']['workspace_id']}/keys/{revoked['key']['id']}/revoke")
+        assert response.status_code == 200
+    page = dashboard.open().page
+
+    dashboard.sign_in("kl_this-is-not-a-key")
+    message = dashboard.sign_in_error()
+    assert "This key cannot sign in" in message
+    assert "missing, malformed or unknown" in message
+
+    dashboard.sign_in(reader["secret"])
+    page.wait_for_selector("#sign-in-error-title:text('not a workspace admin key')")
+    message = dashboard.sign_in_error()
+    assert "lacks the scope 'admin'" in message
+
+    dashboard.sign_in(revoked["secret"])
+    page.wait_for_selector("#sign-in-error-detail:text('revoked')")
+    assert "The presented key is revoked" in dashboard.sign_in_error()
+
+    assert page.is_hidden("#dashboard")
+    assert dashboard.session_secret() is None  # a refused key is not kept
+
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+    assert page.is_hidden("#sign-in-error")
+
+
+def test_the_page_is_served_with_a_strict_policy(server: Server):
+    with httpx.Client(base_url=server.url) as client:
+        page = client.get("/dashboard")
+        script = client.get("/dashboard/dashboard.js")
+        missing = client.get("/dashboard/secrets.txt")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
