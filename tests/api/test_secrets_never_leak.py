@@ -57,6 +57,7 @@ def test_secrets_appear_only_in_issue_and_rotate_answers(server: Server, backend
         call(admin, "POST", f"/v1/workspaces/{ws}/keys/{key}/scopes", json={"scopes": ["read:edges"]})
         call(admin, "DELETE", f"/v1/workspaces/{ws}/keys/{key}/scopes/read:edges")
         call(admin, "GET", f"/v1/workspaces/{ws}/usage")
+        call(admin, "GET", "/v1/me")
         call(admin, "POST", f"/v1/workspaces/{ws}/keys/{key}/revoke", json={"reason": "test"})
         call(admin, "GET", "/healthz")
         call(admin, "GET", "/metrics")
