@@ -41,6 +41,12 @@ class DashboardPage:
         self.page.click(f"[data-period={period}]")
         self.page.wait_for_selector(f"[data-period={period}][aria-pressed=true]")
 
+    def refresh(self) -> None:
+        """Press Refresh and wait until the page shows what it fetched."""
+        before = self.page.evaluate("document.body.dataset.loadedAt")
+        self.page.click("#refresh")
+        self.page.wait_for_function("before => document.body.dataset.loadedAt !== before", arg=before)
+
     def usage_cell(self, key_id: str, name: str) -> str:
         return str(self.page.inner_text(f'#usage-table tr[data-key-id="{key_id}"] [data-field="{name}"]')).strip()
 

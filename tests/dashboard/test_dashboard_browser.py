@@ -135,7 +135,7 @@ def test_admin_sees_usage_rotates_and_revokes_keys(server: Server, dashboard: Da
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
 
-def test_wrong_non_admin_and_revoked_keys_get_a_clear_message(server: Server, dashboard: DashboardPage):
+def test_wrong_non_admin_and_revoked_keys_get_a_clear_message(server: Server, dashboard: DashboardPage, tmp_path: Path):
     created = create_workspace(server)
     admin = created["admin_key"]
     reader = issue(server, admin, ["read:nodes"])
@@ -154,6 +154,7 @@ def test_wrong_non_admin_and_revoked_keys_get_a_clear_message(server: Server, da
     page.wait_for_selector("#sign-in-error-title:text('not a workspace admin key')")
     message = dashboard.sign_in_error()
     assert "lacks the scope 'admin'" in message
+    dashboard.screenshot(tmp_path / "not-admin.png")
 
     dashboard.sign_in(revoked["secret"])
     page.wait_for_selector("#sign-in-error-detail:text('revoked')")
@@ -177,3 +178,31 @@ def test_the_page_is_served_with_a_strict_policy(server: Server):
     assert "connect-src 'self'" in page.headers["content-security-policy"]
     assert script.headers["content-type"].startswith("text/javascript")
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
+
+
+def test_an_admin_rotates_then_revokes_its_own_key(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    admin_id = admin["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    dashboard.click_action(admin_id, "rotate")
+    assert "the key you signed in with" in page.inner_text("#confirm-text")
+    page.select_option("#grace", "0")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#secret-dialog[open]")
+    secret = page.inner_text("#new-secret").strip()
+    page.click("#close-secret")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{admin_id}"]')
+
+    assert dashboard.session_secret() == secret  # the page moved to the new secret; the old one stopped
+    assert verify(server, admin["secret"], "admin")["code"] == "EXPIRED"
+    dashboard.refresh()
+    assert page.is_visible("#dashboard") and page.is_hidden("#banner")
+
+    dashboard.click_action(admin_id, "revoke")
+    page.click("#confirm-ok")
+    assert "You revoked the key you signed in with" in dashboard.sign_in_error()
+    assert page.is_hidden("#dashboard")
+    assert dashboard.session_secret() is None

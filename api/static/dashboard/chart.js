@@ -75,11 +75,11 @@ export function stackedBars(series, { first, last, bucket, title }) {
   }
 
   const spansDays = last - first >= 24 * 3600_000;
-  const ticks = Math.min(n, 6);
-  for (let i = 0; i < ticks; i++) {
-    const index = ticks === 1 ? 0 : Math.round((i * (n - 1)) / (ticks - 1));
+  // Up to six evenly spaced labels, counted back from the newest bucket.
+  const every = Math.max(1, Math.ceil((n - 1) / 5));
+  for (let index = n - 1; index >= 0; index -= every) {
     const x = MARGIN.left + slot * (index + 0.5);
-    const anchor = i === 0 && n > 1 ? "start" : i === ticks - 1 && n > 1 ? "end" : "middle";
+    const anchor = index === n - 1 && n > 1 ? "end" : index === 0 && n > 1 ? "start" : "middle";
     const label = tickLabel(first + index * step, bucket, spansDays && bucket !== "day");
     svg.append(el("text", { x, y: HEIGHT - 6, class: "axis x", "text-anchor": anchor }, label));
   }

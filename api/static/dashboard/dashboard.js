@@ -225,6 +225,7 @@ function badge(text, kind) {
 }
 
 function render() {
+  document.body.dataset.loadedAt = String(state.loadedAt); // when the data on screen was fetched
   renderWorkspace();
   renderPeriod();
   renderUsage();
