@@ -76,23 +76,25 @@ class Runner:
         with read_transaction(self.engine) as conn:
             return {g.name: g for g in select_generations(conn, self.projections, active=True)}
 
-    def step(self) -> int:
+    def step(self, known: Collection[Generation] = ()) -> tuple[int, list[Generation]]:
         """Apply the next batch to the active generations no other process is applying.
 
-        Returns how many events were read (0: nothing new, or someone else is on it).
+        `known` are the active generations as last seen, to spare reading them again
+        (stale positions only mean reading a few events twice). Returns how many
+        events were read and the generations advanced: none when there was nothing
+        new or another process is applying it.
         """
-        with read_transaction(self.engine) as conn:
-            seen = self._applicable(select_generations(conn, self.projections, active=True))
+        seen = self._applicable(list(known) or list(self.active().values()))
         if not seen:
-            return 0
+            return 0, []
         start = min(g.position for g in seen)
         events = self._read_after(start, self.batch_size)
         if not events:
-            return 0
+            return 0, []
         with write_transaction(self.engine) as conn:
             locked = select_generations(conn, self.projections, active=True, lock=True, skip_locked=True)
-            self._apply(conn, self._applicable(locked), start, events)
-        return len(events)
+            advanced = self._apply(conn, self._applicable(locked), start, events)
+        return len(events), advanced
 
     def _applicable(self, generations: Sequence[Generation]) -> list[Generation]:
         # Never write rows of another definition (a process running older or newer code).
@@ -112,25 +114,20 @@ class Runner:
     def _apply(
         self, conn: Connection, generations: Sequence[Generation], start: int, events: Sequence[Positioned]
     ) -> list[Generation]:
-        """Apply to each locked generation the events it has not applied; returns them advanced.
+        """Apply to each locked generation the events it has not applied; returns those advanced.
 
         `events` are every event after `start`, up to the last one. A generation that
         moved on meanwhile takes only the rest (or none); one before `start` (it
         appeared since we read) is left for the next round, as it would miss events.
         """
         last = events[-1][0]
-        now = self.clock()
-        advanced = []
-        for generation in generations:
-            if not start <= generation.position < last:
-                advanced.append(generation)
-                continue
+        behind = [g for g in generations if start <= g.position < last]
+        for generation in behind:
             projection = self.projections[generation.name]
             wanted = [(p, e) for p, e in events if p > generation.position and projection.handles(e)]
             if wanted:
                 projection.apply(conn, projection.tables(generation.generation), wanted)
-            advanced.append(advance(conn, generation, last, now))
-        return advanced
+        return advance(conn, behind, last, self.clock())
 
     # --- rebuild ------------------------------------------------------------
 
@@ -174,7 +171,8 @@ class Runner:
             serving = select_generations(conn, names, active=True, lock=True) if near_head else []
             building = self._relock(conn, building)
             if events:
-                building = self._apply(conn, building, start, events)
+                advanced = {g.name: g for g in self._apply(conn, building, start, events)}
+                building = [advanced.get(g.name, g) for g in building]
             reached = {g.name: g.position for g in building}
             if not near_head or any(reached[g.name] < g.position for g in serving):
                 return building, None
@@ -237,7 +235,3 @@ class Runner:
                 table.drop(conn, checkfirst=True)
             projection.forget(generation.generation)
         delete_generation(conn, generation)
-
-
-def positions_reached(positions: dict[str, int], position: int, names: Collection[str]) -> bool:
-    return all(positions.get(name, -1) >= position for name in names)

@@ -33,8 +33,8 @@ from projections.base import Projection, Tables
 from projections.db import create_read_engine, read_transaction
 from projections.errors import ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import KeysProjection, select_changed_keys, select_key, select_workspace_keys
-from projections.runner import Progress, Runner, positions_reached
-from projections.tracking import STATE
+from projections.runner import Progress, Runner
+from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ class ReadModels:
             self.engine, ledger, list(self.projections.values()), batch_size, rebuild_batch_size
         )
         self.poll_interval = poll_interval
-        self._positions: dict[str, int] = {}
-        self._changed = threading.Condition()  # signalled whenever _positions moves
+        self._generations: dict[str, Generation] = {}  # active ones, as last seen
+        self._changed = threading.Condition()  # signalled whenever _generations moves
         self._waiters = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -170,21 +170,34 @@ class ReadModels:
         """Apply one batch if the store is ahead of us; returns the events read."""
         if self._reached(self.runner.head(), self.names):
             return 0
-        count = self.runner.step()
-        self._refresh_positions()  # also picks up what other processes applied
+        with self._changed:
+            known = list(self._generations.values())
+        count, advanced = self.runner.step(known)
+        if advanced and len(advanced) == len(known) == len(self.names):
+            self._record(advanced)
+        else:  # skipped some (another process is on them) or saw none: read what is there
+            self._refresh_positions()
         return count
 
     def _refresh_positions(self) -> None:
-        active = self.runner.active()
+        self._record(list(self.runner.active().values()))
+
+    def _record(self, generations: Sequence[Generation]) -> None:
+        """Remember the active generations this code can apply, and wake whoever waits on them."""
         with self._changed:
-            for name, generation in active.items():
-                if generation.version == self.projections[name].VERSION:
-                    self._positions[name] = generation.position
+            for generation in generations:
+                if generation.version == self.projections[generation.name].VERSION:
+                    self._generations[generation.name] = generation
             self._changed.notify_all()
 
     def _reached(self, position: int, names: Sequence[str]) -> bool:
         with self._changed:
-            return positions_reached(self._positions, position, names)
+            return self._reached_locked(position, names)
+
+    def _reached_locked(self, position: int, names: Sequence[str]) -> bool:
+        return all(
+            name in self._generations and self._generations[name].position >= position for name in names
+        )
 
     def catch_up(self) -> int:
         """Apply everything up to the current head, here and now; returns that position."""
@@ -218,7 +231,7 @@ class ReadModels:
             self._waiters += 1
             try:
                 self._wake.set()
-                while not positions_reached(self._positions, position, wanted):
+                while not self._reached_locked(position, wanted):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False

@@ -80,11 +80,11 @@ def test_a_position_that_does_not_advance_is_refused(
 
     with pytest.raises(TrackingConflict), write_transaction(models.engine) as conn:
         [generation] = select_generations(conn, ["audit"], active=True)
-        advance(conn, generation, generation.position, generation.updated_at)
+        advance(conn, [generation], generation.position, generation.updated_at)
     with pytest.raises(TrackingConflict), write_transaction(models.engine) as conn:
         [generation] = select_generations(conn, ["audit"], active=True)
         stale = generation.__class__(**{**vars(generation), "position": generation.position - 1})
-        advance(conn, stale, generation.position + 1, generation.updated_at)  # another writer moved it
+        advance(conn, [stale], generation.position + 1, generation.updated_at)  # another writer moved it
 
 
 def test_two_processes_following_one_store_apply_each_event_once(settings: Settings, ledger: KeyLedger):
