@@ -214,7 +214,7 @@ class ReadModels:
 
     def wait(self, position: int, names: Sequence[str] | None = None, timeout: float = 5.0) -> bool:
         """True once the named read models (default all) have applied `position`; False on timeout."""
-        wanted = self._check_names(names) if names else self.names
+        wanted = self.check_names(names) if names else self.names
         deadline = time.monotonic() + timeout
         if self._reached(position, wanted):
             return True
@@ -264,12 +264,12 @@ class ReadModels:
 
     def rebuild(self, name: str | None = None, progress: Progress | None = None) -> None:
         """Replay the stream into fresh tables while the current ones serve, then switch atomically."""
-        names = self._check_names([name]) if name is not None else self.names
+        names = self.check_names([name]) if name is not None else self.names
         self._setup()
         self.runner.rebuild(names, progress)
         self._refresh_positions()
 
-    def _check_names(self, names: Sequence[str]) -> tuple[str, ...]:
+    def check_names(self, names: Sequence[str]) -> tuple[str, ...]:
         unknown = [n for n in names if n not in self.projections]
         if unknown:
             raise UnknownProjection(

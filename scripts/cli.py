@@ -24,6 +24,7 @@ from domain.timefmt import parse_rfc3339, to_rfc3339
 from domain.workspace import Workspace
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
+from scripts.cli_projections import projections_app
 
 USAGE_ERROR = 2
 
@@ -34,6 +35,7 @@ workspace_app = typer.Typer(help="Workspaces and their plans.", no_args_is_help=
 key_app = typer.Typer(help="Keys: issue, scopes, rotation, revocation.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(key_app, name="key")
+app.add_typer(projections_app, name="projections")
 
 
 def _ledger() -> KeyLedger:

@@ -1,4 +1,4 @@
-"""A runner that dies mid-batch and restarts leaves read models equal to a clean rebuild: no duplicates, no gaps."""
+"""A runner that dies mid-batch and restarts equals a clean rebuild: no event applied twice, none skipped."""
 
 from __future__ import annotations
 

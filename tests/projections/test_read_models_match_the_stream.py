@@ -1,4 +1,4 @@
-"""After a seeded random sequence of ~1,000 commands, each read model equals what the aggregates and events say."""
+"""After a seeded random run of ~1,000 commands, each read model equals what the aggregates and events say."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ COMMANDS = 1000
 def stream(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[KeyLedger, ReadModels, Workload]]:
-    """One run of the commands per backend, while the runner follows in the background as in an API process."""
+    """One run of the commands per backend, the runner following in the background as in an API process."""
     with opened(request.param, tmp_path_factory.mktemp("stream")) as (_, ledger, models):
         models.start()
         work = run_commands(ledger, COMMANDS, seed=20270301, after_each=lambda _: models.nudge())
@@ -151,7 +151,7 @@ def test_a_key_without_usage_reports_zeros(models: ReadModels, workload: Workloa
 
 
 def _expected_audit(ledger: KeyLedger) -> list[tuple[Any, ...]]:
-    """(position, workspace, key, type, actor, time, data) of every lifecycle event, straight from the store."""
+    """(position, workspace, key, type, actor, time, data) of each lifecycle event, read from the store."""
     workspace_of = {}
     expected = []
     for position, event in all_events(ledger):

@@ -1,4 +1,4 @@
-"""A KeyRotated event stored under schema v1 (no `previous_valid_until`) still loads through the current class."""
+"""A KeyRotated stored under schema v1 (without `previous_valid_until`) loads through the current class."""
 
 from __future__ import annotations
 
