@@ -114,7 +114,8 @@ class AuditProjection(Projection):
         for ids in chunks(unknown, 500):
             query = select(table.c.originator_id, table.c.workspace_id).where(table.c.originator_id.in_(ids))
             self._workspace_of_key.update({k: w for k, w in conn.execute(query)})
-        conn.execute(insert(table), [self._row(position, event) for position, event in events])
+        if events:  # an empty parameter list would run the INSERT once, with no values
+            conn.execute(insert(table), [self._row(position, event) for position, event in events])
 
     def _row(self, position: int, event: Any) -> dict[str, Any]:
         workspace_id: UUID

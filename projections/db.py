@@ -6,6 +6,7 @@ configured PostgreSQL schema (through `search_path`, so table names stay bare).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -139,11 +140,16 @@ def upsert(
 
     Rows must have distinct keys (PostgreSQL refuses to update one row twice in one statement).
     """
-    if not rows:
-        return
-    insert: Any = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    if rows:
+        conn.execute(_upsert_statement(conn.dialect.name, table, tuple(key), tuple(add)), list(rows))
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert_statement(dialect: str, table: Table, key: tuple[str, ...], add: tuple[str, ...]) -> Any:
+    # Built once per table: a statement rebuilt per batch costs a compilation each time.
+    insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     if add:
         changes = {name: table.c[name] + insert.excluded[name] for name in add}
     else:
         changes = {c.name: insert.excluded[c.name] for c in table.c if c.name not in key}
-    conn.execute(insert.on_conflict_do_update(index_elements=list(key), set_=changes), list(rows))
+    return insert.on_conflict_do_update(index_elements=list(key), set_=changes)

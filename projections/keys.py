@@ -19,12 +19,25 @@ from uuid import UUID
 
 from eventsourcing.domain import Snapshot
 from eventsourcing.utils import get_topic
-from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, String, Table, Text, Uuid, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    delete,
+    insert,
+    select,
+)
 from sqlalchemy.engine import Connection, RowMapping
 
 from domain.keys import ApiKey
 from projections.base import Positioned, Projection, Tables, chunks, table_name
-from projections.db import UTCDateTime, upsert
+from projections.db import UTCDateTime
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
 ATTRIBUTE_COLUMNS = {
@@ -83,6 +96,7 @@ class KeysProjection(Projection):
         for ids in chunks(stored, 500):
             for row in conn.execute(select(table).where(table.c.key_id.in_(ids))).mappings():
                 keys[row["key_id"]] = key_from_row(row)
+        loaded = set(keys)
         last_position: dict[UUID, int] = {}
         for position, event in events:
             key = keys.get(event.originator_id)
@@ -90,7 +104,10 @@ class KeysProjection(Projection):
                 raise LookupError(f"event at position {position} is for a key the read model never saw")
             keys[event.originator_id] = event.mutate(key)  # checks the version sequence, too
             last_position[event.originator_id] = position
-        upsert(conn, table, [row_from_key(keys[i], p) for i, p in last_position.items()], key=["key_id"])
+        # Replace rather than upsert: ON CONFLICT statements are compiled anew on every execution.
+        for ids in chunks(sorted(last_position.keys() & loaded, key=str), 500):
+            conn.execute(delete(table).where(table.c.key_id.in_(ids)))
+        conn.execute(insert(table), [row_from_key(keys[i], p) for i, p in last_position.items()])
 
 
 def row_from_key(key: ApiKey, position: int) -> dict[str, Any]:

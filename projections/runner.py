@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
 from domain.application import KeyLedger, utc_now
-from projections.base import Projection
+from projections.base import Positioned, Projection
 from projections.db import lock_for_ddl, read_transaction, write_transaction
 from projections.errors import RebuildInProgress
 from projections.tracking import (
@@ -39,8 +39,9 @@ from projections.tracking import (
 
 log = logging.getLogger(__name__)
 
-# A building generation whose heartbeat is older than this was abandoned (its process died).
-REBUILD_LEASE = timedelta(seconds=60)
+# A building generation whose heartbeat (one per batch) is older than this was abandoned:
+# its process died. A rebuild that fails with an exception abandons its generation at once.
+REBUILD_LEASE = timedelta(seconds=20)
 
 Progress = Callable[[int, int], None]
 
@@ -75,44 +76,56 @@ class Runner:
         with read_transaction(self.engine) as conn:
             return {g.name: g for g in select_generations(conn, self.projections, active=True)}
 
-    def step(self) -> int:
+    def step(self, known: Collection[Generation] = ()) -> tuple[int, list[Generation]]:
         """Apply the next batch to the active generations no other process is applying.
 
-        Returns how many events were read (0: nothing new, or someone else is on it).
+        `known` are the active generations as last seen, to spare reading them again
+        (stale positions only mean reading a few events twice). Returns how many
+        events were read and the generations advanced: none when there was nothing
+        new or another process is applying it.
         """
+        seen = self._applicable(list(known) or list(self.active().values()))
+        if not seen:
+            return 0, []
+        start = min(g.position for g in seen)
+        events = self._read_after(start, self.batch_size)
+        if not events:
+            return 0, []
         with write_transaction(self.engine) as conn:
-            generations = [
-                g
-                for g in select_generations(conn, self.projections, active=True, lock=True, skip_locked=True)
-                if g.version == self.projections[g.name].VERSION  # never write rows of another definition
-            ]
-            if not generations:
-                return 0
-            count, _ = self._apply_batch(conn, generations, self.batch_size)
-        return count
+            locked = select_generations(conn, self.projections, active=True, lock=True, skip_locked=True)
+            advanced = self._apply(conn, self._applicable(locked), start, events)
+        return len(events), advanced
 
-    def _apply_batch(
-        self, conn: Connection, generations: Sequence[Generation], limit: int
-    ) -> tuple[int, list[Generation]]:
-        """Read the next events once and apply them to each generation still before them."""
-        start = min(g.position for g in generations)
-        notifications = self.recorder.select_notifications(start=start, limit=limit, inclusive_of_start=False)
-        if not notifications:
-            return 0, list(generations)
-        last = notifications[-1].id
-        events = [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
-        now = self.clock()
-        advanced = []
-        for generation in generations:
-            if generation.position >= last:
-                advanced.append(generation)
-                continue
+    def _applicable(self, generations: Sequence[Generation]) -> list[Generation]:
+        # Never write rows of another definition (a process running older or newer code).
+        return [g for g in generations if g.version == self.projections[g.name].VERSION]
+
+    def _read_after(self, position: int, limit: int) -> list[Positioned]:
+        """The next events after `position`, decoded.
+
+        Called before taking the write lock, never under it: the library's SQLite pool can
+        make a reader wait for writers that themselves wait for our lock.
+        """
+        notifications = self.recorder.select_notifications(start=position, limit=limit, inclusive_of_start=False)
+        return [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
+
+    def _apply(
+        self, conn: Connection, generations: Sequence[Generation], start: int, events: Sequence[Positioned]
+    ) -> list[Generation]:
+        """Apply to each locked generation the events it has not applied; returns those advanced.
+
+        `events` are every event after `start`, up to the last one. A generation that
+        moved on meanwhile takes only the rest (or none); one before `start` (it
+        appeared since we read) is left for the next round, as it would miss events.
+        """
+        last = events[-1][0]
+        behind = [g for g in generations if start <= g.position < last]
+        for generation in behind:
             projection = self.projections[generation.name]
             wanted = [(p, e) for p, e in events if p > generation.position and projection.handles(e)]
             if wanted:
                 projection.apply(conn, projection.tables(generation.generation), wanted)
-            advanced.append(advance(conn, generation, last, now))
-        return len(notifications), advanced
+        return advance(conn, behind, last, self.clock())
 
     # --- rebuild ------------------------------------------------------------
 
@@ -123,15 +136,56 @@ class Runner:
         """
         building = self._start_generations(names)
         log.info("rebuilding %s into generation(s) %s", names, [g.generation for g in building])
-        while True:
+        try:
+            retired = None
+            while retired is None:
+                building, retired = self._rebuild_batch(names, building)
+                if progress is not None:
+                    done = min(g.position for g in building)
+                    progress(done, max(done, self.head()))
+        except BaseException:
+            self._abandon(building)
+            raise
+        with write_transaction(self.engine) as conn:
+            for generation in retired:
+                self._drop(conn, generation)
+        log.info("switched %s to generation(s) %s", names, [g.generation for g in building])
+        return building
+
+    def _rebuild_batch(
+        self, names: Sequence[str], building: list[Generation]
+    ) -> tuple[list[Generation], list[Generation] | None]:
+        """Apply the next events to the building generations; near the head, switch to them.
+
+        Returns the building generations advanced and, once switched, the retired ones.
+        """
+        start = min(g.position for g in building)
+        events = self._read_after(start, self.rebuild_batch_size)
+        near_head = len(events) < self.rebuild_batch_size
+        with write_transaction(self.engine) as conn:
+            # Near the head, lock the serving generations too: that waits for a runner's batch
+            # in flight and keeps the next one out. If ours are then at least as far, switching
+            # in this transaction loses no event and moves no position backwards.
+            serving = select_generations(conn, names, active=True, lock=True) if near_head else []
+            building = self._relock(conn, building)
+            if events:
+                advanced = {g.name: g for g in self._apply(conn, building, start, events)}
+                building = [advanced.get(g.name, g) for g in building]
+            reached = {g.name: g.position for g in building}
+            if not near_head or any(reached[g.name] < g.position for g in serving):
+                return building, None
+            activate(conn, building)
+            return building, serving
+
+    def _abandon(self, building: Sequence[Generation]) -> None:
+        """Drop a failed rebuild's generations, so the next one need not wait for the lease to expire."""
+        try:
             with write_transaction(self.engine) as conn:
-                count, building = self._apply_batch(conn, self._relock(conn, building), self.rebuild_batch_size)
-            if progress is not None:
-                done = min(g.position for g in building)
-                progress(done, max(done, self.head()))
-            if count < self.rebuild_batch_size:
-                break
-        return self._switch(building)
+                self._relock(conn, building)
+                for generation in building:
+                    self._drop(conn, generation)
+        except Exception:
+            log.warning("could not drop the failed rebuild's generations; they expire with the lease")
 
     def _start_generations(self, names: Sequence[str]) -> list[Generation]:
         with write_transaction(self.engine) as conn:
@@ -170,24 +224,6 @@ class Runner:
                 raise RebuildInProgress(f"the rebuild of {generation.name!r} was taken over by another process")
         return list(building)
 
-    def _switch(self, building: Sequence[Generation]) -> list[Generation]:
-        names = [g.name for g in building]
-        with write_transaction(self.engine) as conn:
-            # Locking the active rows waits for a runner's batch in flight and keeps new ones
-            # out, so the last events are applied here and the switch misses none.
-            retired = select_generations(conn, names, active=True, lock=True)
-            generations = self._relock(conn, building)
-            while True:
-                count, generations = self._apply_batch(conn, generations, self.rebuild_batch_size)
-                if count < self.rebuild_batch_size:
-                    break
-            activate(conn, generations)
-        with write_transaction(self.engine) as conn:
-            for generation in retired:
-                self._drop(conn, generation)
-        log.info("switched %s to generation(s) %s", names, [g.generation for g in generations])
-        return generations
-
     def _drop(self, conn: Connection, generation: Generation) -> None:
         projection = self.projections.get(generation.name)
         if projection is not None:
@@ -195,7 +231,3 @@ class Runner:
                 table.drop(conn, checkfirst=True)
             projection.forget(generation.generation)
         delete_generation(conn, generation)
-
-
-def positions_reached(positions: dict[str, int], position: int, names: Collection[str]) -> bool:
-    return all(positions.get(name, -1) >= position for name in names)

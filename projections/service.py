@@ -33,8 +33,8 @@ from projections.base import Projection, Tables
 from projections.db import create_read_engine, read_transaction
 from projections.errors import ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import KeysProjection, select_changed_keys, select_key, select_workspace_keys
-from projections.runner import Progress, Runner, positions_reached
-from projections.tracking import STATE
+from projections.runner import Progress, Runner
+from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ class ReadModels:
         self.names = tuple(self.projections)
         self.runner = Runner(self.engine, ledger, list(self.projections.values()), batch_size, rebuild_batch_size)
         self.poll_interval = poll_interval
-        self._positions: dict[str, int] = {}
-        self._changed = threading.Condition()  # signalled whenever _positions moves
+        self._generations: dict[str, Generation] = {}  # active ones, as last seen
+        self._changed = threading.Condition()  # signalled whenever _generations moves
         self._waiters = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -166,21 +166,32 @@ class ReadModels:
         """Apply one batch if the store is ahead of us; returns the events read."""
         if self._reached(self.runner.head(), self.names):
             return 0
-        count = self.runner.step()
-        self._refresh_positions()  # also picks up what other processes applied
+        with self._changed:
+            known = list(self._generations.values())
+        count, advanced = self.runner.step(known)
+        if advanced and len(advanced) == len(known) == len(self.names):
+            self._record(advanced)
+        else:  # skipped some (another process is on them) or saw none: read what is there
+            self._refresh_positions()
         return count
 
     def _refresh_positions(self) -> None:
-        active = self.runner.active()
+        self._record(list(self.runner.active().values()))
+
+    def _record(self, generations: Sequence[Generation]) -> None:
+        """Remember the active generations this code can apply, and wake whoever waits on them."""
         with self._changed:
-            for name, generation in active.items():
-                if generation.version == self.projections[name].VERSION:
-                    self._positions[name] = generation.position
+            for generation in generations:
+                if generation.version == self.projections[generation.name].VERSION:
+                    self._generations[generation.name] = generation
             self._changed.notify_all()
 
     def _reached(self, position: int, names: Sequence[str]) -> bool:
         with self._changed:
-            return positions_reached(self._positions, position, names)
+            return self._reached_locked(position, names)
+
+    def _reached_locked(self, position: int, names: Sequence[str]) -> bool:
+        return all(name in self._generations and self._generations[name].position >= position for name in names)
 
     def catch_up(self) -> int:
         """Apply everything up to the current head, here and now; returns that position."""
@@ -197,7 +208,7 @@ class ReadModels:
 
     def wait(self, position: int, names: Sequence[str] | None = None, timeout: float = 5.0) -> bool:
         """True once the named read models (default all) have applied `position`; False on timeout."""
-        wanted = self._check_names(names) if names else self.names
+        wanted = self.check_names(names) if names else self.names
         deadline = time.monotonic() + timeout
         if self._reached(position, wanted):
             return True
@@ -214,7 +225,7 @@ class ReadModels:
             self._waiters += 1
             try:
                 self._wake.set()
-                while not positions_reached(self._positions, position, wanted):
+                while not self._reached_locked(position, wanted):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -247,12 +258,12 @@ class ReadModels:
 
     def rebuild(self, name: str | None = None, progress: Progress | None = None) -> None:
         """Replay the stream into fresh tables while the current ones serve, then switch atomically."""
-        names = self._check_names([name]) if name is not None else self.names
+        names = self.check_names([name]) if name is not None else self.names
         self._setup()
         self.runner.rebuild(names, progress)
         self._refresh_positions()
 
-    def _check_names(self, names: Sequence[str]) -> tuple[str, ...]:
+    def check_names(self, names: Sequence[str]) -> tuple[str, ...]:
         unknown = [n for n in names if n not in self.projections]
         if unknown:
             raise UnknownProjection(f"unknown projection {unknown[0]!r}; known projections: {', '.join(self.names)}")

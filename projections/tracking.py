@@ -10,7 +10,7 @@ library's tracking records.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -25,6 +25,7 @@ from sqlalchemy import (
     and_,
     delete,
     insert,
+    or_,
     select,
     update,
 )
@@ -90,24 +91,35 @@ def insert_generation(conn: Connection, name: str, generation: int, version: int
     return new
 
 
-def advance(conn: Connection, generation: Generation, position: int, now: datetime) -> Generation:
-    """Record that `generation` applied everything up to `position`, in the caller's transaction."""
-    if position <= generation.position:
-        raise TrackingConflict(f"{generation.name}: position {position} is not after {generation.position}")
+def advance(conn: Connection, generations: Sequence[Generation], position: int, now: datetime) -> list[Generation]:
+    """Record that these generations applied everything up to `position`, in the caller's transaction.
+
+    One statement for all of them; each row must still hold the position its writer read.
+    """
+    if not generations:
+        return []
+    behind = [g for g in generations if g.position >= position]
+    if behind:
+        raise TrackingConflict(f"{behind[0].name}: position {position} is not after {behind[0].position}")
     result = conn.execute(
         update(STATE)
         .where(
-            and_(
-                STATE.c.name == generation.name,
-                STATE.c.generation == generation.generation,
-                STATE.c.position == generation.position,
+            or_(
+                *(
+                    and_(
+                        STATE.c.name == g.name,
+                        STATE.c.generation == g.generation,
+                        STATE.c.position == g.position,
+                    )
+                    for g in generations
+                )
             )
         )
         .values(position=position, updated_at=now)
     )
-    if result.rowcount != 1:
-        raise TrackingConflict(f"{generation.name}: another writer moved the position")
-    return replace(generation, position=position, updated_at=now)
+    if result.rowcount != len(generations):
+        raise TrackingConflict("another writer moved a position")
+    return [replace(g, position=position, updated_at=now) for g in generations]
 
 
 def activate(conn: Connection, generations: Collection[Generation]) -> None:

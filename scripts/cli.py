@@ -25,6 +25,7 @@ from domain.workspace import Workspace
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings, StartupError
 from scripts.cli_audit import audit_app
+from scripts.cli_projections import projections_app
 
 USAGE_ERROR = 2
 
@@ -34,6 +35,7 @@ key_app = typer.Typer(help="Keys: issue, scopes, rotation, revocation.", no_args
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(key_app, name="key")
 app.add_typer(audit_app, name="audit")
+app.add_typer(projections_app, name="projections")
 
 
 def _ledger() -> KeyLedger:

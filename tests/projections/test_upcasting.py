@@ -1,0 +1,69 @@
+"""A KeyRotated stored under schema v1 (without `previous_valid_until`) loads through the current class."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic
+
+from domain import credentials
+from domain.application import KeyLedger, utc_now
+from domain.keys import ApiKey
+from domain.verification import VerifyCode
+from projections import ReadModels
+
+
+def test_a_v1_rotation_loads_with_its_grace_end_computed(ledger: KeyLedger, models: ReadModels):
+    created = ledger.create_workspace("acme", "pro")
+    key, old_secret = created.admin_key, created.secret
+    new_secret = credentials.generate_secret(key.id)
+    rotated_at = utc_now()
+    v1_state = {  # what KeyRotated held before class_version 2, stored raw, as the old code did
+        "timestamp": rotated_at,
+        "secret_digest": credentials.digest(new_secret),
+        "grace_seconds": 600,
+        "actor": "operator",
+    }
+    ledger.recorder.insert_events(
+        [
+            StoredEvent(
+                originator_id=key.id,
+                originator_version=key.version + 1,
+                topic=get_topic(ApiKey.KeyRotated),
+                state=ledger.mapper.transcoder.encode(v1_state),
+            )
+        ]
+    )
+
+    loaded = ledger.get_key(key.id)
+    [(position, event)] = [
+        (n.id, ledger.mapper.to_domain_event(n))
+        for n in ledger.recorder.select_notifications(start=0, limit=100)
+        if n.topic == get_topic(ApiKey.KeyRotated)
+    ]
+
+    grace_end = rotated_at + timedelta(seconds=600)
+    assert isinstance(event, ApiKey.KeyRotated) and event.previous_valid_until == grace_end
+    assert (loaded.rotated_at, loaded.previous_valid_until) == (rotated_at, grace_end)
+    assert ledger.authenticate(new_secret)[0] is VerifyCode.VALID
+    assert ledger.authenticate(old_secret)[0] is VerifyCode.VALID  # within the computed grace
+    models.catch_up()
+    state = models.get_key(created.workspace.id, key.id, rotated_at + timedelta(seconds=1))
+    assert state is not None and state.previous_secret_valid_until == grace_end
+    [entry] = [e for e in models.history(created.workspace.id, key.id) if e.type == "KeyRotated"]
+    assert entry.position == position
+    assert entry.data["previous_valid_until"] == grace_end.isoformat().replace("+00:00", "Z")
+    assert entry.data["grace_seconds"] == 600 and "secret_fingerprint" in entry.data
+
+
+def test_new_rotations_are_stored_as_v2_with_their_grace_end(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "pro")
+
+    rotated = ledger.rotate_key(created.admin_key.id, grace_seconds=60)
+
+    [notification] = ledger.recorder.select_notifications(start=rotated.position, limit=1)
+    stored = json.loads(notification.state)
+    assert stored["class_version"] == 2
+    assert stored["previous_valid_until"]["_data_"] == (rotated.key.rotated_at + timedelta(seconds=60)).isoformat()
