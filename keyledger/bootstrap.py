@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from eventsourcing.persistence import PersistenceError
@@ -48,9 +50,19 @@ def event_store_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def ensure_schema(settings: Settings) -> None:
-    """Create the configured PostgreSQL schema if it is missing."""
-    if not (settings.is_postgres and settings.database_schema):
+# Any constant works: it only has to be the same in every keyledger process.
+_SETUP_LOCK = 0x6B6C5F7365747570  # "kl_setup"
+
+
+@contextmanager
+def _setup_lock(settings: Settings) -> Iterator[None]:
+    """Serialise start-up DDL between processes on one PostgreSQL.
+
+    The library creates its tables and runs `CREATE OR REPLACE FUNCTION` on every start;
+    two processes doing that at once fail with "tuple concurrently updated".
+    """
+    if not settings.is_postgres:
+        yield
         return
     url = settings.url
     with psycopg.connect(
@@ -62,13 +74,20 @@ def ensure_schema(settings: Settings) -> None:
         connect_timeout=5,
         autocommit=True,
     ) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.database_schema)))
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+        try:
+            if settings.database_schema:
+                schema = sql.Identifier(settings.database_schema)
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
 
 
-def open_ledger(settings: Settings) -> KeyLedger:
+def open_ledger(settings: Settings, extra_env: dict[str, str] | None = None) -> KeyLedger:
     try:
-        ensure_schema(settings)
-        return KeyLedger(env=event_store_env(settings), catalog=settings.catalog)
+        with _setup_lock(settings):
+            return KeyLedger(env={**event_store_env(settings), **(extra_env or {})}, catalog=settings.catalog)
     except (psycopg.OperationalError, OSError, PersistenceError) as error:
         # The library wraps driver errors in its own PersistenceError family.
         where = settings.url.render_as_string(hide_password=True)

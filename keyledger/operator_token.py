@@ -12,6 +12,7 @@ from sqlalchemy import Column, Engine, MetaData, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from domain import credentials
+from projections.db import lock_for_ddl
 
 metadata = MetaData()
 operator_table = Table(
@@ -26,7 +27,9 @@ def ensure_operator_token(engine: Engine, configured: str | None) -> tuple[str, 
     """The digest to check operator requests against, and a newly generated token to print (or None)."""
     if configured:
         return credentials.digest(configured), None
-    metadata.create_all(engine)
+    with engine.begin() as conn:
+        lock_for_ddl(conn)  # two processes starting at once must not race to create the table
+        metadata.create_all(conn)
     with engine.begin() as conn:
         stored = conn.execute(select(operator_table.c.token_digest)).scalar_one_or_none()
     if stored is not None:

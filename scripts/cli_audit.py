@@ -34,7 +34,7 @@ from keyledger.auditchain.snapshots import check_snapshots
 from keyledger.auditchain.sqlite import ChainedSQLiteRecorder
 from keyledger.auditchain.verify import Verdict, verify_chain
 from keyledger.auditchain.writer import ENV_STARTUP_CHECK
-from keyledger.bootstrap import ensure_schema, event_store_env
+from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 
 TAMPERED = 1
@@ -58,9 +58,7 @@ def _settings() -> Settings:
 
 def _ledger(settings: Settings) -> KeyLedger:
     """The application over the store, without the write-path start-up check (auditing only reads)."""
-    ensure_schema(settings)
-    env = {**event_store_env(settings), f"KEYLEDGER_{ENV_STARTUP_CHECK}": "n"}
-    return KeyLedger(env=env, catalog=settings.catalog)
+    return open_ledger(settings, {f"KEYLEDGER_{ENV_STARTUP_CHECK}": "n"})
 
 
 def _json_default(value: Any) -> Any:

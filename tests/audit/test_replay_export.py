@@ -179,3 +179,26 @@ def test_a_time_before_the_key_existed_is_refused(audited: KeyLedger, audit_sett
 
     assert result.returncode == 2
     assert "did not exist at 2001-01-01T00:00:00Z" in result.stderr
+
+
+def test_replay_gives_every_key_the_state_of_the_current_keys_read_model(audited: KeyLedger, audit_settings: Settings):
+    from projections import ReadModels
+
+    keys, _ = random_history(audited, seed=77)
+    read_models = ReadModels(audit_settings, audited)
+    read_models.catch_up()
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    runner = CliRunner()
+
+    try:
+        for key_id in keys:
+            result = runner.invoke(
+                app, ["audit", "replay", str(key_id), "--at", to_rfc3339(at) or ""], env=env_of(audit_settings)
+            )
+            assert result.exit_code == 0, result.output
+            workspace_id = audited.get_key(key_id).workspace_id
+            from_read_model = read_models.get_key(workspace_id, key_id, at)
+            assert from_read_model is not None
+            assert json.loads(result.stdout)["state"]["key"] == as_json(dataclasses.asdict(from_read_model))
+    finally:
+        read_models.close()
