@@ -199,7 +199,7 @@ def main() -> None:
         "--spread-minutes", action="store_true", help="each count on a random minute (worst case)"
     )
     parser.add_argument(
-        "--batch", type=int, default=2000, help="events per read page and rebuild transaction"
+        "--batch", type=int, default=5000, help="events per read page and rebuild transaction"
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
