@@ -75,6 +75,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
     # Read models are derived data and commit rows with their position: losing the last
     # commits on power loss only means re-applying them, so skip the fsync per commit.
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Rebuilds touch index pages all over; the 2 MB default cache made them ~10% slower.
+    cursor.execute("PRAGMA cache_size=-32768")
     cursor.close()
 
 
