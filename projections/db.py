@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 from sqlalchemy.types import TypeDecorator
 
+from domain.errors import InvalidInput
 from keyledger.settings import Settings
 
 SQLITE_LOCK_TIMEOUT = 30.0
@@ -44,6 +45,13 @@ def create_read_engine(settings: Settings, sqlite_dbname: str | None = None) -> 
             hide_parameters=True,  # errors and logs must never show a digest
         )
     name = sqlite_dbname or settings.url.database or ""
+    if name in ("", ":memory:") or "mode=memory" in name:
+        # A shared in-memory database locks whole tables without waiting: the event store's
+        # own saves would fail while a read model is written.
+        raise InvalidInput(
+            "bad setting KEYLEDGER_DATABASE_URL: read models need a SQLite file (sqlite:///FILE) "
+            "or PostgreSQL, not an in-memory database"
+        )
     engine = create_engine(
         "sqlite+pysqlite://",
         creator=lambda: _sqlite_connect(name),

@@ -39,3 +39,17 @@ def test_uuids_are_stored_as_sqlalchemy_stores_them():
 def test_a_naive_time_is_refused():
     with pytest.raises(ValueError, match="naive"):
         _sqlite_utc_text(datetime(2027, 3, 1))
+
+
+def test_an_in_memory_sqlite_store_is_refused_with_the_setting_named():
+    from domain.errors import InvalidInput
+    from keyledger.bootstrap import open_ledger
+    from keyledger.settings import Settings
+    from projections import ReadModels
+
+    settings = Settings(database_url="sqlite://")
+    ledger = open_ledger(settings)
+
+    with pytest.raises(InvalidInput, match="KEYLEDGER_DATABASE_URL"):
+        ReadModels(settings, ledger)
+    ledger.close()
