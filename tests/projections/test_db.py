@@ -1,4 +1,4 @@
-"""The bulk writer's SQLite converters store exactly what SQLAlchemy stores (queries compare that text)."""
+"""Read-model storage details: SQLite text exactly as SQLAlchemy writes it; no in-memory SQLite."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import pytest
 from sqlalchemy import Uuid
 from sqlalchemy.dialects import sqlite
 
+from domain.errors import InvalidInput
+from keyledger.bootstrap import open_ledger
+from keyledger.settings import Settings
+from projections import ReadModels
 from projections.db import UTCDateTime, _sqlite_utc_text, _uuid_hex
 
 DIALECT = sqlite.pysqlite.dialect()
@@ -42,11 +46,6 @@ def test_a_naive_time_is_refused():
 
 
 def test_an_in_memory_sqlite_store_is_refused_with_the_setting_named():
-    from domain.errors import InvalidInput
-    from keyledger.bootstrap import open_ledger
-    from keyledger.settings import Settings
-    from projections import ReadModels
-
     settings = Settings(database_url="sqlite://")
     ledger = open_ledger(settings)
 
