@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, BigInteger, Column, Index, MetaData, String, Table, Uuid, insert, select
+from sqlalchemy import JSON, BigInteger, Column, Index, MetaData, String, Table, Uuid, select
 from sqlalchemy.engine import Connection
 
 from domain.credentials import fingerprint
@@ -23,7 +23,7 @@ from domain.keys import ApiKey
 from domain.timefmt import to_rfc3339
 from domain.workspace import Workspace
 from projections.base import Positioned, Projection, Tables, chunks, table_name
-from projections.db import UTCDateTime
+from projections.db import UTCDateTime, insert_rows
 
 # Kept in columns of their own (or the library's bookkeeping): not repeated in `data`.
 _ENVELOPE = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "actor"})
@@ -90,7 +90,7 @@ class AuditProjection(Projection):
             Column("actor", String(200), nullable=False),
             Column("data", JSON, nullable=False),
         )
-        for column in ("workspace_id", "key_id", "originator_id"):
+        for column in ("workspace_id", "key_id"):
             Index(f"ix_{name}_{column}", audit.c[column], audit.c.position)
         return {"audit": audit}
 
@@ -112,10 +112,10 @@ class AuditProjection(Projection):
             key=str,
         )
         for ids in chunks(unknown, 500):
-            query = select(table.c.originator_id, table.c.workspace_id).where(table.c.originator_id.in_(ids))
+            query = select(table.c.key_id, table.c.workspace_id).where(table.c.key_id.in_(ids))
             self._workspace_of_key.update({k: w for k, w in conn.execute(query)})
         if events:  # an empty parameter list would run the INSERT once, with no values
-            conn.execute(insert(table), [self._row(position, event) for position, event in events])
+            insert_rows(conn, table, [self._row(position, event) for position, event in events])
 
     def _row(self, position: int, event: Any) -> dict[str, Any]:
         workspace_id: UUID
@@ -170,7 +170,7 @@ def select_history(conn: Connection, tables: Tables, workspace_id: UUID, key_id:
     table = tables["audit"]
     query = (
         select(table)
-        .where(table.c.originator_id == key_id, table.c.workspace_id == workspace_id)
+        .where(table.c.key_id == key_id, table.c.originator_id == key_id, table.c.workspace_id == workspace_id)
         .order_by(table.c.position)
     )
     return [_entry(row) for row in conn.execute(query).mappings()]

@@ -30,14 +30,13 @@ from sqlalchemy import (
     Text,
     Uuid,
     delete,
-    insert,
     select,
 )
 from sqlalchemy.engine import Connection, RowMapping
 
 from domain.keys import ApiKey
 from projections.base import Positioned, Projection, Tables, chunks, table_name
-from projections.db import UTCDateTime
+from projections.db import UTCDateTime, insert_rows
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
 ATTRIBUTE_COLUMNS = {
@@ -104,10 +103,10 @@ class KeysProjection(Projection):
                 raise LookupError(f"event at position {position} is for a key the read model never saw")
             keys[event.originator_id] = event.mutate(key)  # checks the version sequence, too
             last_position[event.originator_id] = position
-        # Replace rather than upsert: ON CONFLICT statements are compiled anew on every execution.
+        # Replace rather than upsert: the loaded rows are known, and this needs no ON CONFLICT.
         for ids in chunks(sorted(last_position.keys() & loaded, key=str), 500):
             conn.execute(delete(table).where(table.c.key_id.in_(ids)))
-        conn.execute(insert(table), [row_from_key(keys[i], p) for i, p in last_position.items()])
+        insert_rows(conn, table, [row_from_key(keys[i], p) for i, p in last_position.items()])
 
 
 def row_from_key(key: ApiKey, position: int) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class Runner:
         ledger: KeyLedger,
         projections: Sequence[Projection],
         batch_size: int = 1000,
-        rebuild_batch_size: int = 2000,
+        rebuild_batch_size: int = 5000,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.engine = engine
@@ -139,7 +139,9 @@ class Runner:
         try:
             retired = None
             while retired is None:
-                building, retired = self._rebuild_batch(names, building)
+                start = min(g.position for g in building)
+                events = self._read_after(start, self.rebuild_batch_size)
+                building, retired = self._rebuild_batch(names, building, start, events)
                 if progress is not None:
                     done = min(g.position for g in building)
                     progress(done, max(done, self.head()))
@@ -153,14 +155,12 @@ class Runner:
         return building
 
     def _rebuild_batch(
-        self, names: Sequence[str], building: list[Generation]
+        self, names: Sequence[str], building: list[Generation], start: int, events: Sequence[Positioned]
     ) -> tuple[list[Generation], list[Generation] | None]:
-        """Apply the next events to the building generations; near the head, switch to them.
+        """Apply the events after `start` to the building generations; near the head, switch to them.
 
         Returns the building generations advanced and, once switched, the retired ones.
         """
-        start = min(g.position for g in building)
-        events = self._read_after(start, self.rebuild_batch_size)
         near_head = len(events) < self.rebuild_batch_size
         with write_transaction(self.engine) as conn:
             # Near the head, lock the serving generations too: that waits for a runner's batch

@@ -66,7 +66,7 @@ class ReadModels:
         *,
         projections: Sequence[Projection] | None = None,
         batch_size: int = 1000,
-        rebuild_batch_size: int = 2000,
+        rebuild_batch_size: int = 5000,
         poll_interval: float = 0.075,
     ) -> None:
         self.ledger = ledger

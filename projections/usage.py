@@ -1,4 +1,4 @@
-"""The quota-usage read model: answers per key per UTC minute and per UTC day, and per endpoint.
+"""The quota-usage read model: answers per key per UTC minute and per UTC day, and per endpoint per day.
 
 Fed only by `UsageRecorded` events (batched usage counts, see `domain.usage`).
 Each batch of events is summed in memory first and then added to the stored
@@ -7,6 +7,8 @@ many answers it counts.
 
 Counters: `requests` (every answer), `successes` (2xx), `client_errors` (4xx
 other than 429), `rate_limited` (429). A refused (429) answer consumes no quota.
+Endpoint counts are kept per UTC day, not per minute: per minute they would be
+the largest table by far (keys x endpoints x 1,440 a day) for little use.
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ def _counter_columns() -> list[Column[int]]:
     return [Column(name, BigInteger, nullable=False) for name in COUNTERS]
 
 
-def _split(status: int, count: int) -> tuple[int, int, int, int]:
-    return (
-        count,
-        count if 200 <= status < 300 else 0,
-        count if 400 <= status < 500 and status != 429 else 0,
-        count if status == 429 else 0,
-    )
+def _counter(status: int) -> int:
+    """Which counter besides `requests` an answer with this status adds to (0: none)."""
+    if 200 <= status < 300:
+        return 1  # successes
+    if status == 429:
+        return 3  # rate_limited
+    if 400 <= status < 500:
+        return 2  # client_errors
+    return 0
 
 
 class UsageProjection(Projection):
@@ -93,7 +97,7 @@ class UsageProjection(Projection):
             table_name("usage_endpoint", generation),
             metadata,
             Column("key_id", Uuid, primary_key=True),
-            Column("minute", UTCDateTime, primary_key=True),
+            Column("day", Date, primary_key=True),
             Column("endpoint", String(MAX_ENDPOINT_LENGTH), primary_key=True),
             Column("workspace_id", Uuid, nullable=False, index=True),
             Column("requests", BigInteger, nullable=False),
@@ -104,67 +108,63 @@ class UsageProjection(Projection):
         return isinstance(event, UsageBatch.UsageRecorded)
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
-        minutes: dict[tuple[UUID, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        days: dict[tuple[UUID, date], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        endpoints: dict[tuple[UUID, datetime, str], int] = defaultdict(int)
-        workspace_of: dict[UUID, UUID] = {}
-        # Batches repeat the same few ids and minutes: parse each distinct string once.
-        ids: dict[str, UUID] = {}
+        # Keyed by the entries' own strings (cheap to hash); each distinct key id, minute
+        # and status is parsed once per batch, which repeats them a lot.
+        minutes: dict[tuple[str, datetime], list[int]] = {}
+        days: dict[tuple[str, date], list[int]] = {}
+        endpoints: dict[tuple[str, date, str], int] = defaultdict(int)
+        workspace_of: dict[str, str] = {}
         times: dict[str, tuple[datetime, date]] = {}
+        counter_of: dict[int, int] = {}  # status -> index of its counter besides `requests` (0: none)
         for _, event in events:
             for entry in event.entries:
-                key_id = ids.get(entry["key_id"]) or ids.setdefault(entry["key_id"], UUID(entry["key_id"]))
-                if key_id not in workspace_of:
-                    workspace_of[key_id] = UUID(entry["workspace_id"])
-                moment = times.get(entry["minute"])
+                key, minute_text, count, status = (
+                    entry["key_id"],
+                    entry["minute"],
+                    entry["count"],
+                    entry["status"],
+                )
+                moment = times.get(minute_text)
                 if moment is None:
-                    minute = _floor_minute(datetime.fromisoformat(entry["minute"]))
-                    moment = times.setdefault(entry["minute"], (minute, minute.date()))
-                minute, day = moment
-                split = _split(int(entry["status"]), int(entry["count"]))
-                by_minute, by_day = minutes[key_id, minute], days[key_id, day]
-                for i in range(4):
-                    by_minute[i] += split[i]
-                    by_day[i] += split[i]
-                endpoints[key_id, minute, entry["endpoint"][:MAX_ENDPOINT_LENGTH]] += split[0]
+                    floored = _floor_minute(datetime.fromisoformat(minute_text))
+                    moment = times[minute_text] = (floored, floored.date())
+                counter = counter_of.get(status)
+                if counter is None:
+                    counter = counter_of[status] = _counter(status)
+                by_minute = minutes.get((key, moment[0]))
+                if by_minute is None:
+                    by_minute = minutes[key, moment[0]] = [0, 0, 0, 0]
+                    workspace_of[key] = entry["workspace_id"]
+                by_day = days.get((key, moment[1]))
+                if by_day is None:
+                    by_day = days[key, moment[1]] = [0, 0, 0, 0]
+                by_minute[0] += count
+                by_day[0] += count
+                if counter:
+                    by_minute[counter] += count
+                    by_day[counter] += count
+                endpoints[key, moment[1], entry["endpoint"][:MAX_ENDPOINT_LENGTH]] += count
+        ids = {text: UUID(text) for text in workspace_of.keys() | workspace_of.values()}
+        # Value tuples in each table's column order (see define_tables).
         upsert(
             conn,
             tables["minute"],
-            [
-                {
-                    "key_id": k,
-                    "minute": m,
-                    "workspace_id": workspace_of[k],
-                    **dict(zip(COUNTERS, c, strict=True)),
-                }
-                for (k, m), c in minutes.items()
-            ],
+            [(ids[k], m, ids[workspace_of[k]], *c) for (k, m), c in minutes.items()],
             key=["key_id", "minute"],
             add=COUNTERS,
         )
         upsert(
             conn,
             tables["day"],
-            [
-                {
-                    "key_id": k,
-                    "day": d,
-                    "workspace_id": workspace_of[k],
-                    **dict(zip(COUNTERS, c, strict=True)),
-                }
-                for (k, d), c in days.items()
-            ],
+            [(ids[k], d, ids[workspace_of[k]], *c) for (k, d), c in days.items()],
             key=["key_id", "day"],
             add=COUNTERS,
         )
         upsert(
             conn,
             tables["endpoint"],
-            [
-                {"key_id": k, "minute": m, "endpoint": e, "workspace_id": workspace_of[k], "requests": n}
-                for (k, m, e), n in endpoints.items()
-            ],
-            key=["key_id", "minute", "endpoint"],
+            [(ids[k], d, e, ids[workspace_of[k]], n) for (k, d, e), n in endpoints.items()],
+            key=["key_id", "day", "endpoint"],
             add=["requests"],
         )
 
@@ -181,7 +181,7 @@ def select_usage(
     since: datetime | None,
     until: datetime | None,
 ) -> list[KeyUsage]:
-    """Usage per key in [since, until); per_day lists the whole UTC days that range touches."""
+    """Usage per key in [since, until); per_day and top_endpoints cover the whole UTC days it touches."""
     minute, day, endpoint = tables["minute"], tables["day"], tables["endpoint"]
 
     def where(table: Table, time: ColumnElement[Any], lower: Any, upper: Any, inclusive: bool) -> list[Any]:
@@ -212,7 +212,7 @@ def select_usage(
     count = func.sum(endpoint.c.requests)
     query = (
         select(endpoint.c.key_id, endpoint.c.endpoint, count)
-        .where(*where(endpoint, endpoint.c.minute, since, until, False))
+        .where(*where(endpoint, endpoint.c.day, first_day, last_day, True))
         .group_by(endpoint.c.key_id, endpoint.c.endpoint)
         .order_by(endpoint.c.key_id, count.desc(), endpoint.c.endpoint)
     )

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 from domain.application import KeyLedger
@@ -54,19 +55,23 @@ def test_the_worker_follows_new_events_until_interrupted(settings: Settings, led
     if settings.database_schema:
         env["KEYLEDGER_DATABASE_SCHEMA"] = settings.database_schema
     worker = subprocess.Popen([KEYLEDGER, "projections", "run"], env=env, stderr=subprocess.PIPE, text=True)
+    assert worker.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(worker.stderr.readline, "")), daemon=True)
+    reader.start()
     try:
-        created = ledger.create_workspace("acme", "pro")
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            rows = status(settings)
-            if rows and all(r["position"] >= created.position for r in rows.values()):
-                break
+        while not any("following the event stream" in line for line in lines):
+            assert worker.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        created = ledger.create_workspace("acme", "pro")
+        while not all(r["position"] >= created.position for r in status(settings).values()):
+            assert worker.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
-        else:
-            raise AssertionError(f"the worker did not catch up: {rows}")
     finally:
         worker.send_signal(signal.SIGINT)
-        _, stderr = worker.communicate(timeout=30)
+        worker.wait(timeout=30)
+        reader.join(timeout=5)
 
-    assert worker.returncode == 0, stderr
-    assert "following the event stream" in stderr and stderr.rstrip().endswith("stopped")
+    assert worker.returncode == 0, "".join(lines)
+    assert lines[-1].strip() == "stopped"

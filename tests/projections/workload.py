@@ -111,12 +111,12 @@ def expected_usage(
             day = per_day[c.key_id][c.minute.date()]
             for i in range(4):
                 day[i] += split[i]
+            endpoints[c.key_id][c.endpoint] += c.count
         if (since is not None and c.minute < since) or (until is not None and c.minute >= until):
             continue
         minute = per_minute[c.key_id][c.minute]
         for i in range(4):
             minute[i] += split[i]
-        endpoints[c.key_id][c.endpoint] += c.count
     result = {}
     for key, minutes in per_minute.items():
         buckets = [UsageBucket(m, *v) for m, v in sorted(minutes.items())]
