@@ -18,15 +18,12 @@ from uuid import UUID
 from sqlalchemy import JSON, BigInteger, Column, Index, MetaData, String, Table, Uuid, select
 from sqlalchemy.engine import Connection
 
-from domain.credentials import fingerprint
+from domain.auditlog import safe_data
 from domain.keys import ApiKey
-from domain.timefmt import to_rfc3339
 from domain.workspace import Workspace
 from projections.base import Positioned, Projection, Tables, chunks, table_name
 from projections.db import UTCDateTime, insert_rows
 
-# Kept in columns of their own (or the library's bookkeeping): not repeated in `data`.
-_ENVELOPE = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "actor"})
 MAX_PAGE = 1000
 
 
@@ -39,31 +36,6 @@ class AuditEntry:
     actor: str
     data: dict[str, Any]
     workspace_id: UUID
-
-
-def audit_data(event: Any) -> dict[str, Any]:
-    """An event's own fields, JSON-ready, with every digest replaced by its fingerprint."""
-    data: dict[str, Any] = {}
-    for name, value in vars(event).items():
-        if name in _ENVELOPE:
-            continue
-        if "digest" in name:
-            data[name.replace("digest", "fingerprint")] = fingerprint(value) if value else None
-        else:
-            data[name] = _jsonable(value)
-    return data
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return to_rfc3339(value)
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
 
 
 class AuditProjection(Projection):
@@ -132,7 +104,7 @@ class AuditProjection(Projection):
             "originator_id": event.originator_id,
             "type": type(event).__name__,
             "actor": event.actor,
-            "data": audit_data(event),
+            "data": safe_data(vars(event)),
         }
 
 

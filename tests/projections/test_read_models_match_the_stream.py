@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from domain.application import KeyLedger
+from domain.auditlog import safe_data
 from domain.keys import ApiKey
 from domain.usage import UsageBatch
 from projections import AuditEntry, ReadModels
-from projections.audit import audit_data
 from tests.projections.conftest import all_events, dump, opened
 from tests.projections.workload import START, Workload, expected_usage, run_commands
 
@@ -158,7 +158,7 @@ def _expected_audit(ledger: KeyLedger) -> list[tuple[Any, ...]]:
         else:
             workspace, key = event.originator_id, getattr(event, "key_id", None)
         expected.append(
-            (position, workspace, key, type(event).__name__, event.actor, event.timestamp, audit_data(event))
+            (position, workspace, key, type(event).__name__, event.actor, event.timestamp, safe_data(vars(event)))
         )
     return expected
 
