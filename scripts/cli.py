@@ -206,7 +206,10 @@ def main() -> None:
     try:
         status = app(standalone_mode=False)
     except TyperException as error:  # usage errors: missing or bad arguments
-        _fail(str(getattr(error, "format_message", error.__str__)()).replace("\n", " "))
+        message = str(getattr(error, "format_message", error.__str__)()).replace("\n", " ").strip()
+        if not message:  # a command group called bare: its help was printed already
+            sys.exit(USAGE_ERROR)
+        _fail(message)
     except (typer.Abort, KeyboardInterrupt):
         _fail("aborted")
     except DomainError as error:
