@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.api.server import Server, create_workspace
+from tests.timing import inside_one_minute
 
 PROBLEM = "application/problem+json"
 # Eleven distinct scopes of the test servers' catalog (see conftest.RESOURCES).
@@ -164,6 +165,7 @@ def test_a_key_without_the_scope_gets_403_naming_it(server: Server, admin):
 def test_over_the_minute_limit_gets_429_with_retry_after(server: Server):
     workspace = create_workspace(server, "enterprise", requests_per_minute=3, requests_per_day=100)
     key = issue(server, workspace["admin_key"], ["read:nodes"])
+    inside_one_minute()
 
     answers = [verify(server, key["secret"]) for _ in range(3)]
     refused = forward(server, key["secret"])
@@ -191,6 +193,7 @@ def test_refused_requests_consume_no_quota(server: Server):
     per_minute, per_day, exhausted = 2, 10, "minute"
     workspace = create_workspace(server, "enterprise", requests_per_minute=per_minute, requests_per_day=per_day)
     key = issue(server, workspace["admin_key"], ["read:nodes"])
+    inside_one_minute()
     allowed = min(per_minute, per_day)
     for _ in range(allowed):
         assert forward(server, key["secret"]).status_code == 204

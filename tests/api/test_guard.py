@@ -15,6 +15,7 @@ from domain.usage import UsageBatch
 from keyledger.bootstrap import open_ledger
 from keyledger.services import VerificationStack, build_verification
 from keyledger.settings import Settings
+from tests.timing import inside_one_minute
 
 
 def service_app() -> FastAPI:
@@ -84,6 +85,7 @@ def test_the_guard_refuses_over_quota_without_calling_the_service(guarded):
     workspace = ledger.create_workspace("svc", "enterprise", requests_per_minute=2, requests_per_day=10).workspace
     writer = ledger.issue_key(workspace.id, "writer", ["write:reports"]).secret
     bearer = {"Authorization": f"Bearer {writer}"}
+    inside_one_minute()
 
     statuses = [client.post("/reports", headers=bearer).status_code for _ in range(3)]
     stack.usage.flush()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,7 @@ import httpx
 from tests.api.server import Server, create_workspace
 from tests.api.test_answers import issue, verify
 from tests.dashboard.dashboard_page import DashboardPage
-
-
-def clear_of_minute_boundary(margin: float = 3.0) -> None:
-    """Rate limits use UTC-minute windows: start a burst early enough in a minute to finish inside it."""
-    second = datetime.now(UTC).second + datetime.now(UTC).microsecond / 1e6
-    if second > 60 - margin:
-        time.sleep(60 - second + 0.05)
+from tests.timing import inside_one_minute
 
 
 def wait_for_usage(server: Server, admin: dict[str, Any], totals: dict[str, int]) -> None:
@@ -46,7 +39,7 @@ def test_admin_sees_usage_rotates_and_revokes_keys(server: Server, dashboard: Da
     batch = issue(server, admin, ["read:nodes"], name="nightly batch")
     reader_id, batch_id, admin_id = reader["key"]["id"], batch["key"]["id"], admin["key"]["id"]
 
-    clear_of_minute_boundary()
+    inside_one_minute()
     outcomes = [verify(server, reader["secret"], "read:nodes", "GET /nodes")["code"] for _ in range(3)]
     outcomes.append(verify(server, reader["secret"], "read:nodes", "GET /nodes/7")["code"])
     outcomes += [verify(server, reader["secret"], "write:edges", "POST /edges")["code"] for _ in range(2)]
