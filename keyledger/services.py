@@ -121,7 +121,7 @@ class Services:
 
     def stop(self) -> None:
         self.stack.stop()
-        self.read_models.stop()
+        self.read_models.close()
         self.ledger.close()
 
 
