@@ -17,7 +17,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NamedTuple, cast
+from operator import itemgetter
+from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
 from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, Uuid, func, select
@@ -28,6 +29,7 @@ from domain.usage import UsageBatch
 from projections.base import Positioned, Projection, Tables, table_name
 from projections.db import UTCDateTime, upsert
 
+B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
 TOP_ENDPOINTS = 5
 MAX_ENDPOINT_LENGTH = 200
@@ -108,65 +110,85 @@ class UsageProjection(Projection):
         return isinstance(event, UsageBatch.UsageRecorded)
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
-        # Keyed by the entries' own strings (cheap to hash); each distinct key id, minute
-        # and status is parsed once per batch, which repeats them a lot.
-        minutes: dict[tuple[str, datetime], list[int]] = {}
-        days: dict[tuple[str, date], list[int]] = {}
+        # A rebuild passes every entry through here, so the loop over entries does only what
+        # must be done per entry: sum per (key, minute text) and per (key, day, endpoint).
+        # Everything else (parsing, flooring, day totals) is done once per bucket afterwards,
+        # which a batch has far fewer of than entries.
+        minutes: dict[tuple[str, str], list[int]] = {}
         endpoints: dict[tuple[str, date, str], int] = defaultdict(int)
         workspace_of: dict[str, str] = {}
-        times: dict[str, tuple[datetime, date]] = {}
-        counter_of: dict[int, int] = {}  # status -> index of its counter besides `requests` (0: none)
+        times = _Moments()
+        counter_of = _CounterIndex()
         for _, event in events:
-            for entry in event.entries:
-                key, minute_text, count, status = (
-                    entry["key_id"],
-                    entry["minute"],
-                    entry["count"],
-                    entry["status"],
-                )
-                moment = times.get(minute_text)
-                if moment is None:
-                    floored = _floor_minute(datetime.fromisoformat(minute_text))
-                    moment = times[minute_text] = (floored, floored.date())
-                counter = counter_of.get(status)
-                if counter is None:
-                    counter = counter_of[status] = _counter(status)
-                by_minute = minutes.get((key, moment[0]))
-                if by_minute is None:
-                    by_minute = minutes[key, moment[0]] = [0, 0, 0, 0]
-                    workspace_of[key] = entry["workspace_id"]
-                by_day = days.get((key, moment[1]))
-                if by_day is None:
-                    by_day = days[key, moment[1]] = [0, 0, 0, 0]
-                by_minute[0] += count
-                by_day[0] += count
-                if counter:
-                    by_minute[counter] += count
-                    by_day[counter] += count
-                endpoints[key, moment[1], entry["endpoint"][:MAX_ENDPOINT_LENGTH]] += count
+            for key, minute_text, count, status, endpoint, workspace in map(_ENTRY_FIELDS, event.entries):
+                counts = minutes.get((key, minute_text))
+                if counts is None:
+                    counts = minutes[key, minute_text] = [0, 0, 0, 0, 0]
+                    workspace_of[key] = workspace
+                counts[0] += count
+                counts[counter_of[status]] += count
+                endpoints[key, times[minute_text][1], endpoint] += count
+        by_minute: dict[tuple[str, datetime], list[int]] = {}
+        by_day: dict[tuple[str, date], list[int]] = {}
+        for (key, minute_text), counts in minutes.items():
+            floored, day = times[minute_text]
+            _add(by_minute, (key, floored), counts)
+            _add(by_day, (key, day), counts)
+        by_endpoint: dict[tuple[str, date, str], int] = defaultdict(int)
+        for (key, day, endpoint), count in endpoints.items():
+            by_endpoint[key, day, endpoint[:MAX_ENDPOINT_LENGTH]] += count
         ids = {text: UUID(text) for text in workspace_of.keys() | workspace_of.values()}
         # Value tuples in each table's column order (see define_tables).
         upsert(
             conn,
             tables["minute"],
-            [(ids[k], m, ids[workspace_of[k]], *c) for (k, m), c in minutes.items()],
+            [(ids[k], m, ids[workspace_of[k]], *c) for (k, m), c in by_minute.items()],
             key=["key_id", "minute"],
             add=COUNTERS,
         )
         upsert(
             conn,
             tables["day"],
-            [(ids[k], d, ids[workspace_of[k]], *c) for (k, d), c in days.items()],
+            [(ids[k], d, ids[workspace_of[k]], *c) for (k, d), c in by_day.items()],
             key=["key_id", "day"],
             add=COUNTERS,
         )
         upsert(
             conn,
             tables["endpoint"],
-            [(ids[k], d, e, ids[workspace_of[k]], n) for (k, d, e), n in endpoints.items()],
+            [(ids[k], d, e, ids[workspace_of[k]], n) for (k, d, e), n in by_endpoint.items()],
             key=["key_id", "day", "endpoint"],
             add=["requests"],
         )
+
+
+def _add(buckets: dict[B, list[int]], bucket: B, counts: list[int]) -> None:
+    total = buckets.get(bucket)
+    if total is None:
+        buckets[bucket] = counts[:4]  # the fifth slot sums answers no counter besides `requests` takes
+    else:
+        for i in range(4):
+            total[i] += counts[i]
+
+
+_ENTRY_FIELDS = itemgetter("key_id", "minute", "count", "status", "endpoint", "workspace_id")
+
+
+class _Moments(dict[str, tuple[datetime, date]]):
+    """Minute text -> (its UTC minute, its UTC day), parsed once per distinct text."""
+
+    def __missing__(self, text: str) -> tuple[datetime, date]:
+        floored = _floor_minute(datetime.fromisoformat(text))
+        self[text] = moment = (floored, floored.date())
+        return moment
+
+
+class _CounterIndex(dict[int, int]):
+    """Status -> index of the counter it adds to besides `requests`; 4 (a slot never stored) for none."""
+
+    def __missing__(self, status: int) -> int:
+        self[status] = index = _counter(status) or 4
+        return index
 
 
 def _floor_minute(moment: datetime) -> datetime:
