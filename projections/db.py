@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy import JSON, DateTime, Engine, Table, Uuid, create_engine, event, text
+from sqlalchemy import JSON, Date, DateTime, Engine, Table, Uuid, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
@@ -202,13 +202,15 @@ class _BulkStatement:
 def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
     """What turns a value into the driver's parameter: the dialect's own bind processor.
 
-    Except for the two hottest on SQLite, which take the same text through C-level
+    Except for the three hottest on SQLite, which take the same text through C-level
     formatting (the tests check they match SQLAlchemy's byte for byte).
     """
     if dialect.name == "sqlite" and isinstance(type_, UTCDateTime):
         return _sqlite_utc_text
     if dialect.name == "sqlite" and isinstance(type_, Uuid):
         return _uuid_hex
+    if dialect.name == "sqlite" and isinstance(type_, Date):
+        return _sqlite_date_text
     processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
     return processor
 
@@ -219,6 +221,11 @@ def _sqlite_utc_text(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         raise ValueError("naive datetime: read models store aware UTC times only")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_date_text(value: date | None) -> str | None:
+    # date's own method, also for a datetime: SQLAlchemy stores a datetime's date part in a Date column.
+    return None if value is None else date.isoformat(value)
 
 
 def _uuid_hex(value: UUID | None) -> str | None:

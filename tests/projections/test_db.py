@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import Uuid
+from sqlalchemy import Date, Uuid
 from sqlalchemy.dialects import sqlite
 
 from domain.errors import InvalidInput
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections.db import UTCDateTime, _sqlite_utc_text, _uuid_hex
+from projections.db import UTCDateTime, _sqlite_date_text, _sqlite_utc_text, _uuid_hex
 
 DIALECT = sqlite.pysqlite.dialect()
 
@@ -38,6 +38,13 @@ def test_uuids_are_stored_as_sqlalchemy_stores_them():
     expected = Uuid().dialect_impl(DIALECT).bind_processor(DIALECT)
 
     assert _uuid_hex(value) == expected(value) and _uuid_hex(None) is None
+
+
+@pytest.mark.parametrize("day", [date(2027, 3, 1), date(987, 12, 31), datetime(2027, 3, 1, 23, 59, tzinfo=UTC), None])
+def test_days_are_stored_as_sqlalchemy_stores_them(day: date | None):
+    expected = Date().dialect_impl(DIALECT).bind_processor(DIALECT)
+
+    assert _sqlite_date_text(day) == expected(day)
 
 
 def test_a_naive_time_is_refused():
