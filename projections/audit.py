@@ -41,6 +41,7 @@ class AuditEntry:
 class AuditProjection(Projection):
     name = "audit"
     VERSION = 1
+    event_types = (ApiKey.Event, Workspace.Event)  # lifecycle; usage feeds the quota model only
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,10 +66,6 @@ class AuditProjection(Projection):
         for column in ("workspace_id", "key_id"):
             Index(f"ix_{name}_{column}", audit.c[column], audit.c.position)
         return {"audit": audit}
-
-    def handles(self, event: Any) -> bool:
-        # Lifecycle events of keys and workspaces; usage feeds the quota model only.
-        return isinstance(event, ApiKey.Event | Workspace.Event)
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
         table = tables["audit"]

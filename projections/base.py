@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy.engine import Connection
@@ -14,6 +14,7 @@ Positioned = tuple[int, Any]
 Tables = Mapping[str, Table]
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 class Projection(ABC):
@@ -25,6 +26,9 @@ class Projection(ABC):
 
     name: ClassVar[str]
     VERSION: ClassVar[int]
+    # The event classes `apply` is given (subclasses included). A rebuild worker decodes
+    # only those, so a projection of a few event types reads the rest as cheap raw rows.
+    event_types: ClassVar[tuple[type, ...]]
 
     def __init__(self) -> None:
         self._tables: dict[int, Tables] = {}
@@ -42,12 +46,35 @@ class Projection(ABC):
         """The generation's tables, keyed by a short name."""
 
     @abstractmethod
-    def handles(self, event: Any) -> bool:
-        """Whether `apply` wants this event (every event still advances the position)."""
-
-    @abstractmethod
     def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
         """Write the rows for a batch of events, in stream order, inside the caller's transaction."""
+
+
+class FoldingProjection(Projection, Generic[P]):
+    """A read model whose batches can be summed in memory first and written later in one go.
+
+    A rebuild folds many batches before it writes (see `Runner.fill`): rows that
+    every batch would update are written once, which matters for counters.
+    """
+
+    @abstractmethod
+    def fold(self, conn: Connection, tables: Tables, pending: P | None, events: Sequence[Positioned]) -> P:
+        """Add a batch of events (in stream order) to the pending changes; None starts new ones.
+
+        `conn` reads the tables as written so far (without the pending changes).
+        """
+
+    @abstractmethod
+    def pending_size(self, pending: P) -> int:
+        """About how many rows `write` would write: bounds the memory a rebuild holds."""
+
+    @abstractmethod
+    def write(self, conn: Connection, tables: Tables, pending: P) -> None:
+        """Write the pending changes, inside the caller's transaction."""
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
+        if events:
+            self.write(conn, tables, self.fold(conn, tables, None, events))
 
 
 def table_name(short: str, generation: int) -> str:

@@ -14,6 +14,7 @@ presented secrets from them (`KeyCredentials`); they never leave this table.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
@@ -35,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, RowMapping
 
 from domain.keys import ApiKey
-from projections.base import Positioned, Projection, Tables, chunks, table_name
+from projections.base import FoldingProjection, Positioned, Tables, chunks, table_name
 from projections.db import UTCDateTime, insert_rows
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
@@ -58,9 +59,10 @@ _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
 _API_KEY_TOPIC = get_topic(ApiKey)
 
 
-class KeysProjection(Projection):
+class KeysProjection(FoldingProjection["KeyChanges"]):
     name = "keys"
     VERSION = 1
+    event_types = (ApiKey.Event,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
         keys = Table(
@@ -85,28 +87,43 @@ class KeysProjection(Projection):
         )
         return {"keys": keys}
 
-    def handles(self, event: Any) -> bool:
-        return isinstance(event, ApiKey.Event)
-
-    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
-        table = tables["keys"]
-        stored = sorted({e.originator_id for _, e in events if not isinstance(e, ApiKey.KeyIssued)}, key=str)
-        keys: dict[UUID, ApiKey] = {}
-        for ids in chunks(stored, 500):
+    def fold(
+        self, conn: Connection, tables: Tables, pending: KeyChanges | None, events: Sequence[Positioned]
+    ) -> KeyChanges:
+        changes = pending or KeyChanges()
+        keys, table = changes.keys, tables["keys"]
+        missing = {e.originator_id for _, e in events if e.originator_id not in keys}
+        missing -= {e.originator_id for _, e in events if isinstance(e, ApiKey.KeyIssued)}
+        for ids in chunks(sorted(missing, key=str), 500):
             for row in conn.execute(select(table).where(table.c.key_id.in_(ids))).mappings():
                 keys[row["key_id"]] = key_from_row(row)
-        loaded = set(keys)
-        last_position: dict[UUID, int] = {}
+                changes.stored.add(row["key_id"])
         for position, event in events:
             key = keys.get(event.originator_id)
             if key is None and not isinstance(event, ApiKey.KeyIssued):
                 raise LookupError(f"event at position {position} is for a key the read model never saw")
             keys[event.originator_id] = event.mutate(key)  # checks the version sequence, too
-            last_position[event.originator_id] = position
-        # Replace rather than upsert: the loaded rows are known, and this needs no ON CONFLICT.
-        for ids in chunks(sorted(last_position.keys() & loaded, key=str), 500):
+            changes.positions[event.originator_id] = position
+        return changes
+
+    def pending_size(self, pending: KeyChanges) -> int:
+        return len(pending.keys)
+
+    def write(self, conn: Connection, tables: Tables, pending: KeyChanges) -> None:
+        table = tables["keys"]
+        # Replace rather than upsert: the stored rows are known, and this needs no ON CONFLICT.
+        for ids in chunks(sorted(pending.stored, key=str), 500):
             conn.execute(delete(table).where(table.c.key_id.in_(ids)))
-        insert_rows(conn, table, [row_from_key(keys[i], p) for i, p in last_position.items()])
+        insert_rows(conn, table, [row_from_key(pending.keys[i], p) for i, p in pending.positions.items()])
+
+
+@dataclass
+class KeyChanges:
+    """Keys changed by events not yet written: their state after the last one and its position."""
+
+    keys: dict[UUID, ApiKey] = field(default_factory=dict)
+    positions: dict[UUID, int] = field(default_factory=dict)
+    stored: set[UUID] = field(default_factory=set)  # those with a row already (replaced on write)
 
 
 def row_from_key(key: ApiKey, position: int) -> dict[str, Any]:

@@ -17,14 +17,18 @@ position", so it never waits for a missing id.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from eventsourcing.utils import resolve_topic
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
 from domain.application import KeyLedger, utc_now
-from projections.base import Positioned, Projection
+from projections.base import FoldingProjection, Positioned, Projection
 from projections.db import lock_for_ddl, read_transaction, write_transaction
 from projections.errors import RebuildInProgress
 from projections.tracking import (
@@ -35,7 +39,11 @@ from projections.tracking import (
     delete_generation,
     insert_generation,
     select_generations,
+    touch,
 )
+
+if TYPE_CHECKING:
+    from projections.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,21 @@ log = logging.getLogger(__name__)
 REBUILD_LEASE = timedelta(seconds=20)
 
 Progress = Callable[[int, int], None]
+
+# A rebuild's folding projections write their sums once they hold this many rows (the memory
+# a rebuild may take, and how long one transaction holds SQLite's write lock); their heartbeat
+# is written at least every HEARTBEAT_INTERVAL (see REBUILD_LEASE).
+HEARTBEAT_INTERVAL = 5.0
+MAX_PENDING = 100_000
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one read after a position brought: the events some projection wants, decoded, and how far it read."""
+
+    events: list[Positioned]
+    read: int  # notifications read, wanted or not
+    last: int  # id of the last one read (the start position when none)
 
 
 class Runner:
@@ -55,6 +78,7 @@ class Runner:
         batch_size: int = 1000,
         rebuild_batch_size: int = 5000,
         clock: Callable[[], datetime] = utc_now,
+        workers: Workers | None = None,
     ) -> None:
         self.engine = engine
         self.recorder = ledger.recorder
@@ -63,6 +87,8 @@ class Runner:
         self.batch_size = batch_size
         self.rebuild_batch_size = rebuild_batch_size
         self.clock = clock
+        self.workers = workers
+        self._wanting: dict[str, frozenset[str]] = {}  # event topic -> projections that apply it
 
     def setup(self) -> None:
         with write_transaction(self.engine) as conn:
@@ -88,44 +114,59 @@ class Runner:
         if not seen:
             return 0, []
         start = min(g.position for g in seen)
-        events = self._read_after(start, self.batch_size)
-        if not events:
+        batch = self._read_after(start, self.batch_size)
+        if not batch.read:
             return 0, []
         with write_transaction(self.engine) as conn:
             locked = select_generations(conn, self.projections, active=True, lock=True, skip_locked=True)
-            advanced = self._apply(conn, self._applicable(locked), start, events)
-        return len(events), advanced
+            advanced = self._apply(conn, self._applicable(locked), start, batch)
+        return batch.read, advanced
 
     def _applicable(self, generations: Sequence[Generation]) -> list[Generation]:
         # Never write rows of another definition (a process running older or newer code).
         return [g for g in generations if g.version == self.projections[g.name].VERSION]
 
-    def _read_after(self, position: int, limit: int) -> list[Positioned]:
-        """The next events after `position`, decoded.
+    def _read_after(
+        self, position: int, limit: int, names: Collection[str] | None = None, stop: int | None = None
+    ) -> Batch:
+        """The next notifications after `position` (up to `stop`), decoding those that `names` apply.
 
         Called before taking the write lock, never under it: the library's SQLite pool can
         make a reader wait for writers that themselves wait for our lock.
         """
-        notifications = self.recorder.select_notifications(start=position, limit=limit, inclusive_of_start=False)
-        return [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
+        notifications = self.recorder.select_notifications(
+            start=position, limit=limit, stop=stop, inclusive_of_start=False
+        )
+        if not notifications:
+            return Batch([], 0, position)
+        wanted = set(self.projections if names is None else names)
+        decode = self.mapper.to_domain_event
+        events = [(n.id, decode(n)) for n in notifications if not wanted.isdisjoint(self._projections_of(n.topic))]
+        return Batch(events, len(notifications), notifications[-1].id)
 
-    def _apply(
-        self, conn: Connection, generations: Sequence[Generation], start: int, events: Sequence[Positioned]
-    ) -> list[Generation]:
+    def _projections_of(self, topic: str) -> frozenset[str]:
+        names = self._wanting.get(topic)
+        if names is None:  # resolve_topic follows renamed topics, so old events still find their class
+            event_class = resolve_topic(topic)
+            names = frozenset(n for n, p in self.projections.items() if issubclass(event_class, p.event_types))
+            self._wanting[topic] = names
+        return names
+
+    def _apply(self, conn: Connection, generations: Sequence[Generation], start: int, batch: Batch) -> list[Generation]:
         """Apply to each locked generation the events it has not applied; returns those advanced.
 
-        `events` are every event after `start`, up to the last one. A generation that
+        `batch` holds every event after `start` up to `batch.last`. A generation that
         moved on meanwhile takes only the rest (or none); one before `start` (it
         appeared since we read) is left for the next round, as it would miss events.
         """
-        last = events[-1][0]
-        behind = [g for g in generations if start <= g.position < last]
+        behind = [g for g in generations if start <= g.position < batch.last]
         for generation in behind:
             projection = self.projections[generation.name]
-            wanted = [(p, e) for p, e in events if p > generation.position and projection.handles(e)]
+            types = projection.event_types
+            wanted = [(p, e) for p, e in batch.events if p > generation.position and isinstance(e, types)]
             if wanted:
                 projection.apply(conn, projection.tables(generation.generation), wanted)
-        return advance(conn, behind, last, self.clock())
+        return advance(conn, behind, batch.last, self.clock())
 
     # --- rebuild ------------------------------------------------------------
 
@@ -137,11 +178,17 @@ class Runner:
         building = self._start_generations(names)
         log.info("rebuilding %s into generation(s) %s", names, [g.generation for g in building])
         try:
+            # The bulk of the stream (on every core when worth it), then the tail and the switch.
+            head = self.head()
+            if self.workers is not None and self.workers.worth_it(building, head):
+                building = self.workers.fill(self.engine, building, head, progress)
+            else:
+                building = self.fill(building, head, progress)
             retired = None
             while retired is None:
                 start = min(g.position for g in building)
-                events = self._read_after(start, self.rebuild_batch_size)
-                building, retired = self._rebuild_batch(names, building, start, events)
+                batch = self._read_after(start, self.rebuild_batch_size, names)
+                building, retired = self._rebuild_batch(names, building, start, batch)
                 if progress is not None:
                     done = min(g.position for g in building)
                     progress(done, max(done, self.head()))
@@ -155,21 +202,21 @@ class Runner:
         return building
 
     def _rebuild_batch(
-        self, names: Sequence[str], building: list[Generation], start: int, events: Sequence[Positioned]
+        self, names: Sequence[str], building: list[Generation], start: int, batch: Batch
     ) -> tuple[list[Generation], list[Generation] | None]:
         """Apply the events after `start` to the building generations; near the head, switch to them.
 
         Returns the building generations advanced and, once switched, the retired ones.
         """
-        near_head = len(events) < self.rebuild_batch_size
+        near_head = batch.read < self.rebuild_batch_size
         with write_transaction(self.engine) as conn:
             # Near the head, lock the serving generations too: that waits for a runner's batch
             # in flight and keeps the next one out. If ours are then at least as far, switching
             # in this transaction loses no event and moves no position backwards.
             serving = select_generations(conn, names, active=True, lock=True) if near_head else []
             building = self._relock(conn, building)
-            if events:
-                advanced = {g.name: g for g in self._apply(conn, building, start, events)}
+            if batch.read:
+                advanced = {g.name: g for g in self._apply(conn, building, start, batch)}
                 building = [advanced.get(g.name, g) for g in building]
             reached = {g.name: g.position for g in building}
             if not near_head or any(reached[g.name] < g.position for g in serving):
@@ -177,13 +224,83 @@ class Runner:
             activate(conn, building)
             return building, serving
 
+    def fill(self, building: Sequence[Generation], stop: int, progress: Progress | None = None) -> list[Generation]:
+        """Apply the stream up to `stop` to building generations at one position: the bulk of a rebuild.
+
+        Folding projections sum batch after batch in memory and write once they hold
+        MAX_PENDING rows, and at the end; the others write each batch. A generation's
+        rows and position still commit together; a folding one's heartbeat is kept
+        meanwhile, so nobody takes it for abandoned.
+        """
+        generations = {g.name: g for g in building}
+        folding = {n: p for n in generations if isinstance(p := self.projections[n], FoldingProjection)}
+        pending: dict[str, Any] = {}
+        position = min(g.position for g in building)
+        beat = time.monotonic()
+        while position < stop:
+            batch = self._read_after(position, self.rebuild_batch_size, list(generations), stop)
+            if not batch.read:
+                break
+            position = batch.last
+            if folding:
+                with read_transaction(self.engine) as conn:  # a building generation: only we write it
+                    for name, projection in folding.items():
+                        events = [(p, e) for p, e in batch.events if isinstance(e, projection.event_types)]
+                        if events:
+                            tables = projection.tables(generations[name].generation)
+                            pending[name] = projection.fold(conn, tables, pending.get(name), events)
+            full = any(folding[n].pending_size(p) >= MAX_PENDING for n, p in pending.items())
+            due = [g for g in generations.values() if full or g.name not in folding]
+            beating = time.monotonic() - beat >= HEARTBEAT_INTERVAL
+            if due or beating:
+                idle = [g for g in generations.values() if g not in due] if beating else []
+                generations.update((g.name, g) for g in self._write_fill(due, idle, batch, pending, position))
+                beat = time.monotonic()
+            if progress is not None:
+                progress(position, stop)
+        behind = [g for g in generations.values() if g.position < position or g.name in pending]
+        if behind:
+            generations.update((g.name, g) for g in self._write_fill(behind, [], None, pending, position))
+        return list(generations.values())
+
+    def _write_fill(
+        self,
+        due: Sequence[Generation],
+        idle: Sequence[Generation],
+        batch: Batch | None,
+        pending: dict[str, Any],
+        position: int,
+    ) -> list[Generation]:
+        """One transaction of `fill`: `due` write their batch or pending sums and move to `position`.
+
+        `idle` (folding generations still summing) only show they are alive.
+        """
+        with write_transaction(self.engine) as conn:
+            due = self._relock(conn, due)
+            for generation in due:
+                projection = self.projections[generation.name]
+                tables = projection.tables(generation.generation)
+                if isinstance(projection, FoldingProjection):
+                    if generation.name in pending:
+                        projection.write(conn, tables, pending.pop(generation.name))
+                elif batch is not None:
+                    types = projection.event_types
+                    events = [(p, e) for p, e in batch.events if p > generation.position and isinstance(e, types)]
+                    if events:
+                        projection.apply(conn, tables, events)
+            now = self.clock()
+            touch(conn, self._relock(conn, idle), now)
+            return advance(conn, [g for g in due if g.position < position], position, now)
+
     def _abandon(self, building: Sequence[Generation]) -> None:
         """Drop a failed rebuild's generations, so the next one need not wait for the lease to expire."""
+        ours = {(g.name, g.generation) for g in building}
         try:
             with write_transaction(self.engine) as conn:
-                self._relock(conn, building)
-                for generation in building:
-                    self._drop(conn, generation)
+                # By number, not position: our worker processes may have moved the positions on.
+                for generation in select_generations(conn, [g.name for g in building], active=False, lock=True):
+                    if (generation.name, generation.generation) in ours:
+                        self._drop(conn, generation)
         except Exception:
             log.warning("could not drop the failed rebuild's generations; they expire with the lease")
 

@@ -36,6 +36,7 @@ from projections.keys import KeysProjection, select_changed_keys, select_key, se
 from projections.runner import Progress, Runner
 from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
+from projections.workers import MIN_EVENTS, Workers
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,21 @@ class ReadModels:
         batch_size: int = 1000,
         rebuild_batch_size: int = 5000,
         poll_interval: float = 0.075,
+        rebuild_workers: bool = True,
+        rebuild_workers_min_events: int = MIN_EVENTS,
     ) -> None:
         self.ledger = ledger
         self.catalog = ledger.catalog
         self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
         self.projections = {p.name: p for p in (projections or default_projections())}
         self.names = tuple(self.projections)
-        self.runner = Runner(self.engine, ledger, list(self.projections.values()), batch_size, rebuild_batch_size)
+        projections_ = list(self.projections.values())
+        workers = (
+            Workers(settings, ledger, projections_, rebuild_batch_size, min_events=rebuild_workers_min_events)
+            if rebuild_workers
+            else None
+        )
+        self.runner = Runner(self.engine, ledger, projections_, batch_size, rebuild_batch_size, workers=workers)
         self.poll_interval = poll_interval
         self._generations: dict[str, Generation] = {}  # active ones, as last seen
         self._changed = threading.Condition()  # signalled whenever _generations moves

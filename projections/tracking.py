@@ -122,6 +122,14 @@ def advance(conn: Connection, generations: Sequence[Generation], position: int, 
     return [replace(g, position=position, updated_at=now) for g in generations]
 
 
+def touch(conn: Connection, generations: Sequence[Generation], now: datetime) -> None:
+    """A building generation's heartbeat, without moving its position."""
+    for g in generations:
+        conn.execute(
+            update(STATE).where(and_(STATE.c.name == g.name, STATE.c.generation == g.generation)).values(updated_at=now)
+        )
+
+
 def activate(conn: Connection, generations: Collection[Generation]) -> None:
     """Make these generations the active ones of their projections (one transaction: an atomic switch)."""
     for new in generations:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from domain.usage import UsageBatch
-from projections.base import Positioned, Projection, Tables, table_name
+from projections.base import FoldingProjection, Positioned, Tables, table_name
 from projections.db import UTCDateTime, upsert
 
 B = TypeVar("B")
@@ -74,9 +74,20 @@ def _counter(status: int) -> int:
     return 0
 
 
-class UsageProjection(Projection):
+@dataclass
+class UsageSums:
+    """Usage entries summed in memory, not yet added to the tables."""
+
+    minutes: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (key, minute text) -> counts
+    endpoints: defaultdict[tuple[str, date, str], int] = field(default_factory=lambda: defaultdict(int))
+    workspace_of: dict[str, str] = field(default_factory=dict)  # key -> its workspace (ids as text)
+    times: _Moments = field(default_factory=lambda: _Moments())
+
+
+class UsageProjection(FoldingProjection[UsageSums]):
     name = "usage"
     VERSION = 1
+    event_types = (UsageBatch.UsageRecorded,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
         minute = Table(
@@ -106,19 +117,16 @@ class UsageProjection(Projection):
         )
         return {"minute": minute, "day": day, "endpoint": endpoint}
 
-    def handles(self, event: Any) -> bool:
-        return isinstance(event, UsageBatch.UsageRecorded)
-
-    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
+    def fold(
+        self, conn: Connection, tables: Tables, pending: UsageSums | None, events: Sequence[Positioned]
+    ) -> UsageSums:
         # A rebuild passes every entry through here, so the loop over entries does only what
         # must be done per entry: sum per (key, minute text) and per (key, day, endpoint).
-        # Everything else (parsing, flooring, day totals) is done once per bucket afterwards,
-        # which a batch has far fewer of than entries.
-        minutes: dict[tuple[str, str], list[int]] = {}
-        endpoints: dict[tuple[str, date, str], int] = defaultdict(int)
-        workspace_of: dict[str, str] = {}
-        times = _Moments()
-        counter_of = _CounterIndex()
+        # Everything else (parsing, flooring, day totals) is done once per bucket in `write`,
+        # which has far fewer buckets than entries.
+        sums = pending or UsageSums()
+        minutes, endpoints, workspace_of = sums.minutes, sums.endpoints, sums.workspace_of
+        times, counter_of = sums.times, _COUNTER_OF
         for _, event in events:
             for key, minute_text, count, status, endpoint, workspace in map(_ENTRY_FIELDS, event.entries):
                 counts = minutes.get((key, minute_text))
@@ -128,6 +136,18 @@ class UsageProjection(Projection):
                 counts[0] += count
                 counts[counter_of[status]] += count
                 endpoints[key, times[minute_text][1], endpoint] += count
+        return sums
+
+    def pending_size(self, pending: UsageSums) -> int:
+        return len(pending.minutes) + len(pending.endpoints)
+
+    def write(self, conn: Connection, tables: Tables, pending: UsageSums) -> None:
+        minutes, endpoints, workspace_of, times = (
+            pending.minutes,
+            pending.endpoints,
+            pending.workspace_of,
+            pending.times,
+        )
         by_minute: dict[tuple[str, datetime], list[int]] = {}
         by_day: dict[tuple[str, date], list[int]] = {}
         for (key, minute_text), counts in minutes.items():
@@ -189,6 +209,9 @@ class _CounterIndex(dict[int, int]):
     def __missing__(self, status: int) -> int:
         self[status] = index = _counter(status) or 4
         return index
+
+
+_COUNTER_OF = _CounterIndex()  # at most the ~500 HTTP statuses
 
 
 def _floor_minute(moment: datetime) -> datetime:

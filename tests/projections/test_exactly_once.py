@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Connection
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Connection
 from domain.application import KeyLedger
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections.base import Positioned, Tables
+from projections.base import FoldingProjection, Positioned, Tables
 from projections.db import write_transaction
 from projections.errors import TrackingConflict
 from projections.tracking import advance, select_generations
@@ -26,6 +27,20 @@ class InjectedFailure(Exception):
 def fail_after(models: ReadModels, name: str, events: int) -> None:
     """Make projection `name` raise once it has been handed `events` events in total (mid-batch)."""
     projection = models.projections[name]
+    if isinstance(projection, FoldingProjection):  # its `apply` folds, then writes
+        fold = projection.fold
+        seen = 0
+
+        def failing_fold(conn: Connection, tables: Tables, pending: Any, batch: Sequence[Positioned]) -> Any:
+            nonlocal seen
+            if seen + len(batch) > events:
+                fold(conn, tables, pending, batch[: events - seen])  # half folded, then the crash
+                raise InjectedFailure(f"after {events} events")
+            seen += len(batch)
+            return fold(conn, tables, pending, batch)
+
+        projection.fold = failing_fold  # type: ignore[method-assign]
+        return
     apply = projection.apply
     seen = 0
 
