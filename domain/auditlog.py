@@ -16,6 +16,7 @@ from domain.keys import ApiKey
 from domain.timefmt import to_rfc3339
 from domain.workspace import Workspace
 
+_PLAIN = frozenset({str, int, float, bool})
 # Fields every event has, shown apart from `data`.
 _ENVELOPE = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "actor"})
 
@@ -68,6 +69,8 @@ def safe_data(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    if value is None or type(value) in _PLAIN:
+        return value
     if isinstance(value, datetime):
         return to_rfc3339(value)
     if isinstance(value, UUID):

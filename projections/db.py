@@ -218,9 +218,11 @@ def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
 def _sqlite_utc_text(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime: read models store aware UTC times only")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: read models store aware UTC times only")
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_date_text(value: date | None) -> str | None:

@@ -44,6 +44,7 @@ class FillJob:
     settings: Settings
     store_env: dict[str, str]
     projections: list[str]  # the classes' topics: the worker makes its own instances
+    topics: list[str]  # of the events they apply: the worker reads no others
     building: list[Generation]
     stop: int
     batch_size: int
@@ -60,7 +61,7 @@ def fill(job: FillJob) -> list[Generation]:
     try:
         projections: list[Projection] = [resolve_topic(topic)() for topic in job.projections]
         runner = Runner(engine, ledger, projections, rebuild_batch_size=job.batch_size)
-        return runner.fill(job.building, job.stop)
+        return runner.index(runner.fill(job.building, job.stop, topics=job.topics))
     finally:
         engine.dispose()
         ledger.close()
@@ -105,31 +106,47 @@ class Workers:
         return [members for _, members in groups]
 
     def fill(
-        self, engine: Engine, building: Sequence[Generation], stop: int, progress: Progress | None
+        self, runner: Runner, building: Sequence[Generation], stop: int, progress: Progress | None
     ) -> list[Generation]:
-        """Fill every building generation up to `stop`, a share per process; returns them advanced."""
+        """Fill and index every building generation up to `stop`, a share per process; returns them advanced.
+
+        This process takes the first share itself while the others' processes start.
+        """
+        own, *others = self.shares(building)
         jobs = [
             FillJob(
                 self.settings,
                 self.store_env,
                 [get_topic(type(self.projections[g.name])) for g in share],
+                runner.stored_topics([g.name for g in share]),
                 share,
                 stop,
                 self.batch_size,
             )
-            for share in self.shares(building)
+            for share in others
         ]
         context = multiprocessing.get_context("spawn")
         with context.Pool(len(jobs)) as pool:  # leaving the block terminates whatever still runs
             results: list[AsyncResult[list[Generation]]] = [pool.apply_async(fill, (job,)) for job in jobs]
-            while not all(r.ready() for r in results):
+
+            def report(_position: int, _stop: int) -> None:
                 failed = [r for r in results if r.ready() and not r.successful()]
                 if failed:
                     failed[0].get()  # raises the worker's exception
                 if progress is not None:
-                    progress(_reached(engine, building), stop)
+                    progress(_reached(runner.engine, building), stop)
+
+            collecting = gc.isenabled()
+            gc.disable()  # as in the workers (see `fill`); a few seconds' cyclic garbage waits
+            try:
+                filled = runner.index(runner.fill(own, stop, report, runner.stored_topics([g.name for g in own])))
+            finally:
+                if collecting:
+                    gc.enable()
+            while not all(r.ready() for r in results):
+                report(0, stop)
                 time.sleep(PROGRESS_INTERVAL)
-            return [g for r in results for g in r.get()]
+            return filled + [g for r in results for g in r.get()]
 
 
 def _overlap(these: set[type], those: set[type]) -> bool:
