@@ -12,6 +12,11 @@ of the generations it applies (`FOR UPDATE SKIP LOCKED`), so one applies a
 batch while the others skip it and just read the position. Notification ids may
 have gaps (rolled-back sequence values): the runner reads "everything after my
 position", so it never waits for a missing id.
+
+A rebuild fills its new generations in bulk first (`fill`: folding projections
+sum many batches before writing, secondary indexes come after the load, and
+`projections.workers` spreads the projections over processes), then applies
+the tail in lock-step with the serving generations and switches atomically.
 """
 
 from __future__ import annotations
