@@ -107,7 +107,7 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
         return changes
 
     def pending_size(self, pending: KeyChanges) -> int:
-        return len(pending.keys)
+        return len(pending.keys) * 4  # a key's state weighs about four usage counters
 
     def write(self, conn: Connection, tables: Tables, pending: KeyChanges) -> None:
         table = tables["keys"]

@@ -59,9 +59,9 @@ REBUILD_LEASE = timedelta(seconds=20)
 
 Progress = Callable[[int, int], None]
 
-# A rebuild's folding projections write their sums once they hold this many rows (the memory
-# a rebuild may take, and how long one transaction holds SQLite's write lock); their heartbeat
-# is written at least every HEARTBEAT_INTERVAL (see REBUILD_LEASE).
+# A rebuild's folding projections write their sums once `pending_size` reaches this (about
+# 30 MB each: the memory a rebuild takes, and how long one transaction holds SQLite's write
+# lock); their heartbeat is written at least every HEARTBEAT_INTERVAL (see REBUILD_LEASE).
 HEARTBEAT_INTERVAL = 5.0
 MAX_PENDING = 100_000
 
