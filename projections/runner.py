@@ -167,16 +167,16 @@ class Runner:
         events = [(n.id, decode(n)) for n in notifications if not wanted.isdisjoint(self._projections_of(n.topic))]
         return Batch(events, len(notifications), last)
 
-    def stored_topics(self, names: Collection[str]) -> list[str]:
-        """The topics of stored events that the named projections apply (renamed topics included).
+    def stored_topics(self, shares: Sequence[Collection[str]]) -> list[list[str]]:
+        """Per share of projection names: the topics of stored events they apply (renamed topics included).
 
-        Lets a rebuild worker read only its own events. Reads the library's events table
-        directly: the recorder has no query for it.
+        Lets each rebuild process read only its own events. One scan of the library's
+        events table, read directly: the recorder has no query for it.
         """
         table = self.recorder.events_table_name  # type: ignore[attr-defined]
         with read_transaction(self.engine) as conn:
             stored = conn.exec_driver_sql(f"SELECT DISTINCT topic FROM {table}").scalars().all()  # noqa: S608
-        return sorted(t for t in stored if not self._projections_of(t).isdisjoint(names))
+        return [sorted(t for t in stored if not self._projections_of(t).isdisjoint(names)) for names in shares]
 
     def _projections_of(self, topic: str) -> frozenset[str]:
         names = self._wanting.get(topic)

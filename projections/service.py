@@ -77,13 +77,13 @@ class ReadModels:
         self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
         self.projections = {p.name: p for p in (projections or default_projections())}
         self.names = tuple(self.projections)
-        projections_ = list(self.projections.values())
+        listed = list(self.projections.values())
         workers = (
-            Workers(settings, ledger, projections_, rebuild_batch_size, min_events=rebuild_workers_min_events)
+            Workers(settings, ledger, listed, rebuild_batch_size, min_events=rebuild_workers_min_events)
             if rebuild_workers
             else None
         )
-        self.runner = Runner(self.engine, ledger, projections_, batch_size, rebuild_batch_size, workers=workers)
+        self.runner = Runner(self.engine, ledger, listed, batch_size, rebuild_batch_size, workers=workers)
         self.poll_interval = poll_interval
         self._generations: dict[str, Generation] = {}  # active ones, as last seen
         self._changed = threading.Condition()  # signalled whenever _generations moves

@@ -112,18 +112,20 @@ class Workers:
 
         This process takes the first share itself while the others' processes start.
         """
-        own, *others = self.shares(building)
+        shares = self.shares(building)
+        own_topics, *topics = runner.stored_topics([[g.name for g in share] for share in shares])
+        own, *others = shares
         jobs = [
             FillJob(
                 self.settings,
                 self.store_env,
                 [get_topic(type(self.projections[g.name])) for g in share],
-                runner.stored_topics([g.name for g in share]),
+                share_topics,
                 share,
                 stop,
                 self.batch_size,
             )
-            for share in others
+            for share, share_topics in zip(others, topics, strict=True)
         ]
         context = multiprocessing.get_context("spawn")
         with context.Pool(len(jobs)) as pool:  # leaving the block terminates whatever still runs
@@ -139,7 +141,7 @@ class Workers:
             collecting = gc.isenabled()
             gc.disable()  # as in the workers (see `fill`); a few seconds' cyclic garbage waits
             try:
-                filled = runner.index(runner.fill(own, stop, report, runner.stored_topics([g.name for g in own])))
+                filled = runner.index(runner.fill(own, stop, report, own_topics))
             finally:
                 if collecting:
                     gc.enable()

@@ -7,9 +7,7 @@ Bad input prints one line on stderr and exits with status 2, changing nothing.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -20,11 +18,12 @@ from typer.exceptions import TyperException
 from domain.application import OPERATOR, IssuedSecret, KeyLedger
 from domain.errors import DomainError, InvalidInput
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
-from domain.timefmt import parse_rfc3339, to_rfc3339
+from domain.timefmt import parse_rfc3339
 from domain.workspace import Workspace
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings, StartupError
 from scripts.cli_audit import audit_app
+from scripts.cli_output import emit
 from scripts.cli_projections import projections_app
 
 USAGE_ERROR = 2
@@ -49,18 +48,6 @@ def _uuid(text: str, what: str) -> UUID:
         raise InvalidInput(f"{what} {text!r} is not a UUID") from None
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return to_rfc3339(value)
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)
-
-
-def _emit(payload: dict[str, Any]) -> None:
-    typer.echo(json.dumps(payload, default=_json_default, indent=2))
-
-
 def _key_json(ledger: KeyLedger, key: ApiKey) -> dict[str, Any]:
     return dataclasses.asdict(key.state(ledger.clock(), ledger.catalog))
 
@@ -77,7 +64,7 @@ def _workspace_json(workspace: Workspace) -> dict[str, Any]:
 
 
 def _emit_secret(ledger: KeyLedger, issued: IssuedSecret) -> None:
-    _emit({"key": _key_json(ledger, issued.key), "secret": issued.secret, "position": issued.position})
+    emit({"key": _key_json(ledger, issued.key), "secret": issued.secret, "position": issued.position})
     typer.echo("The secret is shown only this once; store it now.", err=True)
 
 
@@ -91,7 +78,7 @@ def workspace_create(
     """Create a workspace; prints its first admin key's secret once."""
     ledger = _ledger()
     created = ledger.create_workspace(name, plan, OPERATOR, requests_per_minute, requests_per_day)
-    _emit(
+    emit(
         {
             "workspace": _workspace_json(created.workspace),
             "admin_key": {"key": _key_json(ledger, created.admin_key), "secret": created.secret},
@@ -104,7 +91,7 @@ def workspace_create(
 @workspace_app.command("show")
 def workspace_show(workspace: str) -> None:
     """Show a workspace, its plan and live key count."""
-    _emit(_workspace_json(_ledger().get_workspace(_uuid(workspace, "workspace"))))
+    emit(_workspace_json(_ledger().get_workspace(_uuid(workspace, "workspace"))))
 
 
 @workspace_app.command("plan")
@@ -116,7 +103,7 @@ def workspace_plan(
 ) -> None:
     """Change a workspace's plan."""
     update = _ledger().change_plan(_uuid(workspace, "workspace"), plan, OPERATOR, requests_per_minute, requests_per_day)
-    _emit({**_workspace_json(update.workspace), "position": update.position})
+    emit({**_workspace_json(update.workspace), "position": update.position})
 
 
 @key_app.command("issue")
@@ -137,7 +124,7 @@ def key_grant(key: str, scopes: list[str]) -> None:
     """Grant scopes to a key (already held scopes change nothing)."""
     ledger = _ledger()
     update = ledger.grant_scopes(_uuid(key, "key"), scopes, OPERATOR)
-    _emit({"key": _key_json(ledger, update.key), "position": update.position})
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
 @key_app.command("revoke-scope")
@@ -145,7 +132,7 @@ def key_revoke_scope(key: str, scope: str) -> None:
     """Revoke one scope from a key."""
     ledger = _ledger()
     update = ledger.revoke_scopes(_uuid(key, "key"), [scope], OPERATOR)
-    _emit({"key": _key_json(ledger, update.key), "position": update.position})
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
 @key_app.command("rotate")
@@ -165,14 +152,14 @@ def key_revoke(key: str, reason: Annotated[str | None, typer.Option()] = None) -
     """Revoke a key at once; final."""
     ledger = _ledger()
     update = ledger.revoke_key(_uuid(key, "key"), OPERATOR, reason)
-    _emit({"key": _key_json(ledger, update.key), "position": update.position})
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
 @key_app.command("show")
 def key_show(key: str) -> None:
     """Show a key's current state (never its secret)."""
     ledger = _ledger()
-    _emit(_key_json(ledger, ledger.get_key(_uuid(key, "key"))))
+    emit(_key_json(ledger, ledger.get_key(_uuid(key, "key"))))
 
 
 @app.command("serve")

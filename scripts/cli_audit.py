@@ -27,7 +27,7 @@ from domain.application import KeyLedger
 from domain.auditlog import EventInfo, describe
 from domain.errors import InvalidInput
 from domain.history import replay
-from domain.timefmt import parse_rfc3339, to_rfc3339
+from domain.timefmt import parse_rfc3339
 from keyledger.auditchain.links import MAC_SIZE, ChainKey, Link
 from keyledger.auditchain.postgres import ChainedPostgresRecorder
 from keyledger.auditchain.snapshots import check_snapshots
@@ -36,6 +36,7 @@ from keyledger.auditchain.verify import Verdict, verify_chain
 from keyledger.auditchain.writer import ENV_STARTUP_CHECK
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
+from scripts.cli_output import emit, json_default
 
 TAMPERED = 1
 EXPORT_BATCH = 500
@@ -59,14 +60,6 @@ def _settings() -> Settings:
 def _ledger(settings: Settings) -> KeyLedger:
     """The application over the store, without the write-path start-up check (auditing only reads)."""
     return open_ledger(settings, {f"KEYLEDGER_{ENV_STARTUP_CHECK}": "n"})
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return to_rfc3339(value)
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)
 
 
 def _progress(console: Console) -> Progress:
@@ -116,7 +109,7 @@ def replay_command(
         "timeline": [_entry(t.position, t.event) for t in result.timeline],
         "state": dataclasses.asdict(result.state),
     }
-    typer.echo(json.dumps(payload, default=_json_default, indent=2))
+    emit(payload)
 
 
 @audit_app.command("export")
@@ -171,7 +164,7 @@ def _export_lines(ledger: KeyLedger, workspace_id: UUID | None, since: datetime 
                 continue
             if info.type == "UsageRecorded" and not info.data.get("entries"):
                 continue
-            yield json.dumps(_entry(notification.id, info), default=_json_default)
+            yield json.dumps(_entry(notification.id, info), default=json_default)
         yield None
 
 

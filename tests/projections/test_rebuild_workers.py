@@ -65,7 +65,7 @@ def test_worker_processes_rebuild_what_one_process_rebuilds(settings: Settings, 
         ["audit", "keys"],
         ["usage"],
     ]
-    assert spread.runner.stored_topics(["usage"]) == [get_topic(UsageBatch.UsageRecorded)]
+    assert spread.runner.stored_topics([["usage"]]) == [[get_topic(UsageBatch.UsageRecorded)]]
     assert dump(spread) == expected
     assert index_names(spread) == {i.replace(f"_g{built}_", f"_g{built + 1}_") for i in indexes}  # after the load
     assert progress and progress[-1][0] == progress[-1][1] == ledger.max_position()
