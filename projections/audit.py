@@ -15,14 +15,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, BigInteger, Column, Index, MetaData, String, Table, Uuid, select
+from sqlalchemy import JSON, Column, Index, MetaData, String, Table, Uuid, select
 from sqlalchemy.engine import Connection
 
 from domain.auditlog import safe_data
 from domain.keys import ApiKey
 from domain.workspace import Workspace
 from projections.base import FoldingProjection, Positioned, Tables, chunks, table_name
-from projections.db import UTCDateTime, insert_rows
+from projections.db import POSITION, UTCDateTime, insert_rows
 
 MAX_PAGE = 1000
 
@@ -54,7 +54,7 @@ class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
         audit = Table(
             name,
             metadata,
-            Column("position", BigInteger, primary_key=True, autoincrement=False),
+            Column("position", POSITION, primary_key=True, autoincrement=False),
             Column("occurred_at", UTCDateTime, nullable=False),
             Column("workspace_id", Uuid, nullable=False),
             Column("key_id", Uuid),

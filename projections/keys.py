@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from domain.keys import ApiKey
 from projections.base import FoldingProjection, Positioned, Tables, chunks, table_name
-from projections.db import UTCDateTime, insert_rows
+from projections.db import CLUSTERED, UTCDateTime, insert_rows
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
 ATTRIBUTE_COLUMNS = {
@@ -84,6 +84,7 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version
             Column("position", BigInteger, nullable=False, index=True),  # of its last event
+            **CLUSTERED,
         )
         return {"keys": keys}
 

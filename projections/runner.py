@@ -35,7 +35,7 @@ from sqlalchemy.schema import CreateTable
 
 from domain.application import KeyLedger, utc_now
 from projections.base import FoldingProjection, Positioned, Projection
-from projections.db import lock_for_ddl, read_transaction, write_transaction
+from projections.db import lock_for_ddl, read_transaction, write_transaction, write_transaction_if_free
 from projections.errors import RebuildInProgress
 from projections.tracking import (
     STATE,
@@ -289,18 +289,26 @@ class Runner:
                         if events:
                             tables = projection.tables(generations[name].generation)
                             pending[name] = projection.fold(conn, tables, pending.get(name), events)
-            full = {n for n, p in pending.items() if folding[n].pending_size(p) >= MAX_PENDING}
-            due = [g for g in generations.values() if g.name in full or g.name not in folding]
-            beating = time.monotonic() - beat >= HEARTBEAT_INTERVAL
-            if due or beating:
-                idle = [g for g in generations.values() if g not in due] if beating else []
-                generations.update((g.name, g) for g in self._write_fill(due, idle, batch, pending, position))
-                beat = time.monotonic()
+            sizes = {n: folding[n].pending_size(p) for n, p in pending.items()}
+            due = [g for g in generations.values() if sizes.get(g.name, 0) >= MAX_PENDING or g.name not in folding]
+            late = time.monotonic() - beat
+            if due or late >= HEARTBEAT_INTERVAL:
+                idle = [g for g in generations.values() if g not in due] if late >= HEARTBEAT_INTERVAL else []
+                # Sums can grow while another process holds SQLite's write lock: wait for it only
+                # at twice the bound, or when the heartbeat is getting late (see REBUILD_LEASE).
+                wait = late >= 2 * HEARTBEAT_INTERVAL or any(
+                    g.name not in folding or sizes[g.name] >= 2 * MAX_PENDING for g in due
+                )
+                written = self._write_fill(due, idle, batch, pending, position, wait)
+                if written is not None:
+                    generations.update((g.name, g) for g in written)
+                    beat = time.monotonic()
             if progress is not None:
                 progress(position, stop)
         behind = [g for g in generations.values() if g.position < position or g.name in pending]
         if behind:
-            generations.update((g.name, g) for g in self._write_fill(behind, [], None, pending, position))
+            written = self._write_fill(behind, [], None, pending, position, wait=True)
+            generations.update((g.name, g) for g in written or ())
         return list(generations.values())
 
     def _write_fill(
@@ -310,12 +318,16 @@ class Runner:
         batch: Batch | None,
         pending: dict[str, Any],
         position: int,
-    ) -> list[Generation]:
+        wait: bool,
+    ) -> list[Generation] | None:
         """One transaction of `fill`: `due` write their batch or pending sums and move to `position`.
 
-        `idle` (folding generations still summing) only show they are alive.
+        `idle` (folding generations still summing) only show they are alive. Without `wait`,
+        does nothing and returns None when another connection holds SQLite's write lock.
         """
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine) if wait else write_transaction_if_free(self.engine) as conn:
+            if conn is None:
+                return None
             due = self._relock(conn, due)
             for generation in due:
                 projection = self.projections[generation.name]

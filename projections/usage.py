@@ -27,7 +27,7 @@ from sqlalchemy.sql import ColumnElement
 
 from domain.usage import UsageBatch
 from projections.base import FoldingProjection, Positioned, Tables, table_name
-from projections.db import UTCDateTime, upsert
+from projections.db import CLUSTERED, UTCDateTime, upsert
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
@@ -97,6 +97,7 @@ class UsageProjection(FoldingProjection[UsageSums]):
             Column("minute", UTCDateTime, primary_key=True, index=True),
             Column("workspace_id", Uuid, nullable=False, index=True),
             *_counter_columns(),
+            **CLUSTERED,
         )
         day = Table(
             table_name("usage_day", generation),
@@ -105,6 +106,7 @@ class UsageProjection(FoldingProjection[UsageSums]):
             Column("day", Date, primary_key=True, index=True),
             Column("workspace_id", Uuid, nullable=False, index=True),
             *_counter_columns(),
+            **CLUSTERED,
         )
         endpoint = Table(
             table_name("usage_endpoint", generation),
@@ -114,6 +116,7 @@ class UsageProjection(FoldingProjection[UsageSums]):
             Column("endpoint", String(MAX_ENDPOINT_LENGTH), primary_key=True),
             Column("workspace_id", Uuid, nullable=False, index=True),
             Column("requests", BigInteger, nullable=False),
+            **CLUSTERED,
         )
         return {"minute": minute, "day": day, "endpoint": endpoint}
 

@@ -112,23 +112,23 @@ class Workers:
 
         This process takes the first share itself while the others' processes start.
         """
-        shares = self.shares(building)
-        own_topics, *topics = runner.stored_topics([[g.name for g in share] for share in shares])
-        own, *others = shares
-        jobs = [
-            FillJob(
-                self.settings,
-                self.store_env,
-                [get_topic(type(self.projections[g.name])) for g in share],
-                share_topics,
-                share,
-                stop,
-                self.batch_size,
-            )
-            for share, share_topics in zip(others, topics, strict=True)
-        ]
+        own, *others = shares = self.shares(building)
         context = multiprocessing.get_context("spawn")
-        with context.Pool(len(jobs)) as pool:  # leaving the block terminates whatever still runs
+        # The pool first: its processes take most of a second to start (imports) while we read the topics.
+        with context.Pool(len(others)) as pool:  # leaving the block terminates whatever still runs
+            own_topics, *topics = runner.stored_topics([[g.name for g in share] for share in shares])
+            jobs = [
+                FillJob(
+                    self.settings,
+                    self.store_env,
+                    [get_topic(type(self.projections[g.name])) for g in share],
+                    share_topics,
+                    share,
+                    stop,
+                    self.batch_size,
+                )
+                for share, share_topics in zip(others, topics, strict=True)
+            ]
             results: list[AsyncResult[list[Generation]]] = [pool.apply_async(fill, (job,)) for job in jobs]
 
             def report(_position: int, _stop: int) -> None:
