@@ -60,8 +60,9 @@ REBUILD_LEASE = timedelta(seconds=20)
 Progress = Callable[[int, int], None]
 
 # A rebuild's folding projections write their sums once `pending_size` reaches this (about
-# 30 MB each: the memory a rebuild takes, and how long one transaction holds SQLite's write
-# lock); their heartbeat is written at least every HEARTBEAT_INTERVAL (see REBUILD_LEASE).
+# 30 MB each: how long one transaction holds SQLite's write lock), or, while another process
+# holds that lock, at twice this (the memory a rebuild takes). Their heartbeat is written at
+# least every HEARTBEAT_INTERVAL, and waited for at twice that (see REBUILD_LEASE).
 HEARTBEAT_INTERVAL = 5.0
 MAX_PENDING = 100_000
 

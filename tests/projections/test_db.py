@@ -1,8 +1,10 @@
-"""Read-model storage details: SQLite text exactly as SQLAlchemy writes it; no in-memory SQLite."""
+"""Read-model storage details: SQLite text exactly as SQLAlchemy writes it; no in-memory SQLite; SQLite locks."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -13,7 +15,17 @@ from domain.errors import InvalidInput
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections.db import UTCDateTime, _sqlite_date_text, _sqlite_utc_text, _uuid_hex
+from projections.db import (
+    SQLITE_LOCK_TIMEOUT,
+    UTCDateTime,
+    _sqlite_date_text,
+    _sqlite_utc_text,
+    _uuid_hex,
+    create_read_engine,
+    read_transaction,
+    write_transaction,
+    write_transaction_if_free,
+)
 
 DIALECT = sqlite.pysqlite.dialect()
 
@@ -59,3 +71,39 @@ def test_an_in_memory_sqlite_store_is_refused_with_the_setting_named():
     with pytest.raises(InvalidInput, match="KEYLEDGER_DATABASE_URL"):
         ReadModels(settings, ledger)
     ledger.close()
+
+
+def test_a_write_transaction_if_free_does_not_wait_for_sqlites_write_lock(settings: Settings):
+    engine = create_read_engine(settings)
+    try:
+        with write_transaction(engine) as conn:
+            conn.exec_driver_sql("CREATE TABLE kl_lock_test (n INTEGER)")
+        with write_transaction(engine) as holder:
+            holder.exec_driver_sql("INSERT INTO kl_lock_test VALUES (1)")
+            started = time.monotonic()
+            with write_transaction_if_free(engine) as conn:
+                if settings.is_postgres:  # row locks only: the transaction begins
+                    assert conn is not None
+                    conn.exec_driver_sql("INSERT INTO kl_lock_test VALUES (2)")
+                else:
+                    assert conn is None
+            assert time.monotonic() - started < 1
+        with write_transaction_if_free(engine) as conn:
+            assert conn is not None
+            assert conn.exec_driver_sql("SELECT count(*) FROM kl_lock_test").scalar() == (
+                2 if settings.is_postgres else 1
+            )
+            if not settings.is_postgres:  # waiting again for later transactions on this pooled connection
+                assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_LOCK_TIMEOUT * 1000
+    finally:
+        engine.dispose()
+
+
+def test_freed_sqlite_pages_are_not_zeroed_one_by_one(tmp_path: Path):
+    # Debian's SQLite defaults to secure_delete=ON, which made dropping a retired generation rewrite it.
+    engine = create_read_engine(Settings(database_url=f"sqlite:///{tmp_path / 'k.db'}", database_schema=None))
+    try:
+        with read_transaction(engine) as conn:
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 2  # FAST
+    finally:
+        engine.dispose()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
@@ -120,4 +121,48 @@ def test_sums_written_in_several_rounds_equal_one_round(
 
     assert dump(models) == expected
     assert {name: written.count(name) > 3 for name in models.names} == {"keys": True, "usage": True, "audit": True}
+    models.close()
+
+
+def test_sums_grow_while_the_write_lock_is_taken_and_still_equal_a_clean_rebuild(
+    settings: Settings, ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch
+):
+    run_commands(ledger, 120, seed=34)
+    models = ReadModels(settings, ledger, rebuild_batch_size=7, rebuild_workers=False)
+    models.rebuild()
+    expected = dump(models)
+    rounds: list[list[int]] = []  # per write transaction: the sizes of the sums written
+    tries: list[None] = []
+    for projection in models.projections.values():
+        write = projection.write  # type: ignore[attr-defined]
+
+        def sizing(conn: Connection, tables: Tables, pending: Any, write: Any = write, p: Any = projection) -> None:
+            rounds[-1].append(p.pending_size(pending))
+            write(conn, tables, pending)
+
+        monkeypatch.setattr(projection, "write", sizing)
+    waiting = runner_module.write_transaction
+
+    @contextmanager
+    def counted(engine: Any) -> Iterator[Connection]:
+        rounds.append([])
+        with waiting(engine) as conn:
+            yield conn
+
+    @contextmanager
+    def never_free(_engine: Any) -> Iterator[None]:
+        tries.append(None)
+        yield None  # another process always holds the write lock when we try without waiting
+
+    monkeypatch.setattr(runner_module, "MAX_PENDING", 40)
+    monkeypatch.setattr(runner_module, "write_transaction", counted)
+    monkeypatch.setattr(runner_module, "write_transaction_if_free", never_free)
+
+    models.rebuild()
+
+    assert dump(models) == expected
+    written = [r for r in rounds if r]
+    assert len(written) > 3 and len(tries) > len(written)
+    # Every round but the last (what was left at the end) waited because some sums reached twice the bound.
+    assert all(max(r) >= 80 for r in written[:-1])
     models.close()
