@@ -35,7 +35,13 @@ from sqlalchemy.schema import CreateTable
 
 from domain.application import KeyLedger, utc_now
 from projections.base import FoldingProjection, Positioned, Projection
-from projections.db import lock_for_ddl, read_transaction, write_transaction, write_transaction_if_free
+from projections.db import (
+    lock_for_ddl,
+    read_transaction,
+    refresh_statistics,
+    write_transaction,
+    write_transaction_if_free,
+)
 from projections.errors import RebuildInProgress
 from projections.tracking import (
     STATE,
@@ -175,6 +181,9 @@ class Runner:
         events table, read directly: the recorder has no query for it.
         """
         table = self.recorder.events_table_name  # type: ignore[attr-defined]
+        if self.engine.dialect.name == "postgresql":
+            with write_transaction(self.engine) as conn:
+                refresh_statistics(conn, table)
         with read_transaction(self.engine) as conn:
             stored = conn.exec_driver_sql(f"SELECT DISTINCT topic FROM {table}").scalars().all()  # noqa: S608
         return [sorted(t for t in stored if not self._projections_of(t).isdisjoint(names)) for names in shares]
