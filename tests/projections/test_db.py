@@ -23,9 +23,11 @@ from projections.db import (
     _uuid_hex,
     create_read_engine,
     read_transaction,
+    refresh_statistics,
     write_transaction,
     write_transaction_if_free,
 )
+from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 
 DIALECT = sqlite.pysqlite.dialect()
 
@@ -107,3 +109,24 @@ def test_freed_sqlite_pages_are_not_zeroed_one_by_one(tmp_path: Path):
             assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 2  # FAST
     finally:
         engine.dispose()
+
+
+def test_a_postgres_table_without_statistics_is_analyzed_once():
+    require("PostgreSQL", postgres_problem())
+    schema = new_pg_schema()
+    engine = create_read_engine(Settings(database_url=POSTGRES_URL, database_schema=schema))
+    analyzed = "SELECT analyze_count FROM pg_stat_user_tables WHERE relid = to_regclass('kl_stats_test')"
+    try:
+        with write_transaction(engine) as conn:
+            conn.exec_driver_sql("CREATE TABLE kl_stats_test (n INTEGER)")
+            conn.exec_driver_sql("INSERT INTO kl_stats_test SELECT generate_series(1, 1000)")
+        counts = []
+        for _ in range(2):
+            with write_transaction(engine) as conn:
+                refresh_statistics(conn, "kl_stats_test")
+            with read_transaction(engine) as conn:
+                counts.append(conn.exec_driver_sql(analyzed).scalar())
+        assert counts == [1, 1]  # the second call found fresh statistics
+    finally:
+        engine.dispose()
+        drop_pg_schema(schema)
