@@ -21,6 +21,8 @@ the tail in lock-step with the serving generations and switches atomically.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -72,6 +74,13 @@ Progress = Callable[[int, int], None]
 HEARTBEAT_INTERVAL = 5.0
 MAX_PENDING = 100_000
 
+# Pages of events are bounded in stored bytes as well as in events: a usage event holds up to
+# 1,000 counts (~150 KB), and a page of 5,000 of them would decode into gigabytes. A page decodes
+# at most MAX_PAGE_BYTES; how many events it asks for follows the largest event read lately,
+# starting from FIRST_EVENT_BYTES (a first page of 100 events; pages double from there).
+MAX_PAGE_BYTES = 8_000_000
+FIRST_EVENT_BYTES = 80_000
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -80,6 +89,7 @@ class Batch:
     events: list[Positioned]
     read: int  # notifications read, wanted or not
     last: int  # id of the last one read (the start position when none)
+    more: bool = False  # the page was full: more may follow at once
 
 
 class Runner:
@@ -102,6 +112,7 @@ class Runner:
         self.clock = clock
         self.workers = workers
         self._wanting: dict[str, frozenset[str]] = {}  # event topic -> projections that apply it
+        self._event_bytes = float(FIRST_EVENT_BYTES)  # stored size of recent events, to size pages
 
     def setup(self) -> None:
         with write_transaction(self.engine) as conn:
@@ -158,13 +169,22 @@ class Runner:
             return Batch([], 0, position if stop is None else stop)  # no topic, nothing to read
         # `stop` is applied here, not in SQL: with an upper bound, PostgreSQL's generic plan for
         # the prepared query (psycopg prepares it after a few calls) read pages 3x slower.
+        limit = max(1, min(limit, int(MAX_PAGE_BYTES / self._event_bytes)))
         page = self.recorder.select_notifications(
             start=position, limit=limit, topics=topics or (), inclusive_of_start=False
         )
         notifications = [n for n in page if n.id <= stop] if stop is not None else page
+        more = len(page) == limit and len(notifications) == len(page)
+        if page:
+            sizes = [len(n.state) for n in page]
+            # The largest event sizes the next page; the estimate halves per page as events get lean again.
+            self._event_bytes = max(max(sizes), self._event_bytes / 2, 1.0)
+            # Decoded events take several times their stored bytes: decode at most MAX_PAGE_BYTES of them.
+            within = max(1, bisect.bisect_right(list(itertools.accumulate(sizes)), MAX_PAGE_BYTES))
+            if within < len(notifications):
+                notifications, more = notifications[:within], True
         if topics is not None:
-            whole = len(page) == limit and len(notifications) == len(page)
-            last = notifications[-1].id if whole else cast(int, stop)
+            last = notifications[-1].id if more else cast(int, stop)
         elif notifications:
             last = notifications[-1].id
         else:
@@ -172,7 +192,7 @@ class Runner:
         wanted = set(self.projections if names is None else names)
         decode = self.mapper.to_domain_event
         events = [(n.id, decode(n)) for n in notifications if not wanted.isdisjoint(self._projections_of(n.topic))]
-        return Batch(events, len(notifications), last)
+        return Batch(events, len(notifications), last, more)
 
     def stored_topics(self, shares: Sequence[Collection[str]]) -> list[list[str]]:
         """Per share of projection names: the topics of stored events they apply (renamed topics included).
@@ -252,7 +272,7 @@ class Runner:
 
         Returns the building generations advanced and, once switched, the retired ones.
         """
-        near_head = batch.read < self.rebuild_batch_size
+        near_head = not batch.more
         with write_transaction(self.engine) as conn:
             # Near the head, lock the serving generations too: that waits for a runner's batch
             # in flight and keeps the next one out. If ours are then at least as far, switching

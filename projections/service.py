@@ -168,7 +168,8 @@ class ReadModels:
                 log.exception("read models: applying events failed (attempt %d); retrying", failures)
                 self._stopping.wait(min(30.0, 0.25 * 2**failures))
                 continue
-            if count < self.runner.batch_size:
+            # A short page may be short in bytes only (see runner.MAX_PAGE_BYTES): rest at the head only.
+            if count == 0 or (count < self.runner.batch_size and self._reached(self.runner.head(), self.names)):
                 self._wake.wait(0.01 if self._waiters else self.poll_interval)
 
     def _poll(self) -> int:
