@@ -13,7 +13,20 @@ from datetime import UTC, date, datetime
 from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy import JSON, BigInteger, Date, DateTime, Engine, Integer, Table, Uuid, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Engine,
+    Integer,
+    Table,
+    Uuid,
+    bindparam,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import OperationalError
@@ -166,12 +179,32 @@ def refresh_statistics(conn: Connection, table: str, stale: float = 0.1) -> None
     row = conn.execute(
         text(
             "SELECT n_live_tup, n_mod_since_analyze, coalesce(last_analyze, last_autoanalyze) IS NULL"
-            " FROM pg_stat_user_tables WHERE relid = to_regclass(:table)"
+            " FROM pg_stat_user_tables WHERE relid = to_regclass(quote_ident(:table))"
         ),
         {"table": table},
     ).first()
     if row is not None and (row[2] or row[1] > stale * max(row[0], 1)):
         conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(table)}")
+
+
+def stored_sizes(conn: Connection, table: str, after: int, limit: int, topics: Sequence[str] | None) -> list[int]:
+    """Stored bytes of the next `limit` events after notification id `after` (of `topics` only, if given).
+
+    Reads the library's events table directly: its recorder has no such query. Neither
+    backend reads the data for this (SQLite takes a blob's length from its record header,
+    PostgreSQL from the toast header).
+    """
+    quoted = conn.dialect.identifier_preparer.quote(table)
+    position = "notification_id" if conn.dialect.name == "postgresql" else "rowid"
+    where = f"{position} > :after"
+    params: dict[str, Any] = {"after": after, "limit": limit}
+    if topics:
+        where += " AND topic IN :topics"
+        params["topics"] = list(topics)
+    query = text(f"SELECT length(state) FROM {quoted} WHERE {where} ORDER BY {position} LIMIT :limit")  # noqa: S608
+    if topics:
+        query = query.bindparams(bindparam("topics", expanding=True))
+    return [int(size) for size in conn.execute(query, params).scalars()]
 
 
 def lock_for_ddl(conn: Connection) -> None:

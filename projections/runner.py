@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from eventsourcing.utils import resolve_topic
 from sqlalchemy import Engine
@@ -41,6 +41,7 @@ from projections.db import (
     lock_for_ddl,
     read_transaction,
     refresh_statistics,
+    stored_sizes,
     write_transaction,
     write_transaction_if_free,
 )
@@ -70,16 +71,14 @@ Progress = Callable[[int, int], None]
 # A rebuild's folding projections write their sums once `pending_size` reaches this (about
 # 30 MB each: how long one transaction holds SQLite's write lock), or, while another process
 # holds that lock, at twice this (the memory a rebuild takes). Their heartbeat is written at
-# least every HEARTBEAT_INTERVAL, and waited for at twice that (see REBUILD_LEASE).
+# least every HEARTBEAT_INTERVAL, and waited for at 1.5 times that (see REBUILD_LEASE).
 HEARTBEAT_INTERVAL = 5.0
 MAX_PENDING = 100_000
 
 # Pages of events are bounded in stored bytes as well as in events: a usage event holds up to
-# 1,000 counts (~150 KB), and a page of 5,000 of them would decode into gigabytes. A page decodes
-# at most MAX_PAGE_BYTES; how many events it asks for follows the largest event read lately,
-# starting from FIRST_EVENT_BYTES (a first page of 100 events; pages double from there).
+# 1,000 counts (~150 KB), and a page of 5,000 of them would decode into gigabytes. The sizes of
+# the next events are read first (`stored_sizes`, no data), and a page asks for those that fit.
 MAX_PAGE_BYTES = 8_000_000
-FIRST_EVENT_BYTES = 80_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,11 @@ class Batch:
     read: int  # notifications read, wanted or not
     last: int  # id of the last one read (the start position when none)
     more: bool = False  # the page was full: more may follow at once
+
+
+class Step(NamedTuple):
+    advanced: list[Generation]  # the generations this step moved on
+    more: bool  # its page was full: more events may wait already
 
 
 class Runner:
@@ -112,7 +116,8 @@ class Runner:
         self.clock = clock
         self.workers = workers
         self._wanting: dict[str, frozenset[str]] = {}  # event topic -> projections that apply it
-        self._event_bytes = float(FIRST_EVENT_BYTES)  # stored size of recent events, to size pages
+        # The library's own table, read directly for what its recorder cannot answer (sizes, topics).
+        self._events_table: str = ledger.recorder.events_table_name  # type: ignore[attr-defined]
 
     def setup(self) -> None:
         with write_transaction(self.engine) as conn:
@@ -126,25 +131,24 @@ class Runner:
         with read_transaction(self.engine) as conn:
             return {g.name: g for g in select_generations(conn, self.projections, active=True)}
 
-    def step(self, known: Collection[Generation] = ()) -> tuple[int, list[Generation]]:
+    def step(self, known: Collection[Generation] = ()) -> Step:
         """Apply the next batch to the active generations no other process is applying.
 
         `known` are the active generations as last seen, to spare reading them again
-        (stale positions only mean reading a few events twice). Returns how many
-        events were read and the generations advanced: none when there was nothing
-        new or another process is applying it.
+        (stale positions only mean reading a few events twice). Advances none when
+        there was nothing new or another process is applying it.
         """
         seen = self._applicable(list(known) or list(self.active().values()))
         if not seen:
-            return 0, []
+            return Step([], False)
         start = min(g.position for g in seen)
         batch = self._read_after(start, self.batch_size)
         if not batch.read:
-            return 0, []
+            return Step([], False)
         with write_transaction(self.engine) as conn:
             locked = select_generations(conn, self.projections, active=True, lock=True, skip_locked=True)
             advanced = self._apply(conn, self._applicable(locked), start, batch)
-        return batch.read, advanced
+        return Step(advanced, batch.more)
 
     def _applicable(self, generations: Sequence[Generation]) -> list[Generation]:
         # Never write rows of another definition (a process running older or newer code).
@@ -169,20 +173,20 @@ class Runner:
             return Batch([], 0, position if stop is None else stop)  # no topic, nothing to read
         # `stop` is applied here, not in SQL: with an upper bound, PostgreSQL's generic plan for
         # the prepared query (psycopg prepares it after a few calls) read pages 3x slower.
-        limit = max(1, min(limit, int(MAX_PAGE_BYTES / self._event_bytes)))
+        with read_transaction(self.engine) as conn:
+            sizes = stored_sizes(conn, self._events_table, position, limit, topics)
+        fitting = _fitting(sizes)
+        if fitting < len(sizes):
+            limit = fitting
         page = self.recorder.select_notifications(
             start=position, limit=limit, topics=topics or (), inclusive_of_start=False
         )
         notifications = [n for n in page if n.id <= stop] if stop is not None else page
         more = len(page) == limit and len(notifications) == len(page)
-        if page:
-            sizes = [len(n.state) for n in page]
-            # The largest event sizes the next page; the estimate halves per page as events get lean again.
-            self._event_bytes = max(max(sizes), self._event_bytes / 2, 1.0)
-            # Decoded events take several times their stored bytes: decode at most MAX_PAGE_BYTES of them.
-            within = max(1, bisect.bisect_right(list(itertools.accumulate(sizes)), MAX_PAGE_BYTES))
-            if within < len(notifications):
-                notifications, more = notifications[:within], True
+        # Events committed since the sizes were read came in unmeasured: decode only what fits.
+        within = _fitting([len(n.state) for n in notifications])
+        if within < len(notifications):
+            notifications, more = notifications[:within], True
         if topics is not None:
             last = notifications[-1].id if more else cast(int, stop)
         elif notifications:
@@ -200,7 +204,7 @@ class Runner:
         Lets each rebuild process read only its own events. One scan of the library's
         events table, read directly: the recorder has no query for it.
         """
-        table = self.recorder.events_table_name  # type: ignore[attr-defined]
+        table = self._events_table
         if self.engine.dialect.name == "postgresql":
             with write_transaction(self.engine) as conn:
                 refresh_statistics(conn, table)
@@ -326,13 +330,14 @@ class Runner:
                 idle = [g for g in generations.values() if g not in due] if late >= HEARTBEAT_INTERVAL else []
                 # Sums can grow while another process holds SQLite's write lock: wait for it only
                 # at twice the bound, or when the heartbeat is getting late (see REBUILD_LEASE).
-                wait = late >= 2 * HEARTBEAT_INTERVAL or any(
+                wait = late >= 1.5 * HEARTBEAT_INTERVAL or any(
                     g.name not in folding or sizes[g.name] >= 2 * MAX_PENDING for g in due
                 )
                 written = self._write_fill(due, idle, batch, pending, position, wait)
                 if written is not None:
                     generations.update((g.name, g) for g in written)
-                    beat = time.monotonic()
+                    if idle or len(due) == len(generations):  # every generation showed it is alive
+                        beat = time.monotonic()
             if progress is not None:
                 progress(position, stop)
         behind = [g for g in generations.values() if g.position < position or g.name in pending]
@@ -442,3 +447,8 @@ class Runner:
                 table.drop(conn, checkfirst=True)
             projection.forget(generation.generation)
         delete_generation(conn, generation)
+
+
+def _fitting(sizes: Sequence[int]) -> int:
+    """How many of the first events, of these stored sizes, fit in MAX_PAGE_BYTES (at least one)."""
+    return max(1, bisect.bisect_right(list(itertools.accumulate(sizes)), MAX_PAGE_BYTES))

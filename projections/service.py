@@ -33,7 +33,7 @@ from projections.base import Projection, Tables
 from projections.db import create_read_engine, read_transaction
 from projections.errors import ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import KeysProjection, select_changed_keys, select_key, select_workspace_keys
-from projections.runner import Progress, Runner
+from projections.runner import Progress, Runner, Step
 from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
 from projections.workers import MIN_EVENTS, Workers
@@ -161,29 +161,32 @@ class ReadModels:
         while not self._stopping.is_set():
             self._wake.clear()  # before polling: a nudge during the poll triggers another one
             try:
-                count = self._poll()
+                step = self._poll()
                 failures = 0
             except Exception:
                 failures += 1
                 log.exception("read models: applying events failed (attempt %d); retrying", failures)
                 self._stopping.wait(min(30.0, 0.25 * 2**failures))
                 continue
-            # A short page may be short in bytes only (see runner.MAX_PAGE_BYTES): rest at the head only.
-            if count == 0 or (count < self.runner.batch_size and self._reached(self.runner.head(), self.names)):
+            if not (step.advanced and step.more):  # at the head, or nothing for us to apply
                 self._wake.wait(0.01 if self._waiters else self.poll_interval)
 
-    def _poll(self) -> int:
-        """Apply one batch if the store is ahead of us; returns the events read."""
+    def _poll(self) -> Step:
+        """Apply one batch if the store is ahead of us.
+
+        Advances nothing when another process holds the batch, or a generation of other
+        code (a newer VERSION) now serves: polling again at once would only spin.
+        """
         if self._reached(self.runner.head(), self.names):
-            return 0
+            return Step([], False)
         with self._changed:
             known = list(self._generations.values())
-        count, advanced = self.runner.step(known)
-        if advanced and len(advanced) == len(known) == len(self.names):
-            self._record(advanced)
+        step = self.runner.step(known)
+        if step.advanced and len(step.advanced) == len(known) == len(self.names):
+            self._record(step.advanced)
         else:  # skipped some (another process is on them) or saw none: read what is there
             self._refresh_positions()
-        return count
+        return step
 
     def _refresh_positions(self) -> None:
         self._record(list(self.runner.active().values()))
@@ -210,7 +213,7 @@ class ReadModels:
         head = self.runner.head()
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
         while not self._reached(head, self.names):
-            if self._poll() == 0:  # another process holds the batch: let it finish
+            if not self._poll().advanced:  # another process holds the batch: let it finish
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"read models did not reach position {head}")
                 time.sleep(0.01)
@@ -228,7 +231,7 @@ class ReadModels:
             while not self._reached(position, wanted):
                 if time.monotonic() >= deadline:
                     return False
-                if self._poll() == 0:
+                if not self._poll().advanced:
                     time.sleep(0.005)
             return True
         with self._changed:

@@ -7,12 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from domain.application import KeyLedger
 from domain.usage import UsageCount
 from keyledger.settings import Settings
 from projections import ReadModels
 from projections import runner as runner_module
+from projections.db import read_transaction
 from tests.projections.conftest import dump
 from tests.projections.workload import ENDPOINTS, START, STATUSES, Workload, run_commands
 
@@ -32,21 +34,18 @@ def record_fat_usage(ledger: KeyLedger, work: Workload, events: int, seed: int) 
         ledger.record_usage(counts, actor="usage:test")
 
 
-def decoded_per_page(ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """From now on, per page read from the recorder: the stored bytes of the events decoded from it."""
+def page_bytes(ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the stored bytes of each page the recorder returns."""
     pages: list[int] = []
-    select, decode = ledger.recorder.select_notifications, ledger.mapper.to_domain_event
+    select = ledger.recorder.select_notifications
 
     def selecting(*args: Any, **kwargs: Any) -> Any:
-        pages.append(0)
-        return select(*args, **kwargs)
-
-    def decoding(notification: Any) -> Any:
-        pages[-1] += len(notification.state)
-        return decode(notification)
+        page = select(*args, **kwargs)
+        if page:
+            pages.append(sum(len(n.state) for n in page))
+        return page
 
     monkeypatch.setattr(ledger.recorder, "select_notifications", selecting)
-    monkeypatch.setattr(ledger.mapper, "to_domain_event", decoding)
     return pages
 
 
@@ -62,16 +61,16 @@ def test_fat_events_are_read_in_pages_bounded_in_bytes(
     unbounded.close()
 
     monkeypatch.setattr(runner_module, "MAX_PAGE_BYTES", MAX_PAGE_BYTES)
-    pages = decoded_per_page(ledger, monkeypatch)
+    pages = page_bytes(ledger, monkeypatch)
     models = ReadModels(settings, ledger, batch_size=1000, rebuild_batch_size=1000, rebuild_workers=False)
     models.rebuild()
-    rebuilt = [p for p in pages if p]
+    rebuilt = list(pages)
     assert dump(models) == expected
     # Following the stream: fat events recorded after the rebuild come in bounded pages too.
     pages.clear()
     record_fat_usage(ledger, work, 20, seed=44)
     models.catch_up()
-    following = [p for p in pages if p]
+    following = list(pages)
     followed = dump(models)
     models.close()
     monkeypatch.undo()
@@ -83,3 +82,30 @@ def test_fat_events_are_read_in_pages_bounded_in_bytes(
     # 30 and 20 events of ~30 KB: without the bound, one or two pages each.
     assert len(rebuilt) >= 15 and len(following) >= 10
     assert max(rebuilt + following) <= MAX_PAGE_BYTES
+
+
+def test_a_worker_reading_only_its_topics_reads_bounded_pages_too(
+    settings: Settings, ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch
+):
+    work = run_commands(ledger, 40, seed=45)
+    record_fat_usage(ledger, work, 25, seed=46)
+    run_commands(ledger, 40, seed=47)
+    models = ReadModels(settings, ledger, rebuild_batch_size=1000, rebuild_workers=False)
+    models.ensure_current()
+    expected = dump(models)["usage.minute"]
+    runner = models.runner
+    monkeypatch.setattr(runner_module, "MAX_PAGE_BYTES", MAX_PAGE_BYTES)
+    pages = page_bytes(ledger, monkeypatch)
+
+    building = runner._start_generations(["usage"])  # as a rebuild worker fills its share
+    (topics,) = runner.stored_topics([["usage"]])
+    filled = runner.fill(building, runner.head(), None, topics)
+
+    table = models.projections["usage"].tables(filled[0].generation)["minute"]
+    with read_transaction(models.engine) as conn:
+        rows = [tuple(r) for r in conn.execute(select(table).order_by(*table.primary_key.columns))]
+    assert rows == expected
+    assert filled[0].position == runner.head()
+    assert len(pages) >= 12 and max(pages) <= MAX_PAGE_BYTES
+    models.runner._abandon(building)
+    models.close()

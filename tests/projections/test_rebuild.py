@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -161,3 +162,30 @@ def test_read_models_that_were_never_built_are_not_served(models: ReadModels, le
 
     with pytest.raises(ProjectionNotReady):
         models.list_keys(created.workspace.id, START)
+
+
+def test_a_process_of_older_code_rests_while_a_newer_version_serves(
+    settings: Settings, ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch
+):
+    run_commands(ledger, 30, seed=5)
+    old = ReadModels(settings, ledger, batch_size=5)  # full pages: "more may follow" after each step
+    steps: list[None] = []
+    step = old.runner.step
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        steps.append(None)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(old.runner, "step", counted)
+    old.start()  # running when a process of newer code switches keys to version 2
+    new = ReadModels(settings, ledger, projections=[KeysV2(), UsageProjection(), AuditProjection()])
+    new.ensure_current()
+    run_commands(ledger, 30, seed=6)  # events old may no longer apply to keys
+    steps.clear()
+    time.sleep(1.0)
+    old.stop()
+
+    # Polling every 75 ms: about a dozen steps. Spinning made more than a thousand.
+    assert 1 <= len(steps) <= 40
+    old.close()
+    new.close()
