@@ -22,7 +22,6 @@ from sqlalchemy import (
     Integer,
     Table,
     Uuid,
-    bindparam,
     create_engine,
     event,
     text,
@@ -194,17 +193,22 @@ def stored_sizes(conn: Connection, table: str, after: int, limit: int, topics: S
     backend reads the data for this (SQLite takes a blob's length from its record header,
     PostgreSQL from the toast header).
     """
+    # Driver-level SQL: one value per event, and SQLAlchemy's per-row work cost more than the query.
     quoted = conn.dialect.identifier_preparer.quote(table)
-    position = "notification_id" if conn.dialect.name == "postgresql" else "rowid"
-    where = f"{position} > :after"
-    params: dict[str, Any] = {"after": after, "limit": limit}
-    if topics:
-        where += " AND topic IN :topics"
-        params["topics"] = list(topics)
-    query = text(f"SELECT length(state) FROM {quoted} WHERE {where} ORDER BY {position} LIMIT :limit")  # noqa: S608
-    if topics:
-        query = query.bindparams(bindparam("topics", expanding=True))
-    return [int(size) for size in conn.execute(query, params).scalars()]
+    params: list[Any] = [after]
+    if conn.dialect.name == "postgresql":
+        where = "notification_id > %s"
+        if topics:
+            where += " AND topic = ANY(%s)"
+            params.append(list(topics))
+        sql = f"SELECT length(state) FROM {quoted} WHERE {where} ORDER BY notification_id LIMIT %s"  # noqa: S608
+    else:
+        where = "rowid > ?"
+        if topics:
+            where += f" AND topic IN ({', '.join('?' * len(topics))})"
+            params += topics
+        sql = f"SELECT length(state) FROM {quoted} WHERE {where} ORDER BY rowid LIMIT ?"  # noqa: S608
+    return [size for (size,) in conn.exec_driver_sql(sql, (*params, limit)).fetchall()]
 
 
 def lock_for_ddl(conn: Connection) -> None:
