@@ -7,8 +7,9 @@ written twice. Time-dependent parts (status `expired`, `rotation_due`, whether
 the previous secret still works) and the effective scopes (which depend on the
 deployment's resource catalog) are derived when read, never stored stale.
 
-The rows hold the current and previous secret digests because the API verifies
-presented secrets from them (`KeyCredentials`); they never leave this table.
+The rows hold the current and previous secret digests only because they hold the
+whole aggregate; they never leave this table. The API verifies presented secrets
+from the aggregates themselves (`api/credential_cache.py`), not from here.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version
-            Column("position", BigInteger, nullable=False, index=True),  # of its last event
+            Column("position", BigInteger, nullable=False),  # of its last event
             **CLUSTERED,
         )
         return {"keys": keys}
@@ -158,10 +159,4 @@ def select_key(conn: Connection, tables: Tables, key_id: UUID) -> ApiKey | None:
 def select_workspace_keys(conn: Connection, tables: Tables, workspace_id: UUID) -> list[ApiKey]:
     table = tables["keys"]
     query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)
-    return [key_from_row(row) for row in conn.execute(query).mappings()]
-
-
-def select_changed_keys(conn: Connection, tables: Tables, after: int) -> list[ApiKey]:
-    table = tables["keys"]
-    query = select(table).where(table.c.position > after).order_by(table.c.position)
     return [key_from_row(row) for row in conn.execute(query).mappings()]

@@ -25,14 +25,13 @@ from sqlalchemy.exc import DBAPIError
 
 from domain.application import KeyLedger
 from domain.errors import InvalidInput
-from domain.keys import ApiKey, KeyState
-from domain.verification import KeyCredentials
+from domain.keys import KeyState
 from keyledger.settings import Settings
 from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
 from projections.base import Projection, Tables
 from projections.db import create_read_engine, read_transaction
 from projections.errors import ProjectionNotReady, RebuildInProgress, UnknownProjection
-from projections.keys import KeysProjection, select_changed_keys, select_key, select_workspace_keys
+from projections.keys import KeysProjection, select_key, select_workspace_keys
 from projections.runner import Progress, Runner, Step
 from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
@@ -341,25 +340,6 @@ class ReadModels:
             for s in states
             if (status is None or s.status == status) and (rotation_due is None or s.rotation_due == rotation_due)
         ]
-
-    def key_credentials(self, key_id: UUID) -> KeyCredentials | None:
-        """What verification needs about one key (digests included), or None."""
-        key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))
-        return key.credentials(self.catalog) if key is not None else None
-
-    def changed_credentials(self, after: int = 0) -> tuple[list[KeyCredentials], int]:
-        """Credentials of the keys changed after position `after`, and the position they reflect.
-
-        Lets an API process keep an in-memory verification cache fresh: call again
-        with the returned position.
-        """
-
-        def query(conn: Connection, tables: Tables) -> tuple[list[ApiKey], int]:
-            position = conn.execute(select(STATE.c.position).where(STATE.c.name == "keys", STATE.c.active)).scalar_one()
-            return select_changed_keys(conn, tables, after), int(position)
-
-        keys, position = self._read("keys", query)
-        return [key.credentials(self.catalog) for key in keys], position
 
     def usage(
         self,

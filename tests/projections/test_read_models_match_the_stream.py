@@ -82,15 +82,6 @@ def test_a_key_of_another_workspace_is_not_found(models: ReadModels, workload: W
     assert models.history(other, key_id) == []
 
 
-def test_key_credentials_equal_the_aggregates(ledger: KeyLedger, models: ReadModels, workload: Workload):
-    for key_id in workload.keys:
-        assert models.key_credentials(key_id) == ledger.get_key(key_id).credentials(ledger.catalog)
-    changed, position = models.changed_credentials(0)
-    assert {c.key_id for c in changed} == set(workload.keys)
-    assert position == ledger.max_position()
-    assert models.changed_credentials(position) == ([], position)
-
-
 def _usage_as_dict(usage: Any) -> dict[str, Any]:
     return {
         "requests": usage.total,
