@@ -171,13 +171,13 @@ class Runner:
         """
         if topics is not None and (stop is None or not topics):
             return Batch([], 0, position if stop is None else stop)  # no topic, nothing to read
-        # `stop` is applied here, not in SQL: with an upper bound, PostgreSQL's generic plan for
-        # the prepared query (psycopg prepares it after a few calls) read pages 3x slower.
-        with read_transaction(self.engine) as conn:
+        with read_transaction(self.engine) as conn:  # ask only for as many events as fit MAX_PAGE_BYTES
             sizes = stored_sizes(conn, self._events_table, position, limit, topics)
         fitting = _fitting(sizes)
         if fitting < len(sizes):
             limit = fitting
+        # `stop` is applied here, not in SQL: with an upper bound, PostgreSQL's generic plan for
+        # the prepared query (psycopg prepares it after a few calls) read pages 3x slower.
         page = self.recorder.select_notifications(
             start=position, limit=limit, topics=topics or (), inclusive_of_start=False
         )
