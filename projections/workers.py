@@ -15,7 +15,6 @@ Workers cost about a second to start (imports), so small backlogs stay in-proces
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import time
@@ -52,9 +51,6 @@ class FillJob:
 
 def fill(job: FillJob) -> list[Generation]:
     """A worker process's entry point."""
-    # Decoding makes containers by the million, none of them cyclic: the collector's passes
-    # over a growing heap cost a fifth of the time, and the process ends with the job.
-    gc.disable()
     # The parent created every table already: the worker only reads events and writes rows.
     ledger = KeyLedger(env={**job.store_env, "CREATE_TABLE": "n"})
     engine = create_read_engine(job.settings, ledger.env.get("SQLITE_DBNAME"))
@@ -138,13 +134,7 @@ class Workers:
                 if progress is not None:
                     progress(_reached(runner.engine, building), stop)
 
-            collecting = gc.isenabled()
-            gc.disable()  # as in the workers (see `fill`); a few seconds' cyclic garbage waits
-            try:
-                filled = runner.index(runner.fill(own, stop, report, own_topics))
-            finally:
-                if collecting:
-                    gc.enable()
+            filled = runner.index(runner.fill(own, stop, report, own_topics))
             while not all(r.ready() for r in results):
                 report(0, stop)
                 time.sleep(PROGRESS_INTERVAL)

@@ -163,7 +163,7 @@ def bench(name: str, settings: Settings, args: argparse.Namespace) -> dict[str, 
             flush=True,
         )
         reads, rebuilds = [], []
-        models = ReadModels(settings, ledger, rebuild_batch_size=args.batch)
+        models = ReadModels(settings, ledger, rebuild_batch_size=args.batch, rebuild_workers=args.workers)
         models.ensure_current()  # the first build, untimed: warms caches like the reads below
         for _ in range(args.repeat):
             reads.append(events / timed(lambda: read_all(ledger, args.batch)))
@@ -198,6 +198,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5000, help="events per read page and rebuild transaction")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (medians)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--no-workers", dest="workers", action="store_false", help="rebuild in one process (as on one core)"
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
 
@@ -218,7 +221,10 @@ def main() -> None:
                 drop_pg_schema(schema)
 
     spread = "random minutes" if args.spread_minutes else f"{args.flushes_per_minute} flushes per minute"
-    print(f"\nmedians of {args.repeat}; {args.usage_share:.0%} usage events of {args.entries} counts ({spread})")
+    processes = "worker processes" if args.workers else "one process"
+    print(
+        f"\nmedians of {args.repeat}; {args.usage_share:.0%} usage events of {args.entries} counts ({spread}); {processes}"
+    )
     print("ratio: of the medians; paired: median of each run's rebuild/read (target >= 0.5)")
     print(f"{'backend':<10}{'events':>10}{'read+decode/s':>16}{'rebuild/s':>12}{'ratio':>8}{'paired':>8}")
     for r in results:
