@@ -204,7 +204,8 @@ class Runner:
         """Per share of projection names: the topics of stored events they apply (renamed topics included).
 
         Lets each rebuild process read only its own events. One scan of the library's
-        events table, read directly: the recorder has no query for it.
+        events table, read directly: the recorder has no query for it. On PostgreSQL the
+        table's statistics are refreshed first: topic-filtered pages need them (`refresh_statistics`).
         """
         table = self._events_table
         if self.engine.dialect.name == "postgresql":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
@@ -97,6 +97,18 @@ def test_a_failing_worker_fails_the_rebuild_and_leaves_what_served(settings: Set
     serving.close()
 
 
+def spy_on_writes(models: ReadModels, monkeypatch: pytest.MonkeyPatch, seen: Callable[[Any, Any], object]) -> None:
+    """Calls `seen(projection, pending)` before each folding projection writes its pending sums."""
+    for projection in models.projections.values():
+        write = projection.write  # type: ignore[attr-defined]
+
+        def spying(conn: Connection, tables: Tables, pending: Any, write: Any = write, p: Any = projection) -> None:
+            seen(p, pending)
+            write(conn, tables, pending)
+
+        monkeypatch.setattr(projection, "write", spying)
+
+
 def test_sums_written_in_several_rounds_equal_one_round(
     settings: Settings, ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch
 ):
@@ -105,16 +117,7 @@ def test_sums_written_in_several_rounds_equal_one_round(
     models.rebuild()
     expected = dump(models)
     written: list[str] = []
-    for projection in models.projections.values():
-        write = projection.write  # type: ignore[attr-defined]
-
-        def counting(
-            conn: Connection, tables: Tables, pending: Any, write: Any = write, name: str = projection.name
-        ) -> None:
-            written.append(name)
-            write(conn, tables, pending)
-
-        monkeypatch.setattr(projection, "write", counting)
+    spy_on_writes(models, monkeypatch, lambda projection, _pending: written.append(projection.name))
     monkeypatch.setattr(runner_module, "MAX_PENDING", 8)  # flush every few batches: keys reload stored rows
 
     models.rebuild()
@@ -133,14 +136,7 @@ def test_sums_grow_while_the_write_lock_is_taken_and_still_equal_a_clean_rebuild
     expected = dump(models)
     rounds: list[list[int]] = []  # per write transaction: the sizes of the sums written
     tries: list[None] = []
-    for projection in models.projections.values():
-        write = projection.write  # type: ignore[attr-defined]
-
-        def sizing(conn: Connection, tables: Tables, pending: Any, write: Any = write, p: Any = projection) -> None:
-            rounds[-1].append(p.pending_size(pending))
-            write(conn, tables, pending)
-
-        monkeypatch.setattr(projection, "write", sizing)
+    spy_on_writes(models, monkeypatch, lambda projection, pending: rounds[-1].append(projection.pending_size(pending)))
     waiting = runner_module.write_transaction
 
     @contextmanager
