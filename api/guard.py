@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_response, refusal_for
 from api.verification import VerificationService, needed_scope
+from domain.text import MAX_ENDPOINT_LENGTH
 
 ScopeFor = Callable[[str, str], str | None]
 
@@ -56,7 +57,7 @@ class KeyledgerGuard:
         header = Headers(scope=scope).get("authorization", "")
         kind, _, token = header.partition(" ")
         secret = token.strip() if kind.lower() == "bearer" else None
-        endpoint = f"{method} {path}"[:200]
+        endpoint = f"{method} {path}"[:MAX_ENDPOINT_LENGTH]
         answer = await run_in_threadpool(
             self.verification.verify, secret, self.scope_for(method, path), endpoint, "guard", False
         )

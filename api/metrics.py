@@ -6,23 +6,35 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
-class _LagCollector(Collector):
-    def __init__(self, lags: Callable[[], Iterable[tuple[str, int]]]) -> None:
-        self._lags = lags
+class _ReadModelCollector(Collector):
+    def __init__(self, status: Callable[[], Iterable[Any]], failures: Callable[[], dict[str, int]]) -> None:
+        self._status = status
+        self._failures = failures
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily(
-            "keyledger_projection_lag_events",
-            "Events the read model is behind the stream",
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily(
+            "keyledger_projection_lag_events", "Events the read model is behind the stream", labels=["projection"]
+        )
+        failing = GaugeMetricFamily(
+            "keyledger_projection_failing",
+            "1 while the read model cannot apply the next event of the stream",
             labels=["projection"],
         )
-        for name, lag in self._lags():
-            gauge.add_metric([name], lag)
-        yield gauge
+        for row in self._status():
+            lag.add_metric([row.name], row.lag)
+            failing.add_metric([row.name], 1 if row.state == "failing" else 0)
+        failures = CounterMetricFamily(
+            "keyledger_projection_failures",
+            "Attempts of this process to apply events that failed, per read model",
+            labels=["projection"],
+        )
+        for name, count in self._failures().items():
+            failures.add_metric([name], count)
+        yield from (lag, failing, failures)
 
 
 class Metrics:
@@ -48,5 +60,5 @@ class Metrics:
             counter = self._answer_counters[(via, code)] = self.answers.labels(via=via, code=code)
         counter.inc()
 
-    def watch_projection_lag(self, lags: Callable[[], Iterable[tuple[str, int]]]) -> None:
-        self.registry.register(_LagCollector(lags))
+    def watch_read_models(self, status: Callable[[], Iterable[Any]], failures: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_ReadModelCollector(status, failures))

@@ -20,6 +20,7 @@ from api.quotas import QuotaDecision
 from api.verification import Answer
 from domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from domain.verification import VerifyCode
+from projections.errors import ProjectionNotReady
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,17 @@ def _http_error(_: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _not_ready(_: Request, error: Exception) -> JSONResponse:
+    # A read model not built yet (a first start still building it): come back shortly.
+    return problem(503, "Not ready", str(error), "not-ready", {"Retry-After": "5"})
+
+
 def _unexpected(_: Request, error: Exception) -> JSONResponse:
     log.error("unexpected error: %s", type(error).__name__, exc_info=error)
-    return problem(500, "Internal error", "the server failed; the error was logged", "internal-error")
+    # The server closes the connection after a 500 (Starlette re-raises the error): say so.
+    return problem(
+        500, "Internal error", "the server failed; the error was logged", "internal-error", {"Connection": "close"}
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -168,4 +177,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiProblem, _api_problem)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ProjectionNotReady, _not_ready)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,24 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from domain.errors import InvalidInput
 from domain.keys import KeyState
+from domain.text import MAX_ENDPOINT_LENGTH, check_text
+from domain.timefmt import check_time
 from domain.workspace import MAX_LIVE_KEYS, Workspace
 
+V = TypeVar("V")
 
-class WorkspaceCreate(BaseModel):
+
+def _rule(check: Callable[[V], V]) -> AfterValidator:
+    """A domain rule as a field validator: its InvalidInput becomes pydantic's 422 with the rule's message."""
+
+    def validate(value: V) -> V:
+        try:
+            return check(value)
+        except InvalidInput as error:
+            raise ValueError(str(error)) from None
+
+    return AfterValidator(validate)
+
+
+# One definition per field kind, shared by bodies and query parameters.
+UtcTime = Annotated[datetime, _rule(check_time)]
+Endpoint = Annotated[str, _rule(lambda value: check_text(value, "endpoint", MAX_ENDPOINT_LENGTH, controls=True))]
+
+
+class RequestBody(BaseModel):
+    """A request body: an unknown field is refused (a mistyped `expires_at` must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorkspaceCreate(RequestBody):
     name: str
     plan: str
     requests_per_minute: int | None = None
     requests_per_day: int | None = None
 
 
-class PlanChange(BaseModel):
+class PlanChange(RequestBody):
     plan: str
     requests_per_minute: int | None = None
     requests_per_day: int | None = None
@@ -87,21 +116,21 @@ class WorkspaceCreated(BaseModel):
     admin_key: KeyWithSecret
 
 
-class KeyIssue(BaseModel):
+class KeyIssue(RequestBody):
     name: str
     scopes: list[str] = Field(default_factory=list)
     expires_at: datetime | None = None
 
 
-class ScopeGrant(BaseModel):
+class ScopeGrant(RequestBody):
     scopes: list[str]
 
 
-class Rotate(BaseModel):
+class Rotate(RequestBody):
     grace_seconds: int = 86_400
 
 
-class Revoke(BaseModel):
+class Revoke(RequestBody):
     reason: str | None = None
 
 
@@ -109,10 +138,10 @@ class KeyList(BaseModel):
     items: list[KeyPublic]
 
 
-class VerifyRequest(BaseModel):
+class VerifyRequest(RequestBody):
     key: str = Field(description="the presented secret")
     scope: str
-    endpoint: str | None = Field(default=None, max_length=200)
+    endpoint: Endpoint | None = None
 
 
 class RateLimitInfo(BaseModel):

@@ -17,11 +17,14 @@ from eventsourcing.domain import Aggregate
 from domain.errors import (
     InvalidExpiry,
     InvalidGracePeriod,
+    InvalidInput,
     InvalidReason,
     KeyAlreadyRevoked,
     TooManyScopes,
 )
 from domain.scopes import MAX_SCOPES_PER_KEY, ScopeCatalog
+from domain.text import MAX_REASON_LENGTH, check_text
+from domain.timefmt import check_time
 from domain.verification import KeyCredentials
 from domain.workspace import check_name
 
@@ -43,8 +46,10 @@ def check_grace(grace_seconds: int) -> int:
 def check_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
     if expires_at is None:
         return None
-    if expires_at.tzinfo is None or expires_at.utcoffset() is None:
-        raise InvalidExpiry("expires_at must carry a time zone (RFC 3339, e.g. 2027-01-01T00:00:00Z)")
+    try:
+        expires_at = check_time(expires_at, "expires_at")
+    except InvalidInput as error:
+        raise InvalidExpiry(str(error)) from None
     if expires_at <= now:
         raise InvalidExpiry("expires_at must be in the future")
     return expires_at
@@ -270,6 +275,6 @@ class ApiKey(Aggregate):
 
     def revoke(self, reason: str | None, actor: str) -> None:
         self._check_not_revoked()
-        if reason is not None and len(reason) > 500:
-            raise InvalidReason("reason must be at most 500 characters")
+        if reason is not None:
+            check_text(reason, "reason", MAX_REASON_LENGTH, error=InvalidReason, controls=True)
         self.trigger_event(self.KeyRevoked, reason=reason, actor=actor)

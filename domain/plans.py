@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from domain.errors import InvalidPlan
+from domain.text import excerpt
 
 MAX_LIMIT = 1_000_000_000
 
@@ -33,7 +34,7 @@ def parse_plan(name: str) -> Plan:
         return Plan(name)
     except ValueError:
         known = ", ".join(p.value for p in Plan)
-        raise InvalidPlan(f"unknown plan {name!r}; known plans: {known}") from None
+        raise InvalidPlan(f"unknown plan {excerpt(name)!r}; known plans: {known}") from None
 
 
 def limits_for(plan: Plan, requests_per_minute: int | None = None, requests_per_day: int | None = None) -> Limits:

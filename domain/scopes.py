@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from domain.errors import MalformedScope, UnknownResource
+from domain.text import excerpt
 
 ADMIN = "admin"
 ACTIONS = ("read", "write")
@@ -51,9 +52,8 @@ class ScopeCatalog:
             return ADMIN
         match = _SCOPE_RE.match(scope)
         if match is None:
-            shown = scope if len(scope) <= 80 else scope[:80] + "..."
             raise MalformedScope(
-                f"scope {shown!r} is malformed: expected 'read:<resource>', 'write:<resource>' or 'admin'"
+                f"scope {excerpt(scope, 80)!r} is malformed: expected 'read:<resource>', 'write:<resource>' or 'admin'"
             )
         resource = match.group(2)
         if resource not in self.resources:

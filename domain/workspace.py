@@ -14,18 +14,16 @@ from eventsourcing.domain import Aggregate
 
 from domain.errors import InvalidName, KeyLimitReached
 from domain.plans import Plan, limits_for
+from domain.text import check_text
 
 MAX_LIVE_KEYS = 50
 MAX_NAME_LENGTH = 100
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if not isinstance(name, str) or not name.strip():
+    check_text(name, what, MAX_NAME_LENGTH, error=InvalidName)
+    if not name.strip():
         raise InvalidName(f"{what} must be a non-empty string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidName(f"{what} must be at most {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 32 for c in name):
-        raise InvalidName(f"{what} must not contain control characters")
     return name.strip()
 
 

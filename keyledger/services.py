@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import redis
@@ -78,6 +79,7 @@ class Services:
     operator_digest: str
     generated_operator_token: str | None
     settle_timeout: float = 10.0
+    ready: bool = False  # set once start-up is done: /readyz answers 503 before
 
     @property
     def verification(self) -> VerificationService:
@@ -107,11 +109,43 @@ class Services:
             log.warning("read models did not reach position %s within %ss", position, self.settle_timeout)
 
     def start(self) -> None:
+        """Open everything and catch up; a read model that fails is reported, never a reason not to start."""
         self.read_models.start()
-        self.read_models.catch_up()
-        if not self.quotas.shared:
-            self._restore_quotas()
+        try:
+            self.read_models.catch_up()
+            if not self.quotas.shared:
+                self._restore_quotas()
+        except Exception as error:
+            log.error("read models did not catch up at start (serving; they keep retrying): %s", error)
         self.stack.start()
+        self.ready = True
+
+    def readiness(self) -> dict[str, Any]:
+        """`/readyz`'s answer once started: each dependency's state; `degraded` while one is down."""
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            rows = self.read_models.status()
+            checks["database"] = {"status": "ok"}
+            failing = [r for r in rows if r.state == "failing"]
+            lag = max((r.lag for r in rows), default=0)
+            state = "failing" if failing else "catching_up" if lag else "ok"
+            checks["read_models"] = {"status": state, "lag": lag}
+            if failing:
+                checks["read_models"]["failing"] = {r.name: r.error for r in failing}
+        except Exception as error:
+            checks["database"] = {"status": "unreachable", "error": type(error).__name__}
+            checks["read_models"] = {"status": "unknown", "lag": None}
+        if isinstance(self.stack.feed, RedisChangeFeed):
+            try:
+                self.stack.feed.ping()
+                checks["redis"] = {"status": "ok"}
+            except redis.RedisError as error:
+                checks["redis"] = {"status": "unreachable", "error": type(error).__name__}
+        else:
+            checks["redis"] = {"status": "not_configured"}
+        healthy = ("ok", "not_configured", "catching_up")
+        status = "ok" if all(c["status"] in healthy for c in checks.values()) else "degraded"
+        return {"status": status, "checks": checks}
 
     def _restore_quotas(self) -> None:
         now = self.ledger.clock()
@@ -129,7 +163,7 @@ def build_services(settings: Settings) -> Services:
     ledger = open_ledger(settings)
     read_models = ReadModels(settings, ledger)
     stack = build_verification(settings, ledger)
-    stack.metrics.watch_projection_lag(lambda: [(s.name, s.lag) for s in read_models.status()])
+    stack.metrics.watch_read_models(read_models.status, lambda: read_models.failure_counts)
     configured = settings.operator_token.get_secret_value() if settings.operator_token else None
     digest, generated = ensure_operator_token(read_models.engine, configured)
     return Services(settings, ledger, read_models, stack, digest, generated)

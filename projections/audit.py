@@ -22,7 +22,7 @@ from domain.auditlog import safe_data
 from domain.keys import ApiKey
 from domain.workspace import Workspace
 from projections.base import FoldingProjection, Positioned, Tables, chunks, table_name
-from projections.db import POSITION, UTCDateTime, insert_rows
+from projections.db import POSITION, StorableText, UTCDateTime, insert_rows
 
 MAX_PAGE = 1000
 
@@ -60,7 +60,7 @@ class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
             Column("key_id", Uuid),
             Column("originator_id", Uuid, nullable=False),
             Column("type", String(100), nullable=False),
-            Column("actor", String(200), nullable=False),
+            Column("actor", StorableText(200), nullable=False),
             Column("data", JSON, nullable=False),
         )
         for column in ("workspace_id", "key_id"):

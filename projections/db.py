@@ -13,7 +13,20 @@ from datetime import UTC, date, datetime
 from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy import JSON, BigInteger, Date, DateTime, Engine, Integer, Table, Uuid, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    Table,
+    Uuid,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import OperationalError
@@ -21,6 +34,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from domain.errors import InvalidInput
+from domain.text import storable_text
+from domain.timefmt import clamp_utc
 from keyledger.settings import Settings
 
 SQLITE_LOCK_TIMEOUT = 30.0
@@ -215,13 +230,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: read models store aware UTC times only")
-        value = value.astimezone(UTC)
+        value = clamp_utc(value)  # older code stored times that overflow in UTC
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class StorableText(TypeDecorator[str]):
+    """Text as every backend stores it: NUL and unpaired surrogates (let in by older code) become U+FFFD."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else storable_text(value)
 
 
 Rows = Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
@@ -305,7 +330,7 @@ def _sqlite_utc_text(value: datetime | None) -> str | None:
     if value.tzinfo is not UTC:
         if value.tzinfo is None:
             raise ValueError("naive datetime: read models store aware UTC times only")
-        value = value.astimezone(UTC)
+        value = clamp_utc(value)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 

@@ -9,6 +9,10 @@ class ProjectionNotReady(Exception):
     """A read model has no generation this code can read (not built yet, or built by newer code)."""
 
 
+class ProjectionFailed(Exception):
+    """A read model cannot apply an event of the stream (reported in status; retried)."""
+
+
 class UnknownProjection(InvalidInput):
     title = "Unknown projection"
 

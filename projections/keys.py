@@ -29,7 +29,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    Text,
     Uuid,
     delete,
     select,
@@ -38,7 +37,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from domain.keys import ApiKey
 from projections.base import FoldingProjection, Positioned, Tables, chunks, table_name
-from projections.db import CLUSTERED, UTCDateTime, insert_rows
+from projections.db import CLUSTERED, StorableText, UTCDateTime, insert_rows
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
 ATTRIBUTE_COLUMNS = {
@@ -71,7 +70,7 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             metadata,
             Column("key_id", Uuid, primary_key=True),
             Column("workspace_id", Uuid, nullable=False, index=True),
-            Column("name", String(200), nullable=False),
+            Column("name", StorableText(200), nullable=False),
             Column("scopes", JSON, nullable=False),  # granted; effective ones are derived when read
             Column("created_at", UTCDateTime, nullable=False),
             Column("modified_at", UTCDateTime, nullable=False),
@@ -79,8 +78,8 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("rotated_at", UTCDateTime),
             Column("previous_valid_until", UTCDateTime),  # end of the previous secret's grace
             Column("revoked_at", UTCDateTime),
-            Column("revoked_reason", Text),
-            Column("issued_by", String(200), nullable=False),
+            Column("revoked_reason", StorableText),
+            Column("issued_by", StorableText(200), nullable=False),
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version

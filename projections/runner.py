@@ -26,15 +26,18 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from eventsourcing.utils import resolve_topic
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateTable
 
 from domain.application import KeyLedger, utc_now
@@ -47,14 +50,18 @@ from projections.db import (
     write_transaction,
     write_transaction_if_free,
 )
-from projections.errors import RebuildInProgress
+from projections.errors import RebuildInProgress, TrackingConflict
 from projections.tracking import (
+    FAILURES,
     STATE,
+    Failure,
     Generation,
     activate,
     advance,
+    current_failures,
     delete_generation,
     insert_generation,
+    record_failure,
     select_generations,
     touch,
 )
@@ -82,6 +89,19 @@ MAX_PENDING = 100_000
 # the next events are read first (`stored_sizes`, no data), and a page asks for those that fit.
 MAX_PAGE_BYTES = 8_000_000
 
+# Errors of the store as a whole (unreachable, a lost race for a position): every projection
+# would fail alike, so they are retried as a whole rather than blamed on one projection.
+_STORE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, TrackingConflict)
+
+
+def describe_error(error: BaseException) -> str:
+    """An error as status shows it: its type and the first line of its message, short.
+
+    The read models' engine hides statement parameters, so no digest reaches the text.
+    """
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -96,6 +116,7 @@ class Batch:
 class Step(NamedTuple):
     advanced: list[Generation]  # the generations this step moved on
     more: bool  # its page was full: more events may wait already
+    failed: Mapping[str, Exception] = MappingProxyType({})  # projections that could not apply the batch
 
 
 class Runner:
@@ -125,6 +146,7 @@ class Runner:
         with write_transaction(self.engine) as conn:
             lock_for_ddl(conn)
             STATE.create(conn, checkfirst=True)
+            FAILURES.create(conn, checkfirst=True)
 
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
@@ -133,24 +155,58 @@ class Runner:
         with read_transaction(self.engine) as conn:
             return {g.name: g for g in select_generations(conn, self.projections, active=True)}
 
-    def step(self, known: Collection[Generation] = ()) -> Step:
+    def step(self, known: Collection[Generation] = (), skip: Collection[str] = ()) -> Step:
         """Apply the next batch to the active generations no other process is applying.
 
         `known` are the active generations as last seen, to spare reading them again
-        (stale positions only mean reading a few events twice). Advances none when
-        there was nothing new or another process is applying it.
+        (stale positions only mean reading a few events twice); `skip` names projections
+        to leave alone (failing ones waiting for their retry). Advances none when there was
+        nothing new or another process is applying it.
+
+        One projection failing on an event must not stop the others: when the batch fails,
+        each projection tries it in its own transaction and those that fail are reported
+        in `failed` (unless the store itself is unreachable: that is raised).
         """
-        seen = self._applicable(list(known) or list(self.active().values()))
+        seen = [g for g in self._applicable(list(known) or list(self.active().values())) if g.name not in skip]
         if not seen:
             return Step([], False)
+        names = sorted({g.name for g in seen})
         start = min(g.position for g in seen)
         batch = self._read_after(start, self.batch_size)
         if not batch.read:
             return Step([], False)
+        try:
+            return Step(self._apply_locked(names, start, batch), batch.more)
+        except _STORE_ERRORS:
+            raise
+        except Exception as error:
+            if len(names) == 1:
+                return Step([], False, {names[0]: error})
+        advanced: list[Generation] = []
+        failed: dict[str, Exception] = {}
+        for name in names:
+            try:
+                advanced += self._apply_locked([name], start, batch)
+            except _STORE_ERRORS:
+                raise
+            except Exception as error:
+                failed[name] = error
+        return Step(advanced, batch.more, failed)
+
+    def _apply_locked(self, names: Collection[str], start: int, batch: Batch) -> list[Generation]:
         with write_transaction(self.engine) as conn:
-            locked = select_generations(conn, self.projections, active=True, lock=True, skip_locked=True)
-            advanced = self._apply(conn, self._applicable(locked), start, batch)
-        return Step(advanced, batch.more)
+            locked = select_generations(conn, names, active=True, lock=True, skip_locked=True)
+            return self._apply(conn, self._applicable(locked), start, batch)
+
+    def record_failure(self, name: str, error: Exception) -> Failure | None:
+        """Report (in the store, for every process's status) that a projection failed at its position."""
+        with write_transaction(self.engine) as conn:
+            active = select_generations(conn, [name], active=True)
+            return record_failure(conn, active[0], describe_error(error), self.clock()) if active else None
+
+    def failures(self, active: Collection[Generation]) -> dict[str, Failure]:
+        with read_transaction(self.engine) as conn:
+            return current_failures(conn, active)
 
     def _applicable(self, generations: Sequence[Generation]) -> list[Generation]:
         # Never write rows of another definition (a process running older or newer code).

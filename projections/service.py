@@ -30,9 +30,9 @@ from keyledger.settings import Settings
 from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
 from projections.base import Projection, Tables
 from projections.db import create_read_engine, read_transaction
-from projections.errors import ProjectionNotReady, RebuildInProgress, UnknownProjection
+from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import KeysProjection, select_key, select_workspace_keys
-from projections.runner import Progress, Runner, Step
+from projections.runner import Progress, Runner, Step, describe_error
 from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
 from projections.workers import MIN_EVENTS, Workers
@@ -52,6 +52,23 @@ class ProjectionStatus:
     lag: int  # events in the store after `position`
     generation: int | None
     code_version: int  # differs from `version` until the projection is rebuilt
+    state: str = "ok"  # ok, catching_up (lag > 0) or failing (it cannot apply the event after `position`)
+    error: str | None = None  # why it is failing
+    failing_since: datetime | None = None
+
+
+@dataclass
+class _Failing:
+    """A projection this process saw fail: retried with growing pauses, reported meanwhile."""
+
+    error: str
+    attempts: int
+    retry_at: float  # monotonic
+
+
+# Pauses between retries of a failing projection (or of a follower that cannot reach the store).
+RETRY_FIRST = 0.25
+RETRY_MAX = 30.0
 
 
 def default_projections() -> list[Projection]:
@@ -92,14 +109,24 @@ class ReadModels:
         self._thread: threading.Thread | None = None
         self._set_up = False
         self._current = False
+        self._failing: dict[str, _Failing] = {}  # guarded by _changed
+        self._stalled: str | None = None  # why the follower itself last failed (the store unreachable, say)
+        self.failure_counts: dict[str, int] = dict.fromkeys(self.names, 0)  # for the metrics
 
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        """Build what is missing or outdated, then keep every read model caught up in the background."""
+        """Build what is missing or outdated, then keep every read model caught up in the background.
+
+        Never raises for a read model that cannot be built or caught up: that is reported
+        (`status`) and retried by the background thread, while the process serves what it can.
+        """
         if self._thread is not None:
             return
-        self.ensure_current()
+        try:
+            self.ensure_current()
+        except Exception as error:
+            self._stall(error)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._follow, name="keyledger-read-models", daemon=True)
         self._thread.start()
@@ -144,6 +171,19 @@ class ReadModels:
             except RebuildInProgress as error:
                 log.info("%s; waiting", error)
                 time.sleep(0.5)
+            except Exception as error:
+                if len(stale) == 1:
+                    self._fail(stale[0], error)
+                    raise
+                # One read model failing to build must not leave the others unbuilt: one at a time.
+                for name in stale:
+                    try:
+                        self.runner.rebuild([name], progress)
+                        rebuilt.append(name)
+                    except Exception as one:
+                        self._fail(name, one)
+                self._refresh_positions()
+                raise
         self._current = True
         self._refresh_positions()
         return rebuilt
@@ -156,16 +196,24 @@ class ReadModels:
     # --- following the stream ---------------------------------------------------
 
     def _follow(self) -> None:
-        failures = 0
+        failures = build_failures = 0
+        build_retry_at = 0.0
         while not self._stopping.is_set():
             self._wake.clear()  # before polling: a nudge during the poll triggers another one
+            if not self._current and time.monotonic() >= build_retry_at:
+                try:
+                    self.ensure_current()
+                except Exception as error:  # reported; the built read models are followed meanwhile
+                    build_failures += 1
+                    build_retry_at = time.monotonic() + min(RETRY_MAX, RETRY_FIRST * 2**build_failures)
+                    self._stall(error)
             try:
                 step = self._poll()
                 failures = 0
-            except Exception:
+            except Exception as error:
                 failures += 1
-                log.exception("read models: applying events failed (attempt %d); retrying", failures)
-                self._stopping.wait(min(30.0, 0.25 * 2**failures))
+                self._stall(error)
+                self._stopping.wait(min(RETRY_MAX, RETRY_FIRST * 2**failures))
                 continue
             if not (step.advanced and step.more):  # at the head, or nothing for us to apply
                 self._wake.wait(0.01 if self._waiters else self.poll_interval)
@@ -175,17 +223,65 @@ class ReadModels:
 
         Advances nothing when another process holds the batch, or a generation of other
         code (a newer VERSION) now serves: polling again at once would only spin.
+        A failing projection is left out until its retry is due.
         """
         if self._reached(self.runner.head(), self.names):
+            self._stalled = None
             return Step([], False)
+        now = time.monotonic()
         with self._changed:
             known = list(self._generations.values())
-        step = self.runner.step(known)
+            waiting = {name for name, failing in self._failing.items() if failing.retry_at > now}
+        step = self.runner.step(known, waiting)
+        self._stalled = None
+        for name, error in step.failed.items():
+            self._fail(name, error)
         if step.advanced and len(step.advanced) == len(known) == len(self.names):
             self._record(step.advanced)
         else:  # skipped some (another process is on them) or saw none: read what is there
             self._refresh_positions()
         return step
+
+    def _fail(self, name: str, error: Exception) -> None:
+        """One projection cannot apply the next event: report it, retry it later, let the others go on."""
+        with self._changed:
+            previous = self._failing.get(name)
+            attempts = previous.attempts + 1 if previous else 1
+            delay = min(RETRY_MAX, RETRY_FIRST * 2**attempts)
+            self._failing[name] = _Failing(describe_error(error), attempts, time.monotonic() + delay)
+            self.failure_counts[name] += 1
+            self._changed.notify_all()  # whoever waits for it stops waiting
+        log.error(
+            "read model %r cannot apply the event after its position (attempt %d, next in %.1fs): %s",
+            name,
+            attempts,
+            delay,
+            describe_error(error),
+            exc_info=error if attempts == 1 else None,
+        )
+        try:
+            self.runner.record_failure(name, error)
+        except Exception as unrecorded:
+            log.warning("could not record the failure of read model %r: %s", name, describe_error(unrecorded))
+
+    def _stall(self, error: Exception) -> None:
+        """The follower itself failed (store unreachable, a rebuild failing): report it, retry later."""
+        self._stalled = describe_error(error)
+        with self._changed:
+            self._changed.notify_all()
+        log.error("read models: following the event stream failed; retrying: %s", self._stalled, exc_info=error)
+
+    def _blocked(self, position: int, names: Sequence[str]) -> bool:
+        with self._changed:
+            return self._blocked_locked(position, names)
+
+    def _blocked_locked(self, position: int, names: Sequence[str]) -> bool:
+        """Whether one of these read models is failing before `position` (it will not reach it soon)."""
+        for name in names:
+            generation = self._generations.get(name)
+            if name in self._failing and (generation is None or generation.position < position):
+                return True
+        return False
 
     def _refresh_positions(self) -> None:
         self._record(list(self.runner.active().values()))
@@ -195,6 +291,9 @@ class ReadModels:
         with self._changed:
             for generation in generations:
                 if generation.version == self.projections[generation.name].VERSION:
+                    known = self._generations.get(generation.name)
+                    if known is None or generation.position > known.position:
+                        self._failing.pop(generation.name, None)  # built, or moved on: no longer failing
                     self._generations[generation.name] = generation
             self._changed.notify_all()
 
@@ -212,7 +311,11 @@ class ReadModels:
         head = self.runner.head()
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
         while not self._reached(head, self.names):
-            if not self._poll().advanced:  # another process holds the batch: let it finish
+            step = self._poll()
+            if step.failed:
+                name, error = next(iter(step.failed.items()))
+                raise ProjectionFailed(f"read model {name!r} cannot apply the stream: {describe_error(error)}")
+            if not step.advanced:  # another process holds the batch: let it finish
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"read models did not reach position {head}")
                 time.sleep(0.01)
@@ -230,7 +333,10 @@ class ReadModels:
             while not self._reached(position, wanted):
                 if time.monotonic() >= deadline:
                     return False
-                if not self._poll().advanced:
+                step = self._poll()
+                if self._blocked(position, wanted):
+                    return False
+                if not step.advanced:
                     time.sleep(0.005)
             return True
         with self._changed:
@@ -239,7 +345,7 @@ class ReadModels:
                 self._wake.set()
                 while not self._reached_locked(position, wanted):
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if remaining <= 0 or self._blocked_locked(position, wanted):
                         return False
                     self._changed.wait(remaining)
                 return True
@@ -249,21 +355,31 @@ class ReadModels:
     # --- operations -----------------------------------------------------------------
 
     def status(self) -> list[ProjectionStatus]:
+        """Each read model's position and lag, and whether it is failing (seen here or by any process)."""
         self._setup()
         head = self.runner.head()
         active = self.runner.active()
+        recorded = self.runner.failures(list(active.values()))
+        with self._changed:
+            local = {name: failing.error for name, failing in self._failing.items()}
         result = []
         for name, projection in self.projections.items():
             generation = active.get(name)
             position = generation.position if generation else 0
+            lag = max(0, head - position)
+            failure = recorded.get(name)
+            error = local.get(name) or (failure.error if failure else None) or (self._stalled if lag else None)
             result.append(
                 ProjectionStatus(
                     name=name,
                     version=generation.version if generation else None,
                     position=position,
-                    lag=max(0, head - position),
+                    lag=lag,
                     generation=generation.generation if generation else None,
                     code_version=projection.VERSION,
+                    state="failing" if error else "catching_up" if lag else "ok",
+                    error=error,
+                    failing_since=failure.first_failed_at if failure else None,
                 )
             )
         return result

@@ -145,3 +145,55 @@ def delete_generation(conn: Connection, generation: Generation) -> None:
     conn.execute(
         delete(STATE).where(and_(STATE.c.name == generation.name, STATE.c.generation == generation.generation))
     )
+
+
+# A read model that cannot apply an event: reported by whichever process tried, read by every
+# process's status. Current only while its generation is still at `position` (once it moves on,
+# the row is stale and dropped), so a process running fixed code clears it by advancing.
+FAILURES = Table(
+    "kl_projection_failures",
+    MetaData(),
+    Column("name", String(64), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),  # the last one applied: the failing event is after it
+    Column("error", String(300), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_failed_at", UTCDateTime, nullable=False),
+    Column("last_failed_at", UTCDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    name: str
+    generation: int
+    position: int
+    error: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+
+def record_failure(conn: Connection, generation: Generation, error: str, now: datetime) -> Failure:
+    """Record (or count again) that `generation` failed to apply the events after its position."""
+    row = conn.execute(select(FAILURES).where(FAILURES.c.name == generation.name).with_for_update()).first()
+    same = row is not None and (row.generation, row.position) == (generation.generation, generation.position)
+    failure = Failure(
+        generation.name,
+        generation.generation,
+        generation.position,
+        error[:300],
+        row.attempts + 1 if same and row is not None else 1,
+        row.first_failed_at if same and row is not None else now,
+        now,
+    )
+    conn.execute(delete(FAILURES).where(FAILURES.c.name == generation.name))
+    conn.execute(insert(FAILURES).values(**vars(failure)))
+    return failure
+
+
+def current_failures(conn: Connection, active: Collection[Generation]) -> dict[str, Failure]:
+    """The failures of the active generations still stuck where they failed."""
+    at = {(g.name, g.generation): g.position for g in active}
+    failures = [Failure(*row) for row in conn.execute(select(FAILURES))]
+    return {f.name: f for f in failures if at.get((f.name, f.generation)) == f.position}

@@ -21,18 +21,18 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, Uuid, func, select
+from sqlalchemy import BigInteger, Column, Date, MetaData, Table, Uuid, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
+from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.usage import UsageBatch
 from projections.base import FoldingProjection, Positioned, Tables, table_name
-from projections.db import CLUSTERED, UTCDateTime, upsert
+from projections.db import CLUSTERED, StorableText, UTCDateTime, upsert
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
 TOP_ENDPOINTS = 5
-MAX_ENDPOINT_LENGTH = 200
 
 
 class UsageBucket(NamedTuple):
@@ -113,7 +113,7 @@ class UsageProjection(FoldingProjection[UsageSums]):
             metadata,
             Column("key_id", Uuid, primary_key=True),
             Column("day", Date, primary_key=True),
-            Column("endpoint", String(MAX_ENDPOINT_LENGTH), primary_key=True),
+            Column("endpoint", StorableText(MAX_ENDPOINT_LENGTH), primary_key=True),
             Column("workspace_id", Uuid, nullable=False, index=True),
             Column("requests", BigInteger, nullable=False),
             **CLUSTERED,
@@ -159,7 +159,7 @@ class UsageProjection(FoldingProjection[UsageSums]):
             _add(by_day, (key, day), counts)
         by_endpoint: dict[tuple[str, date, str], int] = defaultdict(int)
         for (key, day, endpoint), count in endpoints.items():
-            by_endpoint[key, day, endpoint[:MAX_ENDPOINT_LENGTH]] += count
+            by_endpoint[key, day, storable_text(endpoint[:MAX_ENDPOINT_LENGTH])] += count
         ids = {text: UUID(text) for text in workspace_of.keys() | workspace_of.values()}
         # Value tuples in each table's column order (see define_tables).
         upsert(

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from domain.application import KeyLedger
+from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.usage import MAX_ENTRIES_PER_BATCH, UsageCount
-from projections.usage import MAX_ENDPOINT_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class UsageRecorder:
         """Count one answer to a key. Cheap and thread-safe; never touches the store."""
         moment = (at or datetime.now(UTC)).astimezone(UTC)
         minute = moment.replace(second=0, microsecond=0)
-        slot = (key_id, workspace_id, minute, endpoint[:MAX_ENDPOINT_LENGTH], status)
+        slot = (key_id, workspace_id, minute, storable_text(endpoint[:MAX_ENDPOINT_LENGTH]), status)
         with self._lock:
             self._counts[slot] += 1
             self._answers += 1

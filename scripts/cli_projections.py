@@ -30,6 +30,7 @@ from domain.application import KeyLedger
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ProjectionNotReady, ReadModels
+from scripts.cli_output import json_default
 
 projections_app = typer.Typer(
     help="Read models: follow the event stream, show their status, rebuild them.", no_args_is_help=True
@@ -103,14 +104,15 @@ def status(
         rows = models.status()
     if as_json:
         for row in rows:
-            typer.echo(json.dumps(dataclasses.asdict(row)))
+            typer.echo(json.dumps(dataclasses.asdict(row), default=json_default))
         return
-    table = Table("name", "version", "position", "lag", "generation")
+    table = Table("name", "version", "position", "lag", "generation", "state")
     for row in rows:
         version = "-" if row.version is None else str(row.version)
         if row.version != row.code_version:
             version += f" (code: {row.code_version}, rebuild needed)"
-        table.add_row(row.name, version, str(row.position), str(row.lag), str(row.generation or "-"))
+        state = f"{row.state}: {row.error}" if row.error else row.state
+        table.add_row(row.name, version, str(row.position), str(row.lag), str(row.generation or "-"), state)
     Console().print(table)
 
 

@@ -6,7 +6,6 @@ access query are rebuilt from the events themselves.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -20,6 +19,7 @@ from api.schemas import (
     KeyAccessPublic,
     KeyPublic,
     KeyStateAtPublic,
+    UtcTime,
 )
 from domain.access import keys_with_access
 from domain.errors import InvalidInput, KeyNotFound
@@ -48,7 +48,7 @@ def _state(state: KeyStateAt) -> KeyStateAtPublic:
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise InvalidInput("cursor must be a value of next_cursor from an earlier page")
     return int(cursor)
 
@@ -66,7 +66,7 @@ def key_history(ws: UUID, key: UUID, services: ServicesDep, caller: AuditorCalle
 def key_state_at(
     ws: UUID,
     key: UUID,
-    at: Annotated[datetime, Query(description="RFC 3339 time, e.g. 2027-03-03T14:00:00Z")],
+    at: Annotated[UtcTime, Query(description="RFC 3339 time, e.g. 2027-03-03T14:00:00Z")],
     services: ServicesDep,
     caller: AuditorCaller,
 ) -> KeyStateAtPublic:
@@ -81,8 +81,8 @@ def audit_log(
     caller: AuditorCaller,
     key: UUID | None = None,
     type: Annotated[list[str] | None, Query(description="event type; repeat for several")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: UtcTime | None = None,
+    until: UtcTime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
@@ -99,7 +99,7 @@ def audit_log(
 def access_at(
     ws: UUID,
     scope: str,
-    at: datetime,
+    at: UtcTime,
     services: ServicesDep,
     caller: AuditorCaller,
 ) -> AccessList:

@@ -5,19 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import ServicesDep
+from api.problems import problem
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz(services: ServicesDep) -> dict[str, Any]:
-    return {
-        "status": "ok",
-        "projections": {s.name: {"position": s.position, "lag": s.lag} for s in services.read_models.status()},
-    }
+async def healthz() -> dict[str, Any]:
+    """Liveness: answers at once, whatever the dependencies (those are `/readyz`'s)."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "starting: the store is being opened or the read models caught up"}},
+)
+def readyz(services: ServicesDep) -> Response:
+    """Readiness: 503 until start-up is done, then 200 with each dependency's state (`degraded` while one is down).
+
+    A shared outage leaves every process `degraded` but in the load balancer: each still answers what it can.
+    """
+    if not services.ready:
+        return problem(
+            503, "Not ready", "starting up: opening the store, catching up", "not-ready", {"Retry-After": "1"}
+        )
+    return JSONResponse(services.readiness())
 
 
 @router.get("/metrics", response_class=Response)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
 from fastapi import APIRouter
 
 from api.deps import AdminCaller, ServicesDep
-from api.schemas import EndpointCount, KeyUsagePublic, UsageList, UsagePoint
+from api.schemas import EndpointCount, KeyUsagePublic, UsageList, UsagePoint, UtcTime
 from projections.usage import UsageBucket, rebucket
 
 router = APIRouter(prefix="/v1/workspaces/{ws}", tags=["usage"])
@@ -29,8 +28,8 @@ def usage(
     services: ServicesDep,
     caller: AdminCaller,
     key: UUID | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: UtcTime | None = None,
+    until: UtcTime | None = None,
     bucket: Literal["minute", "hour", "day"] | None = None,
 ) -> UsageList:
     """`bucket` replaces the minute series by `series`, summed per UTC minute, hour or day (a chart's steps)."""

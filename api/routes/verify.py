@@ -11,11 +11,10 @@ from api.deps import bearer_token, services_of
 from api.problems import ApiProblem, refusal_for
 from api.schemas import RateLimitInfo, VerifyRequest, VerifyResponse
 from api.verification import Answer, needed_scope
+from domain.text import MAX_ENDPOINT_LENGTH
 from keyledger.services import Services
 
 router = APIRouter(tags=["verification"])
-
-MAX_ENDPOINT = 200
 
 
 def forwarded_request(method: str, uri: str) -> tuple[str, str]:
@@ -23,7 +22,7 @@ def forwarded_request(method: str, uri: str) -> tuple[str, str]:
     scope, path = needed_scope(method, uri)
     if scope is None:
         raise ApiProblem("X-Forwarded-Uri names no resource (its first path segment is empty)")
-    return scope, f"{method.upper()} {path}"[:MAX_ENDPOINT]
+    return scope, f"{method.upper()} {path}"[:MAX_ENDPOINT_LENGTH]
 
 
 async def _decide(services: Services, secret: str | None, scope: str | None, endpoint: str, via: str) -> Answer:

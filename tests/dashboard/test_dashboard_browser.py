@@ -106,6 +106,8 @@ def test_admin_sees_usage_rotates_and_revokes_keys(server: Server, dashboard: Da
 
     page.click("#close-secret")
     page.wait_for_selector("#secret-dialog", state="hidden")
+    # The dialog's `close` event (which clears the secret) is dispatched after it hides.
+    page.wait_for_function("document.getElementById('new-secret').textContent === ''", timeout=5000)
     assert secret not in page.content()  # shown once
     assert page.inner_text("#new-secret") == ""
 
