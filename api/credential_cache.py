@@ -18,25 +18,14 @@ from uuid import UUID
 from eventsourcing.utils import get_topic
 
 from api.change_feed import ChangeFeed
-from domain.application import KeyLedger
+from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
-from domain.keys import ApiKey
 from domain.verification import KeyCredentials
-from domain.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-LIFECYCLE_TOPICS = [
-    get_topic(cls)
-    for cls in (
-        ApiKey.KeyIssued,
-        ApiKey.ScopesGranted,
-        ApiKey.ScopesRevoked,
-        ApiKey.KeyRotated,
-        ApiKey.KeyRevoked,
-        Workspace.PlanChanged,
-    )
-]
+# The events that change credentials, as they declare themselves (domain.effects).
+CREDENTIAL_TOPICS = [get_topic(cls) for cls in CREDENTIAL_EVENTS]
 
 
 @dataclass(frozen=True)
@@ -130,7 +119,7 @@ class CredentialCache:
         while not self._stop.wait(interval):
             try:
                 notifications = self.ledger.recorder.select_notifications(
-                    start=position, limit=500, topics=LIFECYCLE_TOPICS, inclusive_of_start=False
+                    start=position, limit=500, topics=CREDENTIAL_TOPICS, inclusive_of_start=False
                 )
             except Exception:  # the store may be briefly unavailable; try again next tick
                 log.warning("credential cache follower could not read the event stream", exc_info=True)

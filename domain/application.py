@@ -4,6 +4,11 @@ Every command loads the aggregates it needs, lets them check their rules, and
 saves all resulting events in one atomic `save()`. Commands return what a
 caller can wait on: the changed aggregates and the stream position of the
 last event recorded (None when the command changed nothing).
+
+The application owns a command's effects beyond the store: after every save it
+hands the effects attached by the composition root (`after_save`) what was saved,
+with the ids whose cached credentials went stale, read from the events'
+own declarations (`domain.effects`). No caller lists ids.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import EnvType
 
 from domain import credentials
-from domain.errors import ConcurrentModification, KeyNotFound, MalformedSecret, WorkspaceNotFound
+from domain.effects import changes_credentials, declared, event_classes
+from domain.errors import ConcurrentModification, KeyNotFound, WorkspaceNotFound
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.plans import parse_plan
 from domain.scopes import ADMIN, ScopeCatalog
 from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch, UsageCount
-from domain.verification import VerifyCode, check_credentials
 from domain.workspace import Workspace
 
 OPERATOR = "operator"
@@ -64,6 +69,27 @@ class KeyUpdate:
     position: int | None
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What one save recorded, as the after-save effects see it."""
+
+    position: int  # of the last event
+    events: tuple[Any, ...]
+    changed: frozenset[UUID]  # keys and workspaces whose cached credentials or limits are stale now
+
+    @property
+    def lifecycle(self) -> bool:
+        """Whether a command saved it (not only usage): its caller reads its own writes."""
+        return any(not isinstance(e, UsageBatch.UsageRecorded) for e in self.events)
+
+
+AfterSave = Callable[[Saved], None]
+
+AGGREGATES = (Workspace, ApiKey, UsageBatch)
+EVENT_CLASSES = event_classes(AGGREGATES)
+CREDENTIAL_EVENTS = tuple(c for c in EVENT_CLASSES if declared(c))
+
+
 def _last_position(recordings: list[Recording[UUID]]) -> int:
     return max(r.notification.id for r in recordings)
 
@@ -85,6 +111,20 @@ class KeyLedger(Application[UUID]):
         super().__init__(env)
         self.catalog = catalog or ScopeCatalog()
         self.clock = clock
+        self._after_save: list[AfterSave] = []
+
+    def after_save(self, effect: AfterSave) -> None:
+        """Run `effect` after every save, in the saving thread, before the command returns."""
+        self._after_save.append(effect)
+
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+        if not recordings or not self._after_save:
+            return
+        events = tuple(r.domain_event for r in recordings)
+        changed = frozenset(e.originator_id for e in events if changes_credentials(e))
+        saved = Saved(_last_position(recordings), events, changed)
+        for effect in self._after_save:
+            effect(saved)
 
     # --- plumbing ---------------------------------------------------------
 
@@ -124,20 +164,6 @@ class KeyLedger(Application[UUID]):
         if not isinstance(key, ApiKey) or (workspace_id is not None and key.workspace_id != workspace_id):
             raise KeyNotFound(f"key {key_id} not found")
         return key
-
-    def authenticate(self, secret: str, needed_scope: str | None = None) -> tuple[VerifyCode, ApiKey | None]:
-        """Check a presented secret against the store (the API answers from memory instead)."""
-        try:
-            key_id = credentials.key_id_of(secret)
-        except MalformedSecret:
-            return VerifyCode.NOT_FOUND, None
-        try:
-            key = self.get_key(key_id)
-        except KeyNotFound:
-            return VerifyCode.NOT_FOUND, None
-        needed = self.catalog.parse(needed_scope) if needed_scope is not None else None
-        code = check_credentials(key.credentials(self.catalog), credentials.digest(secret), needed, self.clock())
-        return code, key if code is not VerifyCode.NOT_FOUND else None
 
     # --- workspace commands -----------------------------------------------
 

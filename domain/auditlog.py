@@ -28,7 +28,7 @@ class EventInfo:
     occurred_at: datetime
     actor: str | None
     key_id: UUID | None
-    workspace_id: UUID | None  # None for a key event after issue: the caller knows it from KeyIssued
+    workspace_id: UUID | None  # None for a v1 key event after issue: the caller knows it from KeyIssued
     data: dict[str, Any]  # JSON-ready
 
 
@@ -38,7 +38,7 @@ def describe(event: Any) -> EventInfo:
     workspace_id: UUID | None = None
     if isinstance(event, ApiKey.Event):
         key_id = event.originator_id
-        workspace_id = getattr(event, "workspace_id", None)  # only KeyIssued carries it
+        workspace_id = event.workspace_id  # None in events stored by v1 code after KeyIssued
     elif isinstance(event, Workspace.Event):
         workspace_id = event.originator_id
         key_id = getattr(event, "key_id", None)  # slot taken or released
@@ -57,7 +57,7 @@ def safe_data(fields: dict[str, Any]) -> dict[str, Any]:
     """An event's own fields, JSON-ready; a digest becomes its public fingerprint."""
     data: dict[str, Any] = {}
     for name, value in fields.items():
-        if name in _ENVELOPE:
+        if name in _ENVELOPE or (name == "workspace_id" and value is None):  # not recorded by v1 key events
             continue
         if name == "secret_digest":
             data["secret_fingerprint"] = fingerprint(value)

@@ -95,15 +95,6 @@ def replay(ledger: KeyLedger, key_id: UUID, at: datetime | None = None, workspac
     return Replay(timeline, _state_of(ledger, key, at, last.originator_version, last.timestamp))
 
 
-def history(ledger: KeyLedger, key_id: UUID, workspace_id: UUID | None = None) -> list[TimelineEntry]:
-    """Every event of the key, oldest first, from the event store."""
-    _issued_event(ledger, key_id, workspace_id)
-    positions = _positions(ledger, key_id)
-    return [
-        TimelineEntry(positions.get(event.originator_version), describe(event)) for event in _events(ledger, key_id)
-    ]
-
-
 # --- helpers ---------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain.effects import credentials
 from domain.errors import (
     InvalidExpiry,
     InvalidGracePeriod,
@@ -79,7 +80,22 @@ class KeyState:
 
 
 class ApiKey(Aggregate):
+    class Event(Aggregate.Event):
+        """Every key event names the key's workspace (from v2), so no reader has to look it up.
+
+        Events stored by v1 code did not (KeyIssued always did): they read as None.
+        """
+
+        class_version = 2
+        workspace_id: UUID | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("workspace_id", None)
+
+    @credentials(changes=True)
     class KeyIssued(Aggregate.Created):
+        class_version = 1  # carried the workspace from the start: nothing to upcast
         workspace_id: UUID
         name: str
         scopes: list[str]
@@ -87,25 +103,29 @@ class ApiKey(Aggregate):
         secret_digest: str
         actor: str
 
-    class ScopesGranted(Aggregate.Event):
+    @credentials(changes=True)
+    class ScopesGranted(Event):
         scopes: list[str]
         actor: str
 
         def apply(self, key: ApiKey) -> None:
             key.scopes = sorted(set(key.scopes) | set(self.scopes))
 
-    class ScopesRevoked(Aggregate.Event):
+    @credentials(changes=True)
+    class ScopesRevoked(Event):
         scopes: list[str]
         actor: str
 
         def apply(self, key: ApiKey) -> None:
             key.scopes = sorted(set(key.scopes) - set(self.scopes))
 
-    class KeyRotated(Aggregate.Event):
+    @credentials(changes=True)
+    class KeyRotated(Event):
         # v2 records the moment the previous secret stops working, decided once at rotation.
         # v1 held only the requested grace_seconds, so every reader (key read model, audit
         # trail and export, verification) had to recompute timestamp + grace on its own.
-        class_version = 2
+        # v3 names the workspace, as every key event does.
+        class_version = 3
 
         secret_digest: str
         grace_seconds: int
@@ -116,6 +136,10 @@ class ApiKey(Aggregate):
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state["previous_valid_until"] = state["timestamp"] + timedelta(seconds=state["grace_seconds"])
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state.setdefault("workspace_id", None)
+
         def apply(self, key: ApiKey) -> None:
             # Only one previous secret is honoured: the one this rotation replaces.
             key.previous_digest = key.secret_digest
@@ -123,7 +147,8 @@ class ApiKey(Aggregate):
             key.secret_digest = self.secret_digest
             key.rotated_at = self.timestamp
 
-    class KeyRevoked(Aggregate.Event):
+    @credentials(changes=True)
+    class KeyRevoked(Event):
         reason: str | None
         actor: str
 
@@ -248,7 +273,7 @@ class ApiKey(Aggregate):
         if not new:
             return False
         check_scope_count(self.scopes + new)
-        self.trigger_event(self.ScopesGranted, scopes=new, actor=actor)
+        self.trigger_event(self.ScopesGranted, workspace_id=self.workspace_id, scopes=new, actor=actor)
         return True
 
     def revoke_scopes(self, scopes: list[str], actor: str) -> bool:
@@ -257,7 +282,7 @@ class ApiKey(Aggregate):
         held = sorted(set(scopes) & set(self.scopes))
         if not held:
             return False
-        self.trigger_event(self.ScopesRevoked, scopes=held, actor=actor)
+        self.trigger_event(self.ScopesRevoked, workspace_id=self.workspace_id, scopes=held, actor=actor)
         return True
 
     def rotate(self, new_secret_digest: str, grace_seconds: int, actor: str) -> None:
@@ -266,6 +291,7 @@ class ApiKey(Aggregate):
         now = self.KeyRotated.create_timestamp()
         self.trigger_event(
             self.KeyRotated,
+            workspace_id=self.workspace_id,
             timestamp=now,
             secret_digest=new_secret_digest,
             grace_seconds=grace,
@@ -277,4 +303,4 @@ class ApiKey(Aggregate):
         self._check_not_revoked()
         if reason is not None:
             check_text(reason, "reason", MAX_REASON_LENGTH, error=InvalidReason, controls=True)
-        self.trigger_event(self.KeyRevoked, reason=reason, actor=actor)
+        self.trigger_event(self.KeyRevoked, workspace_id=self.workspace_id, reason=reason, actor=actor)

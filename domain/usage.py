@@ -15,6 +15,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain.effects import credentials
+
 # Keeps one save() small: large PostgreSQL saves can hang (EVENTSOURCING-NOTES).
 MAX_ENTRIES_PER_BATCH = 1000
 
@@ -53,6 +55,7 @@ class UsageCount:
 
 
 class UsageBatch(Aggregate):
+    @credentials(changes=False)
     class UsageRecorded(Aggregate.Created):
         entries: list[dict[str, Any]]
         actor: str

@@ -12,6 +12,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain.effects import credentials
 from domain.errors import InvalidName, KeyLimitReached
 from domain.plans import Plan, limits_for
 from domain.text import check_text
@@ -28,6 +29,7 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 class Workspace(Aggregate):
+    @credentials(changes=False)
     class WorkspaceCreated(Aggregate.Created):
         name: str
         plan: str
@@ -35,6 +37,7 @@ class Workspace(Aggregate):
         requests_per_day: int
         actor: str
 
+    @credentials(changes=True)
     class PlanChanged(Aggregate.Event):
         plan: str
         requests_per_minute: int
@@ -46,6 +49,7 @@ class Workspace(Aggregate):
             workspace.requests_per_minute = self.requests_per_minute
             workspace.requests_per_day = self.requests_per_day
 
+    @credentials(changes=False)
     class KeySlotTaken(Aggregate.Event):
         key_id: UUID
         actor: str
@@ -53,6 +57,7 @@ class Workspace(Aggregate):
         def apply(self, workspace: Workspace) -> None:
             workspace.live_key_ids.append(self.key_id)
 
+    @credentials(changes=False)
     class KeySlotReleased(Aggregate.Event):
         key_id: UUID
         actor: str

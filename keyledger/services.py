@@ -7,7 +7,6 @@ import os
 import socket
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import redis
 
@@ -16,7 +15,7 @@ from api.credential_cache import CredentialCache
 from api.metrics import Metrics
 from api.quotas import QuotaGate
 from api.verification import VerificationService
-from domain.application import KeyLedger
+from domain.application import AfterSave, KeyLedger, Saved
 from keyledger.bootstrap import open_ledger
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
@@ -58,9 +57,34 @@ def open_change_feed(settings: Settings) -> ChangeFeed:
     return feed
 
 
+def publish_changes(feed: ChangeFeed, cache: CredentialCache | None = None) -> AfterSave:
+    """The after-save effect telling every process (and this one's cache) which credentials changed."""
+
+    def publish(saved: Saved) -> None:
+        if saved.changed:
+            feed.publish(saved.changed, saved.position)
+            if cache is not None:
+                cache.invalidate(*saved.changed)
+
+    return publish
+
+
+def open_command_ledger(settings: Settings) -> KeyLedger:
+    """The application for a process that makes commands without serving (the CLI).
+
+    With Redis configured its changes reach every API process before it returns, as an
+    API command's do; without, API processes see them through their stream follower.
+    """
+    ledger = open_ledger(settings)
+    if settings.redis_url:
+        ledger.after_save(publish_changes(open_change_feed(settings)))
+    return ledger
+
+
 def build_verification(settings: Settings, ledger: KeyLedger) -> VerificationStack:
     feed = open_change_feed(settings)
     cache = CredentialCache(ledger, feed)
+    ledger.after_save(publish_changes(feed, cache))
     quotas = QuotaGate(settings.redis_url)
     usage = UsageRecorder(ledger, actor=f"api:{socket.gethostname()}:{os.getpid()}")
     metrics = Metrics()
@@ -93,20 +117,15 @@ class Services:
     def metrics(self) -> Metrics:
         return self.stack.metrics
 
-    def settle(self, position: int | None, *changed: UUID) -> None:
-        """Make a command's effects visible before it is answered.
+    def settle(self, saved: Saved) -> None:
+        """After every save (the application calls it): make a command's effects visible before it answers.
 
-        Every process learns of the changed ids (so a revoked key is refused at
-        once), and the read models here catch up to the command's position.
+        Every process learns of the ids whose credentials changed (so a revoked key is
+        refused at once), and the read models here catch up to the command's position.
         """
-        if position is None:
-            return
-        if changed:
-            self.stack.feed.publish(changed, position)
-            self.stack.cache.invalidate(*changed)
         self.read_models.nudge()
-        if not self.read_models.wait(position, timeout=self.settle_timeout):
-            log.warning("read models did not reach position %s within %ss", position, self.settle_timeout)
+        if saved.lifecycle and not self.read_models.wait(saved.position, timeout=self.settle_timeout):
+            log.warning("read models did not reach position %s within %ss", saved.position, self.settle_timeout)
 
     def start(self) -> None:
         """Open everything and catch up; a read model that fails is reported, never a reason not to start."""
@@ -163,7 +182,9 @@ def build_services(settings: Settings) -> Services:
     ledger = open_ledger(settings)
     read_models = ReadModels(settings, ledger)
     stack = build_verification(settings, ledger)
+    services = Services(settings, ledger, read_models, stack, "", None)
+    ledger.after_save(services.settle)
     stack.metrics.watch_read_models(read_models.status, lambda: read_models.failure_counts)
     configured = settings.operator_token.get_secret_value() if settings.operator_token else None
-    digest, generated = ensure_operator_token(read_models.engine, configured)
-    return Services(settings, ledger, read_models, stack, digest, generated)
+    services.operator_digest, services.generated_operator_token = ensure_operator_token(read_models.engine, configured)
+    return services

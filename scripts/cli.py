@@ -20,7 +20,7 @@ from domain.errors import DomainError, InvalidInput
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.timefmt import parse_rfc3339
 from domain.workspace import Workspace
-from keyledger.bootstrap import open_ledger
+from keyledger.services import open_command_ledger
 from keyledger.settings import Settings, StartupError
 from scripts.cli_audit import audit_app
 from scripts.cli_output import emit
@@ -38,7 +38,7 @@ app.add_typer(projections_app, name="projections")
 
 
 def _ledger() -> KeyLedger:
-    return open_ledger(Settings())
+    return open_command_ledger(Settings())
 
 
 def _uuid(text: str, what: str) -> UUID:

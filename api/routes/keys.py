@@ -23,7 +23,6 @@ def _public(services: Services, key: ApiKey) -> KeyPublic:
 @router.post("", status_code=201, response_model=KeyWithSecret)
 def issue_key(ws: UUID, body: KeyIssue, services: ServicesDep, caller: AdminCaller) -> KeyWithSecret:
     issued = services.ledger.issue_key(ws, body.name, body.scopes, caller.actor, body.expires_at)
-    services.settle(issued.position, issued.key.id, ws)
     return KeyWithSecret(key=_public(services, issued.key), secret=issued.secret)
 
 
@@ -50,7 +49,6 @@ def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> 
 @router.post("/{key}/scopes", response_model=KeyPublic)
 def grant_scopes(ws: UUID, key: UUID, body: ScopeGrant, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
     update = services.ledger.grant_scopes(key, body.scopes, caller.actor, workspace_id=ws)
-    services.settle(update.position, key)
     return _public(services, update.key)
 
 
@@ -63,7 +61,6 @@ def revoke_scope(
     caller: AdminCaller,
 ) -> KeyPublic:
     update = services.ledger.revoke_scopes(key, [scope], caller.actor, workspace_id=ws)
-    services.settle(update.position, key)
     return _public(services, update.key)
 
 
@@ -73,7 +70,6 @@ def rotate_key(
 ) -> KeyWithSecret:
     grace = (body or Rotate()).grace_seconds
     rotated = services.ledger.rotate_key(key, caller.actor, grace, workspace_id=ws)
-    services.settle(rotated.position, key)
     return KeyWithSecret(key=_public(services, rotated.key), secret=rotated.secret)
 
 
@@ -82,5 +78,4 @@ def revoke_key(
     ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller, body: Revoke | None = None
 ) -> KeyPublic:
     update = services.ledger.revoke_key(key, caller.actor, (body or Revoke()).reason, workspace_id=ws)
-    services.settle(update.position, key, ws)
     return _public(services, update.key)

@@ -23,7 +23,6 @@ router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"])
 def create_workspace(body: WorkspaceCreate, services: ServicesDep, actor: OperatorDep) -> WorkspaceCreated:
     ledger = services.ledger
     created = ledger.create_workspace(body.name, body.plan, actor, body.requests_per_minute, body.requests_per_day)
-    services.settle(created.position, created.workspace.id, created.admin_key.id)
     state = created.admin_key.state(ledger.clock(), ledger.catalog)
     return WorkspaceCreated(
         workspace=WorkspacePublic.of(created.workspace),
@@ -34,7 +33,6 @@ def create_workspace(body: WorkspaceCreate, services: ServicesDep, actor: Operat
 @router.put("/{ws}/plan", response_model=WorkspacePublic)
 def change_plan(ws: UUID, body: PlanChange, services: ServicesDep, actor: OperatorDep) -> WorkspacePublic:
     update = services.ledger.change_plan(ws, body.plan, actor, body.requests_per_minute, body.requests_per_day)
-    services.settle(update.position, ws)
     return WorkspacePublic.of(update.workspace)
 
 

@@ -12,7 +12,7 @@ import pytest
 from domain.application import KeyLedger
 from domain.credentials import digest, fingerprint
 from domain.errors import InvalidInput, KeyNotFound
-from domain.history import KeyNotYetIssued, KeyStateAt, history, replay, state_at
+from domain.history import KeyNotYetIssued, KeyStateAt, replay, state_at
 from domain.keys import ApiKey
 
 TICK = timedelta(microseconds=1)
@@ -118,7 +118,9 @@ def test_state_never_shows_a_digest_or_secret(audited: KeyLedger):
     issued = audited.issue_key(ws, "ci", ["read:nodes"])
     rotated = audited.rotate_key(issued.key.id, grace_seconds=60)
 
-    shown = repr(state_at(audited, issued.key.id, datetime.now(UTC), ws)) + repr(history(audited, issued.key.id))
+    shown = repr(state_at(audited, issued.key.id, datetime.now(UTC), ws)) + repr(
+        replay(audited, issued.key.id).timeline
+    )
 
     for secret in (issued.secret, rotated.secret):
         assert secret not in shown
@@ -164,7 +166,7 @@ def test_history_lists_events_in_append_order_with_their_positions(audited: KeyL
     granted = audited.grant_scopes(issued.key.id, ["read:edges"])
     revoked = audited.revoke_key(issued.key.id)
 
-    entries = history(audited, issued.key.id, ws)
+    entries = replay(audited, issued.key.id, workspace_id=ws).timeline
 
     assert [e.event.type for e in entries] == ["KeyIssued", "ScopesGranted", "KeyRevoked"]
     assert [e.event.version for e in entries] == [1, 2, 3]

@@ -23,6 +23,7 @@ from domain.keys import ApiKey
 from domain.verification import VerifyCode
 from domain.workspace import MAX_LIVE_KEYS, Workspace
 from tests.storage import dump_rows
+from tests.verdicts import store_verdict
 
 
 def event_classes(aggregate_class: type) -> set[str]:
@@ -38,22 +39,22 @@ def test_a_key_lives_its_whole_lifecycle(ledger: KeyLedger):
     created = ledger.create_workspace("acme", "starter")
     issued = ledger.issue_key(created.workspace.id, "ci", ["read:nodes"], actor=str(created.admin_key.id))
 
-    assert ledger.authenticate(issued.secret, "read:nodes")[0] is VerifyCode.VALID
-    assert ledger.authenticate(issued.secret, "write:nodes")[0] is VerifyCode.INSUFFICIENT_SCOPE
+    assert store_verdict(ledger, issued.secret, "read:nodes") is VerifyCode.VALID
+    assert store_verdict(ledger, issued.secret, "write:nodes") is VerifyCode.INSUFFICIENT_SCOPE
 
     ledger.grant_scopes(issued.key.id, ["write:nodes"])
-    assert ledger.authenticate(issued.secret, "write:nodes")[0] is VerifyCode.VALID
+    assert store_verdict(ledger, issued.secret, "write:nodes") is VerifyCode.VALID
 
     ledger.revoke_scopes(issued.key.id, ["write:nodes"])
-    assert ledger.authenticate(issued.secret, "write:nodes")[0] is VerifyCode.INSUFFICIENT_SCOPE
+    assert store_verdict(ledger, issued.secret, "write:nodes") is VerifyCode.INSUFFICIENT_SCOPE
 
     rotated = ledger.rotate_key(issued.key.id, grace_seconds=60)
-    assert ledger.authenticate(rotated.secret, "read:nodes")[0] is VerifyCode.VALID
-    assert ledger.authenticate(issued.secret, "read:nodes")[0] is VerifyCode.VALID  # within grace
+    assert store_verdict(ledger, rotated.secret, "read:nodes") is VerifyCode.VALID
+    assert store_verdict(ledger, issued.secret, "read:nodes") is VerifyCode.VALID  # within grace
 
     ledger.revoke_key(issued.key.id, reason="done")
-    assert ledger.authenticate(rotated.secret)[0] is VerifyCode.REVOKED
-    assert ledger.authenticate(issued.secret)[0] is VerifyCode.REVOKED
+    assert store_verdict(ledger, rotated.secret) is VerifyCode.REVOKED
+    assert store_verdict(ledger, issued.secret) is VerifyCode.REVOKED
     assert ledger.get_workspace(created.workspace.id).live_keys == 1
     with pytest.raises(KeyAlreadyRevoked):
         ledger.grant_scopes(issued.key.id, ["read:edges"])

@@ -152,7 +152,7 @@ def write_as_older_code(ledger: KeyLedger) -> tuple[ApiKey, int]:
     )
     workspace.take_key_slot(key_id, "operator")
     ledger.save(workspace, key)
-    key.trigger_event(ApiKey.KeyRevoked, reason="leaked\x00here", actor="operator")
+    key.trigger_event(ApiKey.KeyRevoked, workspace_id=workspace.id, reason="leaked\x00here", actor="operator")
     ledger.save(key)
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     count = UsageCount(key_id, workspace.id, minute, "GET /x\x00y", 200, 3)

@@ -13,6 +13,7 @@ from domain.application import KeyLedger, utc_now
 from domain.keys import ApiKey
 from domain.verification import VerifyCode
 from projections import ReadModels
+from tests.verdicts import store_verdict
 
 
 def test_a_v1_rotation_loads_with_its_grace_end_computed(ledger: KeyLedger, models: ReadModels):
@@ -47,8 +48,8 @@ def test_a_v1_rotation_loads_with_its_grace_end_computed(ledger: KeyLedger, mode
     grace_end = rotated_at + timedelta(seconds=600)
     assert isinstance(event, ApiKey.KeyRotated) and event.previous_valid_until == grace_end
     assert (loaded.rotated_at, loaded.previous_valid_until) == (rotated_at, grace_end)
-    assert ledger.authenticate(new_secret)[0] is VerifyCode.VALID
-    assert ledger.authenticate(old_secret)[0] is VerifyCode.VALID  # within the computed grace
+    assert store_verdict(ledger, new_secret) is VerifyCode.VALID
+    assert store_verdict(ledger, old_secret) is VerifyCode.VALID  # within the computed grace
     models.catch_up()
     state = models.get_key(created.workspace.id, key.id, rotated_at + timedelta(seconds=1))
     assert state is not None and state.previous_secret_valid_until == grace_end
@@ -58,12 +59,40 @@ def test_a_v1_rotation_loads_with_its_grace_end_computed(ledger: KeyLedger, mode
     assert entry.data["grace_seconds"] == 600 and "secret_fingerprint" in entry.data
 
 
-def test_new_rotations_are_stored_as_v2_with_their_grace_end(ledger: KeyLedger):
+def test_new_rotations_are_stored_as_v3_with_their_grace_end_and_workspace(ledger: KeyLedger):
     created = ledger.create_workspace("acme", "pro")
 
     rotated = ledger.rotate_key(created.admin_key.id, grace_seconds=60)
 
     [notification] = ledger.recorder.select_notifications(start=rotated.position, limit=1)
     stored = json.loads(notification.state)
-    assert stored["class_version"] == 2
+    assert stored["class_version"] == 3
+    assert stored["workspace_id"]["_data_"] == created.workspace.id.hex
     assert stored["previous_valid_until"]["_data_"] == (rotated.key.rotated_at + timedelta(seconds=60)).isoformat()
+
+
+def test_v1_key_events_without_a_workspace_load_and_show_as_before(ledger: KeyLedger, models: ReadModels):
+    created = ledger.create_workspace("acme", "pro")
+    key = created.admin_key
+    v1_grant = {"timestamp": utc_now(), "scopes": ["read:nodes"], "actor": "operator"}  # no workspace_id
+    ledger.recorder.insert_events(
+        [
+            StoredEvent(
+                originator_id=key.id,
+                originator_version=key.version + 1,
+                topic=get_topic(ApiKey.ScopesGranted),
+                state=ledger.mapper.transcoder.encode(v1_grant),
+            )
+        ]
+    )
+    revoked = ledger.revoke_scopes(key.id, ["read:nodes"])  # a v2 event: names its workspace
+
+    events = list(ledger.events.get(key.id))
+    models.catch_up()
+    entries = models.history(created.workspace.id, key.id)
+
+    assert events[1].workspace_id is None and events[2].workspace_id == created.workspace.id
+    assert revoked.key.scopes == ["admin"]
+    assert [e.type for e in entries] == ["KeyIssued", "ScopesGranted", "ScopesRevoked"]
+    assert "workspace_id" not in entries[1].data  # shown as v1 code showed it
+    assert entries[2].data["workspace_id"] == str(created.workspace.id)
