@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.context import Services
 from api.routes import audit, dashboard, keys, me, ops, usage, verify, workspaces
-from keyledger.services import Services
 
 
 def create_app(services: Services) -> FastAPI:

@@ -9,11 +9,11 @@ from uuid import UUID
 
 from fastapi import Depends, Path, Request
 
+from api.context import Services
 from api.problems import InsufficientScope, OperatorOnly, Unauthorized, refusal_for
 from domain import credentials
 from domain.errors import WorkspaceNotFound
 from domain.verification import has_scope
-from keyledger.services import Services
 
 
 def services_of(request: Request) -> Services:
@@ -82,7 +82,7 @@ def require_scope(scope: str) -> object:
         if creds.workspace_id != ws:
             raise WorkspaceNotFound(f"workspace {ws} not found")
         if not has_scope(creds.effective_scopes, scope):
-            raise InsufficientScope(scope, services.settings.insufficient_scope_status)
+            raise InsufficientScope(scope, services.insufficient_scope_status)
         return Caller(creds.key_id, creds.workspace_id)
 
     return Depends(dependency)

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.quotas import QuotaDecision
+from adapters.quotas import QuotaDecision
 from api.verification import Answer
 from domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from domain.verification import VerifyCode

@@ -14,9 +14,9 @@ from typing import Protocol
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from api.credential_cache import CachedKey, CredentialCache
+from adapters.credential_cache import CachedKey, CredentialCache
+from adapters.quotas import QuotaDecision, QuotaGate
 from api.metrics import Metrics
-from api.quotas import QuotaDecision, QuotaGate
 from domain import credentials
 from domain.errors import MalformedSecret
 from domain.verification import VerifyCode, check_credentials

@@ -1,5 +1,5 @@
-"""keyledger's domain: aggregates, events and the rules they enforce.
+"""The domain: aggregates, their events and rules, and the KeyLedger application service.
 
-Nothing here knows about HTTP or SQL; the application service talks to the
-event store only through the `eventsourcing` library.
+May import: the standard library and `eventsourcing` only (no SQLAlchemy, FastAPI, Redis,
+psycopg or pydantic: checked by `lint-imports`).
 """

@@ -58,7 +58,7 @@ class Replay:
 
 @runtime_checkable
 class KnowsPositions(Protocol):
-    """The chained recorders (keyledger.auditchain) can map versions to stream positions."""
+    """The chained recorders (adapters.auditchain) can map versions to stream positions."""
 
     def select_positions(self, originator_id: UUID) -> dict[int, int]: ...
 

@@ -10,8 +10,8 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 from psycopg import sql
 
+from adapters.auditchain.writer import chain_env
 from domain.application import KeyLedger
-from keyledger.auditchain.writer import chain_env
 from keyledger.settings import Settings, StartupError
 
 
@@ -25,14 +25,14 @@ def event_store_env(settings: Settings) -> dict[str, str]:
             # Threads share one in-memory database only through a named, shared cache.
             path = f"file:keyledger-{os.getpid()}-{id(settings)}?mode=memory&cache=shared"
         return {
-            # eventsourcing.sqlite, plus the audit chain (keyledger/auditchain)
-            "PERSISTENCE_MODULE": "keyledger.auditchain.sqlite:Factory",
+            # eventsourcing.sqlite, plus the audit chain (adapters/auditchain)
+            "PERSISTENCE_MODULE": "adapters.auditchain.sqlite:Factory",
             "SQLITE_DBNAME": path,
             "SQLITE_LOCK_TIMEOUT": "30",
             **chain_env(audit_key),
         }
     env = {
-        "PERSISTENCE_MODULE": "keyledger.auditchain.postgres:Factory",
+        "PERSISTENCE_MODULE": "adapters.auditchain.postgres:Factory",
         "POSTGRES_DBNAME": url.database or "postgres",
         # TCP, not the unix socket: large saves can hang over the socket (EVENTSOURCING-NOTES).
         "POSTGRES_HOST": url.host or "127.0.0.1",

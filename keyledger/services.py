@@ -10,17 +10,17 @@ from typing import Any
 
 import redis
 
-from api.change_feed import ChangeFeed, MemoryChangeFeed, RedisChangeFeed
-from api.credential_cache import CredentialCache
+from adapters.change_feed import ChangeFeed, MemoryChangeFeed, RedisChangeFeed
+from adapters.credential_cache import CredentialCache
+from adapters.quotas import QuotaGate
+from adapters.usage_recorder import UsageRecorder
 from api.metrics import Metrics
-from api.quotas import QuotaGate
 from api.verification import VerificationService
 from domain.application import AfterSave, KeyLedger, Saved
 from keyledger.bootstrap import open_ledger
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
 from projections import ReadModels
-from projections.usage_buffer import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,10 @@ class Services:
     @property
     def metrics(self) -> Metrics:
         return self.stack.metrics
+
+    @property
+    def insufficient_scope_status(self) -> int:
+        return self.settings.insufficient_scope_status
 
     def settle(self, saved: Saved) -> None:
         """After every save (the application calls it): make a command's effects visible before it answers.

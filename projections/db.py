@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 from sqlalchemy import (
@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 from sqlalchemy.types import TypeDecorator
@@ -36,7 +36,6 @@ from sqlalchemy.types import TypeDecorator
 from domain.errors import InvalidInput
 from domain.text import storable_text
 from domain.timefmt import clamp_utc
-from keyledger.settings import Settings
 
 SQLITE_LOCK_TIMEOUT = 30.0
 _SQLITE_BUSY = 5
@@ -49,7 +48,20 @@ CLUSTERED: dict[str, Any] = {"sqlite_with_rowid": False}
 POSITION = BigInteger().with_variant(Integer(), "sqlite")
 
 
-def create_read_engine(settings: Settings, sqlite_dbname: str | None = None) -> Engine:
+class DatabaseSettings(Protocol):
+    """Where the read models live: what the composition root hands this package (keyledger.settings fits)."""
+
+    @property
+    def url(self) -> URL: ...
+
+    @property
+    def is_postgres(self) -> bool: ...
+
+    @property
+    def database_schema(self) -> str | None: ...
+
+
+def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = None) -> Engine:
     """An engine on the event store's database.
 
     `sqlite_dbname` is the name the event store itself opened (a file path, or a

@@ -9,7 +9,7 @@ deployment's resource catalog) are derived when read, never stored stale.
 
 The rows hold the current and previous secret digests only because they hold the
 whole aggregate; they never leave this table. The API verifies presented secrets
-from the aggregates themselves (`api/credential_cache.py`), not from here.
+from the aggregates themselves (`adapters/credential_cache.py`), not from here.
 """
 
 from __future__ import annotations

@@ -26,10 +26,9 @@ from sqlalchemy.exc import DBAPIError
 from domain.application import KeyLedger
 from domain.errors import InvalidInput
 from domain.keys import KeyState
-from keyledger.settings import Settings
 from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
 from projections.base import Projection, Tables
-from projections.db import create_read_engine, read_transaction
+from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import KeysProjection, select_key, select_workspace_keys
 from projections.runner import Progress, Runner, Step, describe_error
@@ -78,7 +77,7 @@ def default_projections() -> list[Projection]:
 class ReadModels:
     def __init__(
         self,
-        settings: Settings,
+        settings: DatabaseSettings,
         ledger: KeyLedger,
         *,
         projections: Sequence[Projection] | None = None,

@@ -26,9 +26,8 @@ from eventsourcing.utils import get_topic, resolve_topic
 from sqlalchemy import Engine
 
 from domain.application import KeyLedger
-from keyledger.settings import Settings
 from projections.base import Projection
-from projections.db import create_read_engine, read_transaction
+from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.runner import Progress, Runner
 from projections.tracking import Generation, select_generations
 
@@ -40,7 +39,7 @@ PROGRESS_INTERVAL = 0.25
 class FillJob:
     """One worker's share: fill `building` (generations of the projection classes `projections`) up to `stop`."""
 
-    settings: Settings
+    settings: DatabaseSettings
     store_env: dict[str, str]
     projections: list[str]  # the classes' topics: the worker makes its own instances
     topics: list[str]  # of the events they apply: the worker reads no others
@@ -66,7 +65,7 @@ def fill(job: FillJob) -> list[Generation]:
 class Workers:
     def __init__(
         self,
-        settings: Settings,
+        settings: DatabaseSettings,
         ledger: KeyLedger,
         projections: Sequence[Projection],
         batch_size: int,

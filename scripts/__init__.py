@@ -1,1 +1,1 @@
-"""Operational entry points: the `keyledger` command and benchmark scripts."""
+"""Operational entry points: the `keyledger` command and benchmark scripts (may import every package)."""

@@ -23,17 +23,17 @@ from eventsourcing.persistence import Notification
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from adapters.auditchain.links import MAC_SIZE, ChainKey, Link
+from adapters.auditchain.postgres import ChainedPostgresRecorder
+from adapters.auditchain.snapshots import check_snapshots
+from adapters.auditchain.sqlite import ChainedSQLiteRecorder
+from adapters.auditchain.verify import Verdict, verify_chain
+from adapters.auditchain.writer import ENV_STARTUP_CHECK
 from domain.application import KeyLedger
 from domain.auditlog import EventInfo, describe
 from domain.errors import InvalidInput
 from domain.history import replay
 from domain.timefmt import parse_rfc3339
-from keyledger.auditchain.links import MAC_SIZE, ChainKey, Link
-from keyledger.auditchain.postgres import ChainedPostgresRecorder
-from keyledger.auditchain.snapshots import check_snapshots
-from keyledger.auditchain.sqlite import ChainedSQLiteRecorder
-from keyledger.auditchain.verify import Verdict, verify_chain
-from keyledger.auditchain.writer import ENV_STARTUP_CHECK
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from scripts.cli_output import emit, json_default

@@ -7,11 +7,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query
 
+from api.context import Services
 from api.deps import AdminCaller, ServicesDep
 from api.schemas import KeyIssue, KeyList, KeyPublic, KeyWithSecret, Revoke, Rotate, ScopeGrant
 from domain.errors import KeyNotFound
 from domain.keys import ApiKey
-from keyledger.services import Services
 
 router = APIRouter(prefix="/v1/workspaces/{ws}/keys", tags=["keys"])
 

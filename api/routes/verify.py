@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.context import Services
 from api.deps import bearer_token, services_of
 from api.problems import ApiProblem, refusal_for
 from api.schemas import RateLimitInfo, VerifyRequest, VerifyResponse
 from api.verification import Answer, needed_scope
 from domain.text import MAX_ENDPOINT_LENGTH
-from keyledger.services import Services
 
 router = APIRouter(tags=["verification"])
 
@@ -62,7 +62,7 @@ async def forward_auth(
         raise ApiProblem("forward-auth needs the X-Forwarded-Method and X-Forwarded-Uri headers")
     scope, endpoint = forwarded_request(x_forwarded_method, x_forwarded_uri)
     answer = await _decide(services, bearer_token(request), scope, endpoint, "auth")
-    refusal = refusal_for(answer, services.settings.insufficient_scope_status)
+    refusal = refusal_for(answer, services.insufficient_scope_status)
     if refusal is not None:
         raise refusal
     headers = answer.quota.headers() if answer.quota else {}

@@ -9,10 +9,10 @@ from uuid import uuid4
 import pytest
 from pydantic import SecretStr
 
+from adapters.auditchain.links import AuditChainError, ChainKey, Link
+from adapters.auditchain.verify import Problem, verify_chain
+from adapters.auditchain.writer import AuditKeyError
 from domain.application import KeyLedger
-from keyledger.auditchain.links import AuditChainError, ChainKey, Link
-from keyledger.auditchain.verify import Problem, verify_chain
-from keyledger.auditchain.writer import AuditKeyError
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from tests.audit.cli import run

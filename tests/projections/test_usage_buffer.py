@@ -9,9 +9,10 @@ from uuid import uuid4
 
 import pytest
 
+from adapters.usage_recorder import UsageRecorder
 from domain.application import KeyLedger
 from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch
-from projections import ReadModels, UsageRecorder
+from projections import ReadModels
 from tests.projections.conftest import all_events
 
 MINUTE = datetime(2027, 3, 3, 14, 7, tzinfo=UTC)

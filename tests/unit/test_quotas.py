@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
-from api.quotas import QuotaGate
+from adapters.quotas import QuotaGate
 
 NOW = datetime(2027, 3, 3, 14, 0, 30, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from eventsourcing.persistence import Notification
 
-from keyledger.auditchain.links import GENESIS_POSITION, ChainKey, Link
+from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 
 BATCH = 1000
 

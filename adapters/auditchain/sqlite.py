@@ -16,8 +16,8 @@ from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore, SQLiteFactory
 from eventsourcing.utils import strtobool
 
-from keyledger.auditchain import writer
-from keyledger.auditchain.links import GENESIS_POSITION, ChainKey, Link
+from adapters.auditchain import writer
+from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 
 BACKFILL_BATCH = 1000
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
+from adapters.auditchain.verify import Finding, Problem
 from domain.application import KeyLedger
-from keyledger.auditchain.verify import Finding, Problem
 
 
 def check_snapshots(

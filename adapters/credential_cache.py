@@ -17,7 +17,7 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from api.change_feed import ChangeFeed
+from adapters.change_feed import ChangeFeed
 from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
 from domain.verification import KeyCredentials

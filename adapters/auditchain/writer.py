@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
+from adapters.auditchain.links import GENESIS_POSITION, AuditChainError, ChainKey, Link
 from domain.errors import InvalidInput
-from keyledger.auditchain.links import GENESIS_POSITION, AuditChainError, ChainKey, Link
 
 # Environment keys the factories read (the application's env; bootstrap sets them).
 ENV_KEY = "AUDIT_CHAIN_KEY"

@@ -19,8 +19,8 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from keyledger.auditchain import writer
-from keyledger.auditchain.links import GENESIS_POSITION, ChainKey, Link
+from adapters.auditchain import writer
+from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 
 BACKFILL_BATCH = 1000
 

@@ -1,0 +1,10 @@
+"""Adapters: keyledger's connections to the outside world, in one place.
+
+The event store's recorders with the audit chain (`auditchain`), the change feed between
+processes (`change_feed`, in process or Redis), the credential cache (`credential_cache`),
+quota counters (`quotas`, in process or Redis through `limits`) and the usage recorder
+(`usage_recorder`).
+
+May import: `domain` and third-party libraries. Never `projections`, `api`, `keyledger` or
+`scripts` (checked by `lint-imports`); the composition root (`keyledger`) wires them.
+"""
