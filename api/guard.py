@@ -23,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import problem_response, refusal_for
+from api.forwarded_path import AmbiguousPath
+from api.problems import ambiguous_path_response, problem_response, refusal_for
 from api.verification import VerificationService, needed_scope
 from domain.text import MAX_ENDPOINT_LENGTH
 
@@ -57,10 +58,13 @@ class KeyledgerGuard:
         header = Headers(scope=scope).get("authorization", "")
         kind, _, token = header.partition(" ")
         secret = token.strip() if kind.lower() == "bearer" else None
+        try:
+            needed = self.scope_for(method, path)
+        except AmbiguousPath as error:
+            await ambiguous_path_response(error)(scope, receive, send)
+            return
         endpoint = f"{method} {path}"[:MAX_ENDPOINT_LENGTH]
-        answer = await run_in_threadpool(
-            self.verification.verify, secret, self.scope_for(method, path), endpoint, "guard", False
-        )
+        answer = await run_in_threadpool(self.verification.verify, secret, needed, endpoint, "guard", False)
         refusal = refusal_for(answer, self.insufficient_scope_status)
         if refusal is not None:
             self.verification.record(answer, endpoint, refusal.status)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.quotas import QuotaDecision
+from api.forwarded_path import AmbiguousPath
 from api.verification import Answer
 from domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from domain.verification import VerifyCode
@@ -159,6 +160,14 @@ def _http_error(_: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _ambiguous_path(_: Request, error: Exception) -> JSONResponse:
+    return ambiguous_path_response(error)
+
+
+def ambiguous_path_response(error: Exception) -> JSONResponse:
+    return problem(400, "Ambiguous path", str(error), "ambiguous-path")
+
+
 def _not_ready(_: Request, error: Exception) -> JSONResponse:
     # A read model not built yet (a first start still building it): come back shortly.
     return problem(503, "Not ready", str(error), "not-ready", {"Retry-After": "5"})
@@ -178,4 +187,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ProjectionNotReady, _not_ready)
+    app.add_exception_handler(AmbiguousPath, _ambiguous_path)
     app.add_exception_handler(Exception, _unexpected)

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from adapters.credential_cache import CachedKey, CredentialCache
 from adapters.quotas import QuotaDecision, QuotaGate
+from api.forwarded_path import normalise
 from api.metrics import Metrics
 from domain import credentials
 from domain.errors import MalformedSecret
@@ -118,9 +118,9 @@ def needed_scope(method: str, uri: str) -> tuple[str | None, str]:
     """The scope a request needs by method and first path segment, and its path without query.
 
     GET and HEAD read, other methods write; a path without a segment needs no derivable scope.
+    The path is judged as the backend will serve it (`api.forwarded_path`).
     """
-    path = urlsplit(uri).path or "/"
-    resource = path.strip("/").split("/", 1)[0]
+    path, resource = normalise(uri)
     if not resource:
         return None, path
     action = "read" if method.upper() in ("GET", "HEAD") else "write"

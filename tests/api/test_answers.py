@@ -267,3 +267,33 @@ def test_insufficient_scope_status_is_configurable_to_401(backend, tmp_path):
         assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["/nodes/../events", "/nodes/./../events", "/nodes/%2e%2e/events", "/nodes/%2E%2E/events", "/nodes/..;/events"],
+)
+def test_forward_auth_judges_the_path_the_backend_will_serve(server: Server, admin, uri: str):
+    reader = issue(server, admin, ["read:nodes"])
+
+    response = forward(server, reader["secret"], "GET", uri)
+
+    assert_problem(response, 403)
+    assert response.json()["scope"] == "read:events"
+
+
+@pytest.mark.parametrize("uri", ["/nodes/..%2Fevents", "/nodes/..%2fevents", "/nodes/..%5Cevents", "/nodes\\..\\events"])
+def test_forward_auth_refuses_an_encoded_separator_that_would_change_the_resource(server: Server, admin, uri: str):
+    reader = issue(server, admin, ["read:nodes", "read:events"])
+
+    response = forward(server, reader["secret"], "GET", uri)
+
+    assert assert_problem(response, 400)["type"] == "/problems/ambiguous-path"
+
+
+def test_forward_auth_allows_normalised_paths_within_the_resource(server: Server, admin):
+    reader = issue(server, admin, ["read:nodes"])
+
+    assert forward(server, reader["secret"], "GET", "/nodes/a/../b?x=/../events").status_code == 204
+    assert forward(server, reader["secret"], "GET", "/nodes/a%2Fb").status_code == 204  # stays in /nodes
+    assert forward(server, reader["secret"], "GET", "/%6Eodes/7").status_code == 204  # %6E is n
