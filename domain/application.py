@@ -25,7 +25,7 @@ from eventsourcing.utils import EnvType
 
 from domain import credentials
 from domain.effects import changes_credentials, declared, event_classes
-from domain.errors import ConcurrentModification, KeyNotFound, WorkspaceNotFound
+from domain.errors import ConcurrentModification, KeyNotFound, LastAdminKey, WorkspaceNotFound
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.plans import parse_plan
 from domain.scopes import ADMIN, ScopeCatalog
@@ -33,6 +33,7 @@ from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch, UsageCount
 from domain.workspace import Workspace
 
 OPERATOR = "operator"
+LAST_ADMIN = "this is the workspace's last active admin key: issue another admin key first"
 # A retry reloads the aggregates, so each attempt sees the newest state; 25 attempts
 # comfortably outlast the contention one workspace sees from a handful of processes.
 MAX_ATTEMPTS = 25
@@ -262,6 +263,8 @@ class KeyLedger(Application[UUID]):
 
         def attempt() -> KeyUpdate:
             key = self.get_key(key_id, workspace_id)
+            if ADMIN in parsed and self._is_last_admin(key):
+                raise LastAdminKey(LAST_ADMIN)
             key.revoke_scopes(parsed, actor)
             return KeyUpdate(key, self._save(key))
 
@@ -293,12 +296,29 @@ class KeyLedger(Application[UUID]):
     ) -> KeyUpdate:
         def attempt() -> KeyUpdate:
             key = self.get_key(key_id, workspace_id)
-            key.revoke(reason, actor)
+            last_admin = self._is_last_admin(key)
+            key.revoke(reason, actor)  # its own checks first: a bad reason is 422 whichever the key
+            if last_admin:
+                raise LastAdminKey(LAST_ADMIN)
             workspace = self.get_workspace(key.workspace_id)
             workspace.release_key_slot(key_id, actor)
             return KeyUpdate(key, self._save(key, workspace))
 
         return self._retrying(attempt)
+
+    def _is_last_admin(self, key: ApiKey) -> bool:
+        """Whether `key` is its workspace's last active admin key: it may not lose `admin` (SPEC 8.5).
+
+        Revocations also save the workspace (its slot), so two racing ones conflict and the
+        retry sees the other; two admins racing to take `admin` from each other are not serialised.
+        """
+        now = self.clock()
+        if not key.is_active_admin(now):
+            return False
+        workspace = self.get_workspace(key.workspace_id)
+        return not any(
+            other_id != key.id and self.get_key(other_id).is_active_admin(now) for other_id in workspace.live_key_ids
+        )
 
     # --- usage ------------------------------------------------------------
 

@@ -89,6 +89,12 @@ class KeyAlreadyRevoked(Conflict):
     title = "Key revoked"
 
 
+class LastAdminKey(Conflict):
+    """The change would leave the workspace without an active admin key: nobody could manage it."""
+
+    title = "Last admin key"
+
+
 class ConcurrentModification(Conflict):
     """Retries were exhausted while other commands kept changing the same aggregate."""
 

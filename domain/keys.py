@@ -23,7 +23,7 @@ from domain.errors import (
     KeyAlreadyRevoked,
     TooManyScopes,
 )
-from domain.scopes import MAX_SCOPES_PER_KEY, ScopeCatalog
+from domain.scopes import ADMIN, MAX_SCOPES_PER_KEY, ScopeCatalog
 from domain.text import MAX_REASON_LENGTH, check_text
 from domain.timefmt import check_time
 from domain.verification import KeyCredentials
@@ -222,6 +222,9 @@ class ApiKey(Aggregate):
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
+
+    def is_active_admin(self, now: datetime) -> bool:
+        return ADMIN in self.scopes and self.status(now) == "active"
 
     def rotation_due(self, now: datetime) -> bool:
         return not self.is_revoked and now - self.secret_created_at > ROTATION_DUE_AFTER

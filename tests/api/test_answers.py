@@ -282,7 +282,9 @@ def test_forward_auth_judges_the_path_the_backend_will_serve(server: Server, adm
     assert response.json()["scope"] == "read:events"
 
 
-@pytest.mark.parametrize("uri", ["/nodes/..%2Fevents", "/nodes/..%2fevents", "/nodes/..%5Cevents", "/nodes\\..\\events"])
+@pytest.mark.parametrize(
+    "uri", ["/nodes/..%2Fevents", "/nodes/..%2fevents", "/nodes/..%5Cevents", "/nodes\\..\\events"]
+)
 def test_forward_auth_refuses_an_encoded_separator_that_would_change_the_resource(server: Server, admin, uri: str):
     reader = issue(server, admin, ["read:nodes", "read:events"])
 
@@ -297,3 +299,16 @@ def test_forward_auth_allows_normalised_paths_within_the_resource(server: Server
     assert forward(server, reader["secret"], "GET", "/nodes/a/../b?x=/../events").status_code == 204
     assert forward(server, reader["secret"], "GET", "/nodes/a%2Fb").status_code == 204  # stays in /nodes
     assert forward(server, reader["secret"], "GET", "/%6Eodes/7").status_code == 204  # %6E is n
+
+
+def test_the_last_admin_key_cannot_be_revoked_or_lose_admin(server: Server):
+    created = create_workspace(server)
+    ws, admin = created["workspace"]["id"], created["admin_key"]
+    with server.client(admin["secret"]) as client:
+        revoke = client.post(f"/v1/workspaces/{ws}/keys/{admin['key']['id']}/revoke")
+        demote = client.delete(f"/v1/workspaces/{ws}/keys/{admin['key']['id']}/scopes/admin")
+        me = client.get("/v1/me")
+
+    assert assert_problem(revoke, 409)["type"] == "/problems/last-admin-key"
+    assert assert_problem(demote, 409)["type"] == "/problems/last-admin-key"
+    assert me.json()["key"]["status"] == "active" and me.json()["key"]["scopes"] == ["admin"]

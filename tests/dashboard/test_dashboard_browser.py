@@ -196,6 +196,9 @@ def test_an_admin_rotates_then_revokes_its_own_key(server: Server, dashboard: Da
     dashboard.refresh()
     assert page.is_visible("#dashboard") and page.is_hidden("#banner")
 
+    with server.client(secret) as client:  # not the last admin key: that one cannot be revoked (SPEC 8.5)
+        ws = admin["key"]["workspace_id"]
+        assert client.post(f"/v1/workspaces/{ws}/keys", json={"name": "spare", "scopes": ["admin"]}).status_code == 201
     dashboard.click_action(admin_id, "revoke")
     page.click("#confirm-ok")
     assert "You revoked the key you signed in with" in dashboard.sign_in_error()

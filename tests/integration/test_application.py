@@ -14,6 +14,7 @@ from domain.errors import (
     KeyAlreadyRevoked,
     KeyLimitReached,
     KeyNotFound,
+    LastAdminKey,
     MalformedScope,
     TooManyScopes,
     UnknownResource,
@@ -194,3 +195,31 @@ def test_usage_counts_round_trip_as_batched_events(ledger: KeyLedger):
     batch = ledger.repository.get(notification.originator_id)
     assert isinstance(batch, UsageBatch)
     assert batch.counts == counts
+
+
+def test_a_workspace_cannot_lose_its_last_active_admin_key(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "starter")
+    ws, admin = created.workspace.id, created.admin_key.id
+    writer = ledger.issue_key(ws, "writer", ["write:nodes"])
+
+    with pytest.raises(LastAdminKey):
+        ledger.revoke_key(admin)
+    with pytest.raises(LastAdminKey):
+        ledger.revoke_scopes(admin, ["admin"])
+    ledger.revoke_key(writer.key.id)  # other keys go as before
+    spare = ledger.issue_key(ws, "spare", ["admin"])
+    ledger.revoke_scopes(admin, ["admin"])  # another active admin remains
+
+    with pytest.raises(LastAdminKey):
+        ledger.revoke_key(spare.key.id)
+    assert store_verdict(ledger, spare.secret, "admin") is VerifyCode.VALID
+
+
+def test_an_expired_admin_key_does_not_count_as_the_remaining_admin(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "starter")
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    ledger.issue_key(created.workspace.id, "short", ["admin"], expires_at=soon)
+    ledger.clock = lambda: soon + timedelta(seconds=1)
+
+    with pytest.raises(LastAdminKey):
+        ledger.revoke_key(created.admin_key.id)
