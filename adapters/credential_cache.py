@@ -45,18 +45,28 @@ class _Entry:
 
 
 class CredentialCache:
-    def __init__(self, ledger: KeyLedger, feed: ChangeFeed, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, ledger: KeyLedger, feed: ChangeFeed, max_entries: int = 100_000, max_missing: int = 10_000
+    ) -> None:
         self.ledger = ledger
         self.feed = feed
         self.max_entries = max_entries
-        self._entries: OrderedDict[UUID, _Entry] = OrderedDict()
+        self.max_missing = max_missing
+        self._entries: OrderedDict[UUID, _Entry] = OrderedDict()  # found keys
+        self._missing: OrderedDict[UUID, _Entry] = OrderedDict()  # ids found missing (value None)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.loads = 0  # how often the store was read: lets tests prove the hot path does no I/O
 
+    def holds(self, key_id: UUID) -> bool:
+        """Whether a found key with this id is cached (it may still be stale)."""
+        return key_id in self._entries
+
     def get(self, key_id: UUID) -> CachedKey | None:
         entry = self._entries.get(key_id)
+        if entry is None:
+            entry = self._missing.get(key_id)
         if entry is not None:
             ids = [key_id] if entry.workspace_id is None else [key_id, entry.workspace_id]
             markers = self.feed.markers(ids)
@@ -73,7 +83,13 @@ class CredentialCache:
         try:
             key = self.ledger.get_key(key_id)
         except KeyNotFound:
-            entry = _Entry(None, key_marker, 0, None)
+            # Remembered apart from found keys: a flood of forged ids evicts only other missing ones.
+            with self._lock:
+                self._missing[key_id] = _Entry(None, key_marker, 0, None)
+                self._missing.move_to_end(key_id)
+                while len(self._missing) > self.max_missing:
+                    self._missing.popitem(last=False)
+            return None
         else:
             (workspace_marker,) = self.feed.markers([key.workspace_id])
             try:
@@ -88,6 +104,7 @@ class CredentialCache:
             )
             entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id)
         with self._lock:
+            self._missing.pop(key_id, None)
             self._entries[key_id] = entry
             self._entries.move_to_end(key_id)
             while len(self._entries) > self.max_entries:
@@ -99,6 +116,7 @@ class CredentialCache:
         with self._lock:
             for item in ids:
                 self._entries.pop(item, None)
+                self._missing.pop(item, None)
             stale = [k for k, e in self._entries.items() if e.workspace_id in ids]
             for key_id in stale:
                 self._entries.pop(key_id, None)

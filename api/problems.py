@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.quotas import QuotaDecision
 from api.forwarded_path import AmbiguousPath
+from api.guesses import GuessingThrottled
 from api.verification import Answer
 from domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from domain.verification import VerifyCode
@@ -168,6 +169,16 @@ def ambiguous_path_response(error: Exception) -> JSONResponse:
     return problem(400, "Ambiguous path", str(error), "ambiguous-path")
 
 
+def _throttled(_: Request, error: Exception) -> JSONResponse:
+    return throttled_response(error)
+
+
+def throttled_response(error: Exception) -> JSONResponse:
+    assert isinstance(error, GuessingThrottled)
+    headers = {"Retry-After": str(error.retry_after)}
+    return problem(429, "Too many unknown keys", str(error), "too-many-unknown-keys", headers)
+
+
 def _not_ready(_: Request, error: Exception) -> JSONResponse:
     # A read model not built yet (a first start still building it): come back shortly.
     return problem(503, "Not ready", str(error), "not-ready", {"Retry-After": "5"})
@@ -188,4 +199,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ProjectionNotReady, _not_ready)
     app.add_exception_handler(AmbiguousPath, _ambiguous_path)
+    app.add_exception_handler(GuessingThrottled, _throttled)
     app.add_exception_handler(Exception, _unexpected)

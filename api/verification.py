@@ -16,6 +16,7 @@ from uuid import UUID
 from adapters.credential_cache import CachedKey, CredentialCache
 from adapters.quotas import QuotaDecision, QuotaGate
 from api.forwarded_path import normalise
+from api.guesses import GuessLimit
 from api.metrics import Metrics
 from domain import credentials
 from domain.errors import MalformedSecret
@@ -48,7 +49,9 @@ class VerificationService:
         metrics: Metrics,
         clock: Callable[[], datetime],
         insufficient_scope_status: int = 403,
+        guesses: GuessLimit | None = None,
     ) -> None:
+        self.guesses = guesses or GuessLimit(0)
         self.cache = cache
         self.quotas = quotas
         self.usage = usage
@@ -88,10 +91,19 @@ class VerificationService:
         endpoint: str,
         via: str = "verify",
         record_usage: bool = True,
+        client: str | None = None,
     ) -> Answer:
-        """Rules, then quota for allowed keys; records the answer as usage unless the caller will."""
+        """Rules, then quota for allowed keys; records the answer as usage unless the caller will.
+
+        `client` (the caller's address) is throttled after too many NOT_FOUND answers
+        (GuessingThrottled) for any key not already cached.
+        """
         started = time.perf_counter()
+        if client is not None and self.guesses.per_minute:
+            self._check_guessing(secret, client)
         answer = self.judge(secret, needed_scope)
+        if answer.key is None and client is not None:
+            self.guesses.count(client, time.time())
         if answer.key is not None:
             now = self.clock()
             key = answer.key
@@ -107,6 +119,14 @@ class VerificationService:
         self.metrics.verify_latency.observe(time.perf_counter() - started)
         self.metrics.answer(via, answer.code.value)
         return answer
+
+    def _check_guessing(self, secret: str | None, client: str) -> None:
+        try:
+            key_id = credentials.key_id_of(secret) if secret else None
+        except MalformedSecret:
+            key_id = None
+        if key_id is None or not self.cache.holds(key_id):
+            self.guesses.check(client, time.time())
 
     def record(self, answer: Answer, endpoint: str, status: int) -> None:
         if answer.key is not None:

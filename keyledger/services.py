@@ -14,6 +14,7 @@ from adapters.change_feed import ChangeFeed, MemoryChangeFeed, RedisChangeFeed
 from adapters.credential_cache import CredentialCache
 from adapters.quotas import QuotaGate
 from adapters.usage_recorder import UsageRecorder
+from api.guesses import GuessLimit
 from api.metrics import Metrics
 from api.verification import VerificationService
 from domain.application import AfterSave, KeyLedger, Saved
@@ -88,7 +89,10 @@ def build_verification(settings: Settings, ledger: KeyLedger) -> VerificationSta
     quotas = QuotaGate(settings.redis_url)
     usage = UsageRecorder(ledger, actor=f"api:{socket.gethostname()}:{os.getpid()}")
     metrics = Metrics()
-    verification = VerificationService(cache, quotas, usage, metrics, ledger.clock, settings.insufficient_scope_status)
+    guesses = GuessLimit(settings.not_found_per_minute)
+    verification = VerificationService(
+        cache, quotas, usage, metrics, ledger.clock, settings.insufficient_scope_status, guesses
+    )
     return VerificationStack(ledger, feed, cache, quotas, usage, metrics, verification)
 
 

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     operator_token: SecretStr | None = None
     resources: str = Field(default="nodes,edges,livedata,events", description="the resource catalog")
     insufficient_scope_status: int = 403
+    not_found_per_minute: int = Field(
+        default=100, ge=0, description="NOT_FOUND answers per client address and minute before 429 (0: no limit)"
+    )
     audit_key: SecretStr | None = Field(
         default=None, description="key of the audit HMAC chain; unset: no chain is written"
     )

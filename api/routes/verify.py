@@ -25,11 +25,15 @@ def forwarded_request(method: str, uri: str) -> tuple[str, str]:
     return scope, f"{method.upper()} {path}"[:MAX_ENDPOINT_LENGTH]
 
 
-async def _decide(services: Services, secret: str | None, scope: str | None, endpoint: str, via: str) -> Answer:
+async def _decide(
+    services: Services, request: Request, secret: str | None, scope: str | None, endpoint: str, via: str
+) -> Answer:
+    client = request.client.host if request.client else None
+    verify = services.verification.verify
     # With shared (Redis) counters a decision does network I/O: keep it off the event loop.
     if services.quotas.shared:
-        return await run_in_threadpool(services.verification.verify, secret, scope, endpoint, via)
-    return services.verification.verify(secret, scope, endpoint, via)
+        return await run_in_threadpool(verify, secret, scope, endpoint, via, True, client)
+    return verify(secret, scope, endpoint, via, True, client)
 
 
 @router.post("/v1/verify", response_model=VerifyResponse)
@@ -37,7 +41,7 @@ async def verify(body: VerifyRequest, request: Request) -> VerifyResponse:
     """Always 200: the verdict is in `code`. A valid answer consumes quota."""
     services = services_of(request)  # not a dependency: resolving one costs more than the decision
     scope = services.ledger.catalog.parse(body.scope)
-    answer = await _decide(services, body.key, scope, body.endpoint or "POST /v1/verify", "verify")
+    answer = await _decide(services, request, body.key, scope, body.endpoint or "POST /v1/verify", "verify")
     key = answer.key
     window = answer.quota.binding if answer.quota else None
     return VerifyResponse(
@@ -61,7 +65,7 @@ async def forward_auth(
     if not x_forwarded_method or not x_forwarded_uri:
         raise ApiProblem("forward-auth needs the X-Forwarded-Method and X-Forwarded-Uri headers")
     scope, endpoint = forwarded_request(x_forwarded_method, x_forwarded_uri)
-    answer = await _decide(services, bearer_token(request), scope, endpoint, "auth")
+    answer = await _decide(services, request, bearer_token(request), scope, endpoint, "auth")
     refusal = refusal_for(answer, services.insufficient_scope_status)
     if refusal is not None:
         raise refusal

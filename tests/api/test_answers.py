@@ -312,3 +312,42 @@ def test_the_last_admin_key_cannot_be_revoked_or_lose_admin(server: Server):
     assert assert_problem(revoke, 409)["type"] == "/problems/last-admin-key"
     assert assert_problem(demote, 409)["type"] == "/problems/last-admin-key"
     assert me.json()["key"]["status"] == "active" and me.json()["key"]["scopes"] == ["admin"]
+
+
+def forged(key_id: str | None = None) -> str:
+    """A secret in keyledger's format with a valid checksum, naming a key that does not exist."""
+    from uuid import UUID, uuid4
+
+    from domain.credentials import generate_secret
+
+    return generate_secret(UUID(key_id) if key_id else uuid4())
+
+
+def test_guessing_keys_is_throttled_per_address_while_known_keys_still_verify(backend, tmp_path):
+    limited = Server(
+        backend.settings, tmp_path / "server.log", backend.redis_url, {"KEYLEDGER_NOT_FOUND_PER_MINUTE": "5"}
+    ).start()
+    try:
+        created = create_workspace(limited)
+        real = created["admin_key"]["secret"]
+        assert verify(limited, real, "admin")["code"] == "VALID"  # cached from now on
+        with limited.client() as client:
+            guesses = [client.post("/v1/verify", json={"key": forged(), "scope": "read:nodes"}) for _ in range(5)]
+            throttled = client.post("/v1/verify", json={"key": forged(), "scope": "read:nodes"})
+            known = client.post("/v1/verify", json={"key": real, "scope": "admin"})
+            gateway = client.get(
+                "/v1/auth",
+                headers={
+                    "Authorization": f"Bearer {forged()}",
+                    "X-Forwarded-Method": "GET",
+                    "X-Forwarded-Uri": "/nodes",
+                },
+            )
+    finally:
+        limited.stop()
+
+    assert [g.json()["code"] for g in guesses] == ["NOT_FOUND"] * 5
+    assert assert_problem(throttled, 429)["type"] == "/problems/too-many-unknown-keys"
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 60
+    assert known.json()["code"] == "VALID"
+    assert assert_problem(gateway, 429)["type"] == "/problems/too-many-unknown-keys"

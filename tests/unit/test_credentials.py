@@ -65,3 +65,24 @@ def test_fingerprint_differs_from_the_digest():
 
     assert fp.startswith("fp_")
     assert fp[3:] not in d
+
+
+def test_forged_ids_never_evict_cached_keys():
+    from uuid import uuid4
+
+    from adapters.change_feed import MemoryChangeFeed
+    from adapters.credential_cache import CredentialCache
+    from domain.application import KeyLedger
+
+    ledger = KeyLedger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    created = ledger.create_workspace("acme", "starter")
+    cache = CredentialCache(ledger, MemoryChangeFeed(), max_entries=10, max_missing=3)
+    assert cache.get(created.admin_key.id) is not None
+
+    for _ in range(50):
+        assert cache.get(uuid4()) is None
+    loads = cache.loads
+    found = cache.get(created.admin_key.id)
+
+    assert found is not None and cache.loads == loads  # still cached: no store read
+    assert len(cache._missing) == 3
