@@ -17,11 +17,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Protocol, cast
 from uuid import UUID
 
 from limits.storage import Storage, storage_from_string
+
+from domain.timefmt import floor_minute
 
 # Counters outlive their window a little so a slow request still finds its own.
 MINUTE_EXPIRY = 120
@@ -176,5 +178,5 @@ class QuotaGate:
     @staticmethod
     def window_of(now: datetime) -> tuple[datetime, date]:
         """The UTC minute and day a moment falls in."""
-        minute = now.astimezone(UTC).replace(second=0, microsecond=0)
+        minute = floor_minute(now)
         return minute, minute.date()

@@ -24,6 +24,7 @@ from uuid import UUID
 
 from domain.application import KeyLedger
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
+from domain.timefmt import floor_minute
 from domain.usage import MAX_ENTRIES_PER_BATCH, UsageCount
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class UsageRecorder:
     def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime | None = None) -> None:
         """Count one answer to a key. Cheap and thread-safe; never touches the store."""
         moment = (at or datetime.now(UTC)).astimezone(UTC)
-        minute = moment.replace(second=0, microsecond=0)
+        minute = floor_minute(moment)
         slot = (key_id, workspace_id, minute, storable_text(endpoint[:MAX_ENDPOINT_LENGTH]), status)
         with self._lock:
             self._counts[slot] += 1

@@ -13,7 +13,7 @@ from api.context import Services
 from api.problems import InsufficientScope, OperatorOnly, Unauthorized, refusal_for
 from domain import credentials
 from domain.errors import WorkspaceNotFound
-from domain.verification import has_scope
+from domain.scopes import has_scope
 
 
 def services_of(request: Request) -> Services:

@@ -10,7 +10,7 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from domain.errors import InvalidInput
-from domain.keys import KeyState
+from domain.keys import DEFAULT_GRACE_SECONDS, KeyState
 from domain.text import MAX_ENDPOINT_LENGTH, check_text
 from domain.timefmt import check_time
 from domain.workspace import MAX_LIVE_KEYS, Workspace
@@ -127,7 +127,7 @@ class ScopeGrant(RequestBody):
 
 
 class Rotate(RequestBody):
-    grace_seconds: int = 86_400
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
 
 
 class Revoke(RequestBody):

@@ -70,7 +70,10 @@ class ScopeCatalog:
         return frozenset([ADMIN] + [f"{action}:{resource}" for action in ACTIONS for resource in self.resources])
 
     def effective(self, granted: Iterable[str]) -> frozenset[str]:
-        """The closure of granted scopes under `write:R => read:R` and `admin => all`."""
+        """The closure of granted scopes under `write:R => read:R` and `admin => all` (as listed: the catalog's).
+
+        A decision uses `has_scope`, where `admin` also covers scopes outside the catalog.
+        """
         result: set[str] = set()
         for scope in granted:
             if scope == ADMIN:
@@ -80,3 +83,9 @@ class ScopeCatalog:
             if action == "write":
                 result.add(f"read:{resource}")
         return frozenset(result)
+
+
+def has_scope(effective_scopes: frozenset[str], needed: str) -> bool:
+    """Whether effective scopes allow `needed`. `admin` includes every scope, even one outside the
+    catalog that a gateway asks about (its resource is simply not one the catalog lists)."""
+    return needed in effective_scopes or ADMIN in effective_scopes

@@ -28,6 +28,11 @@ def clamp_utc(moment: datetime) -> datetime:
     return min(max(utc, MIN_TIME), MAX_TIME)
 
 
+def floor_minute(moment: datetime) -> datetime:
+    """The start of the UTC minute a moment falls in: the unit of quotas and usage."""
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
 def check_time(moment: datetime, what: str = "time") -> datetime:
     """The time in UTC; InvalidInput when naive or outside years 1970-9999 in UTC."""
     if not isinstance(moment, datetime):

@@ -12,7 +12,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from domain.credentials import digests_match
-from domain.scopes import ADMIN
+from domain.scopes import has_scope
 
 
 class VerifyCode(StrEnum):
@@ -36,11 +36,6 @@ class KeyCredentials:
     expires_at: datetime | None
     revoked: bool
     effective_scopes: frozenset[str]
-
-
-def has_scope(effective_scopes: frozenset[str], needed: str) -> bool:
-    # `admin` includes every scope, even one outside the catalog that a gateway asks about.
-    return needed in effective_scopes or ADMIN in effective_scopes
 
 
 def check_credentials(

@@ -78,7 +78,10 @@ class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
             {
                 e.originator_id
                 for _, e in events
-                if isinstance(e, ApiKey.Event) and e.originator_id not in self._workspace_of_key
+                # Key events name their workspace since v2; only those stored by v1 code need the lookup.
+                if isinstance(e, ApiKey.Event)
+                and e.workspace_id is None
+                and e.originator_id not in self._workspace_of_key
             },
             key=str,
         )
@@ -101,7 +104,8 @@ class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
         workspace_id: UUID
         key_id: UUID | None
         if isinstance(event, ApiKey.Event):
-            workspace_id, key_id = self._workspace_of_key[event.originator_id], event.originator_id
+            workspace_id = event.workspace_id or self._workspace_of_key[event.originator_id]
+            key_id = event.originator_id
         else:  # a workspace event; slot events name the key they count
             workspace_id, key_id = event.originator_id, getattr(event, "key_id", None)
         return (

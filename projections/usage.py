@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
+from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
 from projections.base import FoldingProjection, Positioned, Tables, table_name
 from projections.db import CLUSTERED, StorableText, UTCDateTime, upsert
@@ -201,7 +202,7 @@ class _Moments(dict[str, tuple[datetime, date]]):
     """Minute text -> (its UTC minute, its UTC day), parsed once per distinct text."""
 
     def __missing__(self, text: str) -> tuple[datetime, date]:
-        floored = _floor_minute(datetime.fromisoformat(text))
+        floored = floor_minute(datetime.fromisoformat(text))
         self[text] = moment = (floored, floored.date())
         return moment
 
@@ -215,10 +216,6 @@ class _CounterIndex(dict[int, int]):
 
 
 _COUNTER_OF = _CounterIndex()  # at most the ~500 HTTP statuses
-
-
-def _floor_minute(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
 def select_usage(
@@ -298,7 +295,7 @@ BUCKETS = ("minute", "hour", "day")
 
 def floor_to(moment: datetime, bucket: str) -> datetime:
     """The start of the UTC minute, hour or day holding `moment`."""
-    moment = _floor_minute(moment)
+    moment = floor_minute(moment)
     if bucket == "minute":
         return moment
     if bucket == "hour":
@@ -323,7 +320,7 @@ def select_consumed(conn: Connection, tables: Tables, minute: datetime, day: dat
     minute_table, day_table = tables["minute"], tables["day"]
     consumed: dict[UUID, list[int]] = defaultdict(lambda: [0, 0])
     query = select(minute_table.c.key_id, minute_table.c.requests - minute_table.c.rate_limited).where(
-        minute_table.c.minute == _floor_minute(minute)
+        minute_table.c.minute == floor_minute(minute)
     )
     for key, count in conn.execute(query):
         consumed[key][0] = int(count)

@@ -148,7 +148,7 @@ def _notifications(ledger: KeyLedger) -> Iterator[list[Notification]]:
 
 def _export_lines(ledger: KeyLedger, workspace_id: UUID | None, since: datetime | None) -> Iterator[str | None]:
     """JSON lines, with None after each batch (a progress tick)."""
-    key_workspaces: dict[UUID, UUID] = {}  # from each KeyIssued, for the key's later events
+    key_workspaces: dict[UUID, UUID] = {}  # from each KeyIssued, for later events stored by v1 code (no workspace)
     for batch in _notifications(ledger):
         for notification in batch:
             info = describe(ledger.mapper.to_domain_event(notification))
