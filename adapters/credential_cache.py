@@ -17,7 +17,7 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from adapters.change_feed import ChangeFeed
+from adapters.change_feed import ChangeFeed, FeedUnavailable
 from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
 from domain.verification import KeyCredentials
@@ -69,7 +69,10 @@ class CredentialCache:
             entry = self._missing.get(key_id)
         if entry is not None:
             ids = [key_id] if entry.workspace_id is None else [key_id, entry.workspace_id]
-            markers = self.feed.markers(ids)
+            try:
+                markers = self.feed.markers(ids)
+            except FeedUnavailable:  # Redis is down: the stream follower drops changes within its interval
+                return entry.value
             key_marker = markers[0]
             workspace_marker = markers[1] if len(markers) > 1 else 0
             if key_marker == entry.key_marker and workspace_marker == entry.workspace_marker:
@@ -78,7 +81,7 @@ class CredentialCache:
 
     def _load(self, key_id: UUID) -> CachedKey | None:
         # Read the markers before the store: a change published after this read is seen next time.
-        (key_marker,) = self.feed.markers([key_id])
+        key_marker = self._marker(key_id)
         self.loads += 1
         try:
             key = self.ledger.get_key(key_id)
@@ -91,7 +94,7 @@ class CredentialCache:
                     self._missing.popitem(last=False)
             return None
         else:
-            (workspace_marker,) = self.feed.markers([key.workspace_id])
+            workspace_marker = self._marker(key.workspace_id)
             try:
                 workspace = self.ledger.get_workspace(key.workspace_id)
             except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
@@ -110,6 +113,13 @@ class CredentialCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return entry.value
+
+    def _marker(self, item: UUID) -> int:
+        try:
+            (marker,) = self.feed.markers([item])
+        except FeedUnavailable:
+            return -1  # differs from any published marker: reloaded once Redis answers again
+        return marker
 
     def invalidate(self, *ids: UUID) -> None:
         """Forget ids (keys or workspaces) at once, in this process."""

@@ -21,6 +21,7 @@ from datetime import date, datetime
 from typing import Protocol, cast
 from uuid import UUID
 
+import redis
 from limits.storage import Storage, storage_from_string
 
 from domain.timefmt import floor_minute
@@ -121,13 +122,61 @@ def _windows(now: datetime) -> tuple[int, int, int]:
     return second // 60, second // 86_400, second % 86_400
 
 
+class RedisUnavailable(Exception):
+    """Redis is unreachable and KEYLEDGER_REDIS_OUTAGE=closed: refuse (503) rather than count per process."""
+
+
+class FallbackCounters:
+    """Shared (Redis) counters that fall back to this process's own while Redis is unreachable.
+
+    SPEC 8.5: answers go on, counted per process (a key may then get up to its limit from each
+    process), and the shared counters are used again as soon as Redis answers. With `closed`,
+    an unreachable Redis raises RedisUnavailable instead.
+    """
+
+    def __init__(self, shared: Counters, closed: bool = False) -> None:
+        self.shared = shared
+        self.local = LocalCounters()
+        self.closed = closed
+        self.degraded = 0  # calls answered by the local counters (a metric)
+
+    def _fallback(self, error: Exception) -> Counters:
+        if self.closed:
+            raise RedisUnavailable(f"Redis is unreachable ({type(error).__name__})") from error
+        self.degraded += 1
+        return self.local
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        try:
+            return self.shared.incr(key, expiry, amount=amount)
+        except redis.RedisError as error:
+            return self._fallback(error).incr(key, expiry, amount)
+
+    def get(self, key: str) -> int:
+        try:
+            return self.shared.get(key)
+        except redis.RedisError as error:
+            return self._fallback(error).get(key)
+
+
 class QuotaGate:
     """Checks and consumes a key's minute and day quotas."""
 
-    def __init__(self, redis_url: str | None = None, namespace: str = "kl") -> None:
-        self.storage: Counters = cast(Storage, storage_from_string(redis_url)) if redis_url else LocalCounters()
+    def __init__(self, redis_url: str | None = None, namespace: str = "kl", outage_closed: bool = False) -> None:
+        self.storage: Counters
+        if redis_url:
+            # Short timeouts: an unreachable Redis must not hold a verification for long.
+            storage = cast(Storage, storage_from_string(redis_url, socket_timeout=1, socket_connect_timeout=1))
+            self.storage = FallbackCounters(storage, outage_closed)
+        else:
+            self.storage = LocalCounters()
         self.shared = redis_url is not None
         self.namespace = namespace
+
+    @property
+    def degraded(self) -> int:
+        """Counter calls answered per process because Redis was unreachable."""
+        return self.storage.degraded if isinstance(self.storage, FallbackCounters) else 0
 
     def _counters(self, key_id: UUID, now: datetime) -> tuple[str, str]:
         minute, day, _ = _windows(now)

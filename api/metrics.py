@@ -37,6 +37,19 @@ class _ReadModelCollector(Collector):
         yield from (lag, failing, failures)
 
 
+class _RedisOutageCollector(Collector):
+    def __init__(self, degraded: Callable[[], int]) -> None:
+        self._degraded = degraded
+
+    def collect(self) -> Iterable[Metric]:
+        counter = CounterMetricFamily(
+            "keyledger_redis_unreachable_calls",
+            "Counter and change-feed calls answered without Redis (per-process counters, stream follower)",
+        )
+        counter.add_metric([], self._degraded())
+        yield counter
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -59,6 +72,9 @@ class Metrics:
         if counter is None:  # labels() is slow enough to matter on the verification path
             counter = self._answer_counters[(via, code)] = self.answers.labels(via=via, code=code)
         counter.inc()
+
+    def watch_redis_outages(self, degraded: Callable[[], int]) -> None:
+        self.registry.register(_RedisOutageCollector(degraded))
 
     def watch_read_models(self, status: Callable[[], Iterable[Any]], failures: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_ReadModelCollector(status, failures))

@@ -11,12 +11,16 @@ import logging
 import re
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters.quotas import QuotaDecision
+from adapters.quotas import QuotaDecision, RedisUnavailable
 from api.forwarded_path import AmbiguousPath
 from api.guesses import GuessingThrottled
 from api.verification import Answer
@@ -179,6 +183,25 @@ def throttled_response(error: Exception) -> JSONResponse:
     return problem(429, "Too many unknown keys", str(error), "too-many-unknown-keys", headers)
 
 
+# The store or a database unreachable: eventsourcing's wrapped driver errors, SQLAlchemy's, the pools' timeouts.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    StoreOperationalError,
+    StoreInterfaceError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+    RedisUnavailable,
+)
+
+
+def _unavailable(_: Request, error: Exception) -> JSONResponse:
+    log.warning("a dependency is unreachable: %s", type(error).__name__)
+    return problem(
+        503, "Service unavailable", "a dependency is unreachable; retry shortly", "unavailable", {"Retry-After": "5"}
+    )
+
+
 def _not_ready(_: Request, error: Exception) -> JSONResponse:
     # A read model not built yet (a first start still building it): come back shortly.
     return problem(503, "Not ready", str(error), "not-ready", {"Retry-After": "5"})
@@ -200,4 +223,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ProjectionNotReady, _not_ready)
     app.add_exception_handler(AmbiguousPath, _ambiguous_path)
     app.add_exception_handler(GuessingThrottled, _throttled)
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -42,7 +42,9 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_LOCK_TIMEOUT": "10",
         "POSTGRES_POOL_SIZE": "5",
         "POSTGRES_MAX_OVERFLOW": "10",
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        # Also how long a call waits for a pooled connection: an outage must answer 503 within 5 s.
+        "POSTGRES_CONNECT_TIMEOUT": "2",
+        "POSTGRES_PRE_PING": "y",  # after an outage, pooled connections are checked, not failed on
         **chain_env(audit_key),
     }
     if settings.database_schema:

@@ -50,7 +50,7 @@ class VerificationStack:
 def open_change_feed(settings: Settings) -> ChangeFeed:
     if not settings.redis_url:
         return MemoryChangeFeed()
-    feed = RedisChangeFeed(settings.redis_url)
+    feed = RedisChangeFeed(settings.redis_url, closed=settings.redis_outage == "closed")
     try:
         feed.ping()
     except redis.RedisError as error:
@@ -86,7 +86,7 @@ def build_verification(settings: Settings, ledger: KeyLedger) -> VerificationSta
     feed = open_change_feed(settings)
     cache = CredentialCache(ledger, feed)
     ledger.after_save(publish_changes(feed, cache))
-    quotas = QuotaGate(settings.redis_url)
+    quotas = QuotaGate(settings.redis_url, outage_closed=settings.redis_outage == "closed")
     usage = UsageRecorder(ledger, actor=f"api:{socket.gethostname()}:{os.getpid()}")
     metrics = Metrics()
     guesses = GuessLimit(settings.not_found_per_minute)
@@ -193,6 +193,10 @@ def build_services(settings: Settings) -> Services:
     services = Services(settings, ledger, read_models, stack, "", None)
     ledger.after_save(services.settle)
     stack.metrics.watch_read_models(read_models.status, lambda: read_models.failure_counts)
+    feed = stack.feed
+    stack.metrics.watch_redis_outages(
+        lambda: stack.quotas.degraded + (feed.degraded if isinstance(feed, RedisChangeFeed) else 0)
+    )
     configured = settings.operator_token.get_secret_value() if settings.operator_token else None
     services.operator_digest, services.generated_operator_token = ensure_operator_token(read_models.engine, configured)
     return services

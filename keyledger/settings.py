@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     operator_token: SecretStr | None = None
     resources: str = Field(default="nodes,edges,livedata,events", description="the resource catalog")
     insufficient_scope_status: int = 403
+    redis_outage: Literal["open", "closed"] = Field(
+        default="open",
+        description="while Redis is unreachable: open (per-process counters) or closed (503)",
+    )
     not_found_per_minute: int = Field(
         default=100, ge=0, description="NOT_FOUND answers per client address and minute before 429 (0: no limit)"
     )

@@ -74,9 +74,10 @@ def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = N
         schema = settings.database_schema or "public"
         return create_engine(
             url,
-            connect_args={"options": f"-c search_path={schema}", "connect_timeout": 5},
+            connect_args={"options": f"-c search_path={schema}", "connect_timeout": 2},
             pool_size=5,
             max_overflow=10,
+            pool_timeout=2,  # an outage answers 503 within seconds rather than queueing for 30
             pool_pre_ping=True,
             hide_parameters=True,  # errors and logs must never show a digest
         )

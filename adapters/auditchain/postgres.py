@@ -8,16 +8,19 @@ a rolled-back insert leaves neither events nor links (only a gap in positions).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
-from eventsourcing.utils import retry, strtobool
-from psycopg import Cursor
+from eventsourcing.utils import Environment, retry, strtobool
+from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
+from psycopg_pool import PoolTimeout
 
 from adapters.auditchain import writer
 from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
@@ -160,8 +163,40 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             self._extend_chain(curs, self.chain_key, [])
 
 
+class FailFastDatastore(PostgresDatastore):
+    """The library's datastore, failing at once for a while after the database was unreachable.
+
+    Every recorder call is retried 10 times by the library, each attempt waiting up to the pool's
+    timeout for a connection: in an outage a request hung for tens of seconds. After one attempt
+    found no connection (the pool timed out: POSTGRES_CONNECT_TIMEOUT, 2 s), calls fail at once for
+    DOWN_FOR seconds, longer than the library's retries of one call last (10 x 0.2 s), so a call
+    waits for one pool timeout at most: an outage answers within about 4 s. The first call after
+    that tries again, so service resumes by itself.
+    """
+
+    DOWN_FOR = 2.5
+    down_until = 0.0
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Connection[DictRow]]:
+        if time.monotonic() < self.down_until:
+            raise OperationalError("the database is unreachable")
+        try:
+            with super().get_connection() as conn:
+                yield conn
+        except OperationalError as error:
+            if isinstance(error.__cause__, PoolTimeout):
+                self.down_until = time.monotonic() + self.DOWN_FOR
+            raise
+
+
 class Factory(PostgresFactory):
-    """`eventsourcing.postgres`'s factory, with the chained application recorder."""
+    """`eventsourcing.postgres`'s factory, with the chained application recorder and a datastore failing fast."""
+
+    def __init__(self, env: Environment | dict[str, str] | None) -> None:
+        super().__init__(env)
+        # The library builds its datastore itself: give this one the fail-fast behaviour (it adds no state).
+        self.datastore.__class__ = FailFastDatastore
 
     def application_recorder(self) -> ApplicationRecorder:
         prefix = self.env.name.lower() or "stored"  # the library's table naming
