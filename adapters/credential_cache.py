@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -131,6 +132,16 @@ class CredentialCache:
             for key_id in stale:
                 self._entries.pop(key_id, None)
 
+    def refresh(self, ids: Iterable[UUID], keys: Iterable[UUID]) -> None:
+        """After this process changed them: forget `ids` (keys or workspaces), and load `keys` again.
+
+        The command's own thread does the store read while the store is known to be up, so the
+        next verification of a changed key needs no store (nor does it during an outage).
+        """
+        self.invalidate(*ids)
+        for key_id in keys:
+            self._load(key_id)
+
     # --- following the stream for writers that do not publish ------------
 
     def start_following(self, interval: float = 0.25) -> None:
@@ -153,5 +164,13 @@ class CredentialCache:
                 log.warning("credential cache follower could not read the event stream", exc_info=True)
                 continue
             if notifications:
-                self.invalidate(*{UUID(str(n.originator_id)) for n in notifications})
+                # A key reloaded after a change published at or after this event (this process's own
+                # commands, or any process with Redis) is fresh already: keep it.
+                stale = {
+                    item
+                    for n in notifications
+                    if (entry := self._entries.get(item := UUID(str(n.originator_id)))) is None
+                    or entry.key_marker < n.id
+                }
+                self.invalidate(*stale)
                 position = notifications[-1].id

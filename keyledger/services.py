@@ -18,6 +18,7 @@ from api.guesses import GuessLimit
 from api.metrics import Metrics
 from api.verification import VerificationService
 from domain.application import AfterSave, KeyLedger, Saved
+from domain.keys import ApiKey
 from keyledger.bootstrap import open_ledger
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
@@ -65,7 +66,8 @@ def publish_changes(feed: ChangeFeed, cache: CredentialCache | None = None) -> A
         if saved.changed:
             feed.publish(saved.changed, saved.position)
             if cache is not None:
-                cache.invalidate(*saved.changed)
+                keys = {e.originator_id for e in saved.events if isinstance(e, ApiKey.Event)} & saved.changed
+                cache.refresh(saved.changed, keys)
 
     return publish
 

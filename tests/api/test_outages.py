@@ -64,7 +64,11 @@ def test_a_database_outage_fails_fast_keeps_cached_keys_and_heals(database: str,
         ws, secret = created["workspace"]["id"], created["admin_key"]["secret"]
         with server.client(secret) as client:
             assert client.post("/v1/verify", json={"key": secret, "scope": "admin"}).json()["code"] == "VALID"
+            changed = client.post(f"/v1/workspaces/{ws}/keys", json={"name": "c", "scopes": ["read:nodes"]}).json()
+            client.post(f"/v1/workspaces/{ws}/keys/{changed['key']['id']}/scopes", json={"scopes": ["read:edges"]})
             cut_off(database, allow=False)
+            # Changed by this process just before: reloaded by the command itself, answered without the store.
+            fresh = client.post("/v1/verify", json={"key": changed["secret"], "scope": "read:edges"})
 
             cached, cached_took = timed(lambda: client.post("/v1/verify", json={"key": secret, "scope": "admin"}))
             issued, issued_took = timed(
@@ -90,6 +94,7 @@ def test_a_database_outage_fails_fast_keeps_cached_keys_and_heals(database: str,
         server.stop()
 
     assert cached.json()["code"] == "VALID" and cached_took < 1.0
+    assert fresh.status_code == 200 and fresh.json()["code"] == "VALID"
     for response, took in ((issued, issued_took), (listed, listed_took)):
         assert response.status_code == 503, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
