@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -162,25 +163,57 @@ def key_show(key: str) -> None:
     emit(_key_json(ledger, ledger.get_key(_uuid(key, "key"))))
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="worker processes (more than 1 needs KEYLEDGER_REDIS_URL)", min=1, max=64)
+    ] = 1,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="a log line per request")] = True,
+    log_format: Annotated[LogFormat, typer.Option(help="text, or JSON lines")] = LogFormat.text,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(help="addresses of gateways whose X-Forwarded-For/-Proto to trust (comma-separated, or *)"),
+    ] = None,
 ) -> None:
     """Start the HTTP API (uvicorn) on the configured store."""
     import uvicorn
 
     from api.app import create_app
+    from keyledger.logs import log_config
     from keyledger.services import build_services
 
-    services = build_services(Settings())
+    settings = Settings()
+    if workers > 1 and not settings.redis_url:
+        raise StartupError(
+            "KEYLEDGER_REDIS_URL: --workers above 1 needs Redis (the processes share quota counters and changes)"
+        )
+    services = build_services(settings)
     if services.generated_operator_token:
         typer.echo(
             "No KEYLEDGER_OPERATOR_TOKEN was configured; generated one "
             "(shown only this once, stored as a digest):\n"
             f"  {services.generated_operator_token}"
         )
-    uvicorn.run(create_app(services), host=host, port=port, log_level="info")
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": access_log,
+        "log_config": log_config(log_format.value),
+        "proxy_headers": forwarded_allow_ips is not None,
+        "forwarded_allow_ips": forwarded_allow_ips,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(services), **options)
+        return
+    services.stop()  # each worker builds its own from the same settings (the token is stored now)
+    uvicorn.run("keyledger.asgi:create", factory=True, workers=workers, **options)
 
 
 def _fail(message: str) -> None:

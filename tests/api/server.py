@@ -33,6 +33,7 @@ class Server:
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    args: list[str] = field(default_factory=list)  # more `keyledger serve` options
 
     @property
     def url(self) -> str:
@@ -52,7 +53,7 @@ class Server:
     def start(self, timeout: float = 30.0) -> Server:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [KEYLEDGER, "serve", "--port", str(self.port)],
+            [KEYLEDGER, "serve", "--port", str(self.port), *self.args],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
