@@ -287,6 +287,26 @@ class KeyLedger(Application[UUID]):
 
         return self._retrying(attempt)
 
+    def suspend_key(
+        self, key_id: UUID, actor: str = OPERATOR, reason: str | None = None, workspace_id: UUID | None = None
+    ) -> KeyUpdate:
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            last_admin = self._is_last_admin(key)
+            if key.suspend(reason, actor) and last_admin:  # a suspended admin key manages nothing
+                raise LastAdminKey(LAST_ADMIN)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def resume_key(self, key_id: UUID, actor: str = OPERATOR, workspace_id: UUID | None = None) -> KeyUpdate:
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.resume(actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
     def revoke_key(
         self,
         key_id: UUID,

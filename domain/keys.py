@@ -29,6 +29,7 @@ from domain.timefmt import check_time
 from domain.verification import KeyCredentials
 from domain.workspace import check_name
 
+KEY_STATUSES = ("active", "suspended", "expired", "revoked")
 DEFAULT_GRACE_SECONDS = 86_400
 MAX_GRACE_SECONDS = 86_400
 ROTATION_DUE_AFTER = timedelta(days=90)
@@ -77,6 +78,7 @@ class KeyState:
     previous_secret_valid_until: datetime | None
     revoked_at: datetime | None
     rotation_due: bool
+    suspended_at: datetime | None = None
 
 
 class ApiKey(Aggregate):
@@ -148,6 +150,27 @@ class ApiKey(Aggregate):
             key.rotated_at = self.timestamp
 
     @credentials(changes=True)
+    class KeySuspended(Event):
+        """A reversible stop (SPEC 8.1): refused as SUSPENDED until resumed; its secrets are kept."""
+
+        class_version = 1  # new in v2 of the key events: no older form to upcast
+        reason: str | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.suspended_at = self.timestamp
+            key.suspended_reason = self.reason
+
+    @credentials(changes=True)
+    class KeyResumed(Event):
+        class_version = 1
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.suspended_at = None
+            key.suspended_reason = None
+
+    @credentials(changes=True)
     class KeyRevoked(Event):
         reason: str | None
         actor: str
@@ -175,6 +198,8 @@ class ApiKey(Aggregate):
         self.rotated_at: datetime | None = None
         self.revoked_at: datetime | None = None
         self.revoked_reason: str | None = None
+        self.suspended_at: datetime | None = None
+        self.suspended_reason: str | None = None
         self.issued_by = actor
 
     @classmethod
@@ -219,6 +244,8 @@ class ApiKey(Aggregate):
     def status(self, now: datetime) -> str:
         if self.revoked_at is not None:
             return "revoked"
+        if self.suspended_at is not None:
+            return "suspended"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
@@ -249,6 +276,7 @@ class ApiKey(Aggregate):
             previous_secret_valid_until=self.previous_secret_valid_until(now),
             revoked_at=self.revoked_at,
             rotation_due=self.rotation_due(now),
+            suspended_at=self.suspended_at,
         )
 
     def credentials(self, catalog: ScopeCatalog) -> KeyCredentials:
@@ -261,6 +289,7 @@ class ApiKey(Aggregate):
             expires_at=self.expires_at,
             revoked=self.is_revoked,
             effective_scopes=catalog.effective(self.scopes),
+            suspended=self.suspended_at is not None,
         )
 
     # --- commands ---------------------------------------------------------
@@ -301,6 +330,24 @@ class ApiKey(Aggregate):
             previous_valid_until=now + timedelta(seconds=grace),
             actor=actor,
         )
+
+    def suspend(self, reason: str | None, actor: str) -> bool:
+        """Suspend the key; returns False (recording nothing) when it is suspended already."""
+        self._check_not_revoked()
+        if reason is not None:
+            check_text(reason, "reason", MAX_REASON_LENGTH, error=InvalidReason, controls=True)
+        if self.suspended_at is not None:
+            return False
+        self.trigger_event(self.KeySuspended, workspace_id=self.workspace_id, reason=reason, actor=actor)
+        return True
+
+    def resume(self, actor: str) -> bool:
+        """Resume a suspended key; returns False (recording nothing) when it is not suspended."""
+        self._check_not_revoked()
+        if self.suspended_at is None:
+            return False
+        self.trigger_event(self.KeyResumed, workspace_id=self.workspace_id, actor=actor)
+        return True
 
     def revoke(self, reason: str | None, actor: str) -> None:
         self._check_not_revoked()

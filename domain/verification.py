@@ -19,6 +19,7 @@ class VerifyCode(StrEnum):
     VALID = "VALID"
     NOT_FOUND = "NOT_FOUND"
     REVOKED = "REVOKED"
+    SUSPENDED = "SUSPENDED"
     EXPIRED = "EXPIRED"
     INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
     RATE_LIMITED = "RATE_LIMITED"
@@ -36,6 +37,7 @@ class KeyCredentials:
     expires_at: datetime | None
     revoked: bool
     effective_scopes: frozenset[str]
+    suspended: bool = False
 
 
 def check_credentials(
@@ -54,6 +56,8 @@ def check_credentials(
         return VerifyCode.NOT_FOUND
     if credentials.revoked:
         return VerifyCode.REVOKED
+    if credentials.suspended:
+        return VerifyCode.SUSPENDED
     if credentials.expires_at is not None and credentials.expires_at <= now:
         return VerifyCode.EXPIRED
     if is_previous and (credentials.previous_valid_until is None or credentials.previous_valid_until <= now):

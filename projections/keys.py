@@ -53,6 +53,8 @@ ATTRIBUTE_COLUMNS = {
     "rotated_at": "rotated_at",
     "revoked_at": "revoked_at",
     "revoked_reason": "revoked_reason",
+    "suspended_at": "suspended_at",
+    "suspended_reason": "suspended_reason",
     "issued_by": "issued_by",
 }
 _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
@@ -61,7 +63,7 @@ _API_KEY_TOPIC = get_topic(ApiKey)
 
 class KeysProjection(FoldingProjection["KeyChanges"]):
     name = "keys"
-    VERSION = 1
+    VERSION = 2  # 2: suspension (suspended_at, suspended_reason)
     event_types = (ApiKey.Event,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -79,6 +81,8 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("previous_valid_until", UTCDateTime),  # end of the previous secret's grace
             Column("revoked_at", UTCDateTime),
             Column("revoked_reason", StorableText),
+            Column("suspended_at", UTCDateTime),
+            Column("suspended_reason", StorableText),
             Column("issued_by", StorableText(200), nullable=False),
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from domain.application import KeyLedger
 from domain.errors import InvalidInput
-from domain.keys import KeyState
+from domain.keys import KEY_STATUSES, KeyState
 from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
 from projections.base import Projection, Tables
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
@@ -39,7 +39,6 @@ from projections.workers import MIN_EVENTS, Workers
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-KEY_STATUSES = ("active", "expired", "revoked")
 CATCH_UP_TIMEOUT = 600.0
 
 

@@ -156,6 +156,22 @@ def key_revoke(key: str, reason: Annotated[str | None, typer.Option()] = None) -
     emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
+@key_app.command("suspend")
+def key_suspend(key: str, reason: Annotated[str | None, typer.Option()] = None) -> None:
+    """Suspend a key: refused as SUSPENDED until resumed (its secrets are kept)."""
+    ledger = _ledger()
+    update = ledger.suspend_key(_uuid(key, "key"), OPERATOR, reason)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("resume")
+def key_resume(key: str) -> None:
+    """Resume a suspended key."""
+    ledger = _ledger()
+    update = ledger.resume_key(_uuid(key, "key"), OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
 @key_app.command("show")
 def key_show(key: str) -> None:
     """Show a key's current state (never its secret)."""

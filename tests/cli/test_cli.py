@@ -113,3 +113,20 @@ def test_a_bad_setting_is_named(tmp_path: Path):
 
     assert result.returncode == 2
     assert "KEYLEDGER_DATABASE_URL" in result.stderr
+
+
+def test_an_operator_suspends_and_resumes_a_key(settings: Settings):
+    ws = ok(settings, "workspace", "create", "acme", "--plan", "pro")["workspace"]["id"]
+    issued = ok(settings, "key", "issue", ws, "--name", "ci", "--scope", "read:nodes")
+    key = issued["key"]["id"]
+
+    suspended = ok(settings, "key", "suspend", key, "--reason", "investigating")
+    shown = ok(settings, "key", "show", key)
+    resumed = ok(settings, "key", "resume", key)
+    ok(settings, "key", "revoke", key)
+    refused = run(settings, "key", "resume", key)
+
+    assert suspended["key"]["status"] == "suspended" and suspended["position"] is not None
+    assert shown["status"] == "suspended"
+    assert resumed["key"]["status"] == "active"
+    assert refused.returncode == 2 and "revoked" in refused.stderr

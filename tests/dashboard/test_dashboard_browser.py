@@ -204,3 +204,23 @@ def test_an_admin_rotates_then_revokes_its_own_key(server: Server, dashboard: Da
     assert "You revoked the key you signed in with" in dashboard.sign_in_error()
     assert page.is_hidden("#dashboard")
     assert dashboard.session_secret() is None
+
+
+def test_an_admin_suspends_and_resumes_a_key_behind_a_confirmation(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    reader = issue(server, admin, ["read:nodes"])
+    reader_id = reader["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    dashboard.click_action(reader_id, "suspend")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr.status-suspended[data-key-id="{reader_id}"]')
+    suspended = verify(server, reader["secret"])["code"]
+    dashboard.click_action(reader_id, "resume")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr.status-active[data-key-id="{reader_id}"]')
+
+    assert suspended == "SUSPENDED"
+    assert verify(server, reader["secret"])["code"] == "VALID"

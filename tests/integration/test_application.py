@@ -145,6 +145,8 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
     ledger.grant_scopes(issued.key.id, ["write:edges", "read:events"])
     ledger.revoke_scopes(issued.key.id, ["read:events"])
     ledger.rotate_key(issued.key.id, grace_seconds=120)
+    ledger.suspend_key(issued.key.id, reason="investigating")
+    ledger.resume_key(issued.key.id)
     saved_key = ledger.revoke_key(issued.key.id, reason="rotated out").key
     saved_workspace = ledger.get_workspace(ws_id)
     ledger.repository.cache = None  # nothing served from memory: every read replays stored events

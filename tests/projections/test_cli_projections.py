@@ -11,6 +11,9 @@ import time
 
 from domain.application import KeyLedger
 from keyledger.settings import Settings
+from projections.audit import AuditProjection
+from projections.keys import KeysProjection
+from projections.usage import UsageProjection
 from tests.cli.test_cli import KEYLEDGER, run
 
 
@@ -32,9 +35,9 @@ def test_rebuild_shows_progress_and_status_shows_the_new_generation(settings: Se
     assert "events/s" in rebuilt.stderr and "audit: generation 2" in again.stderr
     rows = status(settings)
     assert [(r["version"], r["position"], r["lag"], r["generation"]) for r in rows.values()] == [
-        (1, head, 0, 1),
-        (1, head, 0, 1),
-        (1, head, 0, 2),
+        (KeysProjection.VERSION, head, 0, 1),
+        (UsageProjection.VERSION, head, 0, 1),
+        (AuditProjection.VERSION, head, 0, 2),
     ]
     table = run(settings, "projections", "status").stdout
     assert all(name in table for name in ("keys", "usage", "audit", "position", "lag"))

@@ -43,12 +43,14 @@ def test_the_applications_event_list_is_every_domain_event():
     assert {c.__qualname__ for c in EVENT_CLASSES} == {c.__qualname__ for c in all_domain_event_classes()}
 
 
-def test_the_credential_changing_events_are_the_lifecycle_and_plan_changes():
+def test_the_credential_changing_events_are_the_lifecycle_and_plan_changes():  # update when events are added
     assert set(CREDENTIAL_EVENTS) == {
         ApiKey.KeyIssued,
         ApiKey.ScopesGranted,
         ApiKey.ScopesRevoked,
         ApiKey.KeyRotated,
         ApiKey.KeyRevoked,
+        ApiKey.KeySuspended,
+        ApiKey.KeyResumed,
         Workspace.PlanChanged,
     }

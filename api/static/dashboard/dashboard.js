@@ -343,7 +343,7 @@ function renderCharts() {
 }
 
 function renderKeys() {
-  const order = { active: 0, expired: 1, revoked: 2 };
+  const order = { active: 0, suspended: 1, expired: 2, revoked: 3 };
   const keys = [...state.keys].sort(
     (a, b) => order[a.status] - order[b.status] || Date.parse(a.created_at) - Date.parse(b.created_at),
   );
@@ -364,9 +364,13 @@ function renderKeys() {
       const actions = document.createElement("td");
       actions.className = "actions";
       const live = key.status === "active";
+      const suspended = key.status === "suspended";
       actions.append(
         actionButton("Rotate", "rotate", live, () => rotate(key)),
-        actionButton("Revoke", "revoke danger", live, () => revoke(key)),
+        suspended
+          ? actionButton("Resume", "resume", true, () => suspendOrResume(key, "resume"))
+          : actionButton("Suspend", "suspend", live, () => suspendOrResume(key, "suspend")),
+        actionButton("Revoke", "revoke danger", live || suspended, () => revoke(key)),
       );
       const cells = [keyCell(key), status, scopes, age, due, actions];
       ["key", "status", "scopes", "age", "rotation-due", "actions"].forEach((f, i) => {
@@ -514,6 +518,26 @@ async function revoke(key) {
   }
   if (own) {
     signOut({ title: "Signed out", detail: "You revoked the key you signed in with." });
+    return;
+  }
+  await reload();
+}
+
+async function suspendOrResume(key, action) {
+  const suspending = action === "suspend";
+  const confirmed = await confirmAction({
+    title: `${suspending ? "Suspend" : "Resume"} key “${keyLabel(key)}”?`,
+    text: suspending
+      ? "The key is refused (SUSPENDED) everywhere at once until it is resumed; its secrets are kept."
+      : "The key works again at once (unless it expired meanwhile).",
+    confirmLabel: suspending ? "Suspend" : "Resume",
+    danger: suspending,
+  });
+  if (!confirmed) return;
+  try {
+    await api("POST", wsPath(`/keys/${encodeURIComponent(key.id)}/${action}`), suspending ? {} : undefined);
+  } catch (error) {
+    failed(error);
     return;
   }
   await reload();
