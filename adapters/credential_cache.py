@@ -21,12 +21,14 @@ from eventsourcing.utils import get_topic
 from adapters.change_feed import ChangeFeed, FeedUnavailable
 from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
+from domain.keys import ApiKey
 from domain.verification import KeyCredentials
 
 log = logging.getLogger(__name__)
 
 # The events that change credentials, as they declare themselves (domain.effects).
 CREDENTIAL_TOPICS = [get_topic(cls) for cls in CREDENTIAL_EVENTS]
+ISSUED_TOPIC = get_topic(ApiKey.KeyIssued)
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,22 @@ class CredentialCache:
         self.max_missing = max_missing
         self._entries: OrderedDict[UUID, _Entry] = OrderedDict()  # found keys
         self._missing: OrderedDict[UUID, _Entry] = OrderedDict()  # ids found missing (value None)
+        self._known: set[UUID] = set()  # ids of keys known to exist: about 100 bytes per key
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.loads = 0  # how often the store was read: lets tests prove the hot path does no I/O
 
     def holds(self, key_id: UUID) -> bool:
-        """Whether a found key with this id is cached (it may still be stale)."""
-        return key_id in self._entries
+        """Whether a key with this id is known to exist (cached or not: keys are never deleted).
+
+        Known: every key loaded, every key issued since this process started (the follower sees
+        each KeyIssued), and those `know` was told of (the keys read model at start-up).
+        """
+        return key_id in self._known
+
+    def know(self, key_ids: Iterable[UUID]) -> None:
+        self._known.update(key_ids)
 
     def get(self, key_id: UUID) -> CachedKey | None:
         entry = self._entries.get(key_id)
@@ -108,6 +118,7 @@ class CredentialCache:
             )
             entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id)
         with self._lock:
+            self._known.add(key_id)
             self._missing.pop(key_id, None)
             self._entries[key_id] = entry
             self._entries.move_to_end(key_id)
@@ -164,6 +175,7 @@ class CredentialCache:
                 log.warning("credential cache follower could not read the event stream", exc_info=True)
                 continue
             if notifications:
+                self._known.update(UUID(str(n.originator_id)) for n in notifications if n.topic == ISSUED_TOPIC)
                 # A key reloaded after a change published at or after this event (this process's own
                 # commands, or any process with Redis) is fresh already: keep it.
                 stale = {

@@ -61,6 +61,7 @@ class VerificationService:
             VerifyCode.VALID: 200,
             VerifyCode.NOT_FOUND: 401,
             VerifyCode.REVOKED: 401,
+            VerifyCode.SUSPENDED: 401,
             VerifyCode.EXPIRED: 401,
             VerifyCode.INSUFFICIENT_SCOPE: insufficient_scope_status,
             VerifyCode.RATE_LIMITED: 429,
@@ -96,13 +97,15 @@ class VerificationService:
         """Rules, then quota for allowed keys; records the answer as usage unless the caller will.
 
         `client` (the caller's address) is throttled after too many NOT_FOUND answers
-        (GuessingThrottled) for any key not already cached.
+        (GuessingThrottled) for ids no key is known to have.
         """
         started = time.perf_counter()
-        if client is not None and self.guesses.per_minute:
-            self._check_guessing(secret, client)
+        guessed = self._guessed_id(secret) if client is not None and self.guesses.per_minute else None
+        if guessed is not None:  # an id no key is known to have: throttled once the address guessed too often
+            self.guesses.check(client, time.time())
         answer = self.judge(secret, needed_scope)
-        if answer.key is None and client is not None:
+        if guessed is not None and answer.key is None and not self.cache.holds(guessed):
+            # It named no key at all (a wrong secret of a real key is not counted).
             self.guesses.count(client, time.time())
         if answer.key is not None:
             now = self.clock()
@@ -120,13 +123,13 @@ class VerificationService:
         self.metrics.answer(via, answer.code.value)
         return answer
 
-    def _check_guessing(self, secret: str | None, client: str) -> None:
+    def _guessed_id(self, secret: str | None) -> UUID | None:
+        """The key id a well-formed secret names, when no key is known to have it (a malformed one costs no lookup)."""
         try:
             key_id = credentials.key_id_of(secret) if secret else None
         except MalformedSecret:
-            key_id = None
-        if key_id is None or not self.cache.holds(key_id):
-            self.guesses.check(client, time.time())
+            return None
+        return key_id if key_id is not None and not self.cache.holds(key_id) else None
 
     def record(self, answer: Answer, endpoint: str, status: int) -> None:
         if answer.key is not None:

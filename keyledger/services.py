@@ -142,6 +142,7 @@ class Services:
         self.read_models.start()
         try:
             self.read_models.catch_up()
+            self.stack.cache.know(self.read_models.key_ids())  # not guesses, whatever the cache holds
             if not self.quotas.shared:
                 self._restore_quotas()
         except Exception as error:

@@ -159,6 +159,11 @@ def select_key(conn: Connection, tables: Tables, key_id: UUID) -> ApiKey | None:
     return key_from_row(row) if row is not None else None
 
 
+def select_key_ids(conn: Connection, tables: Tables) -> list[UUID]:
+    table = tables["keys"]
+    return list(conn.execute(select(table.c.key_id)).scalars())
+
+
 def select_workspace_keys(conn: Connection, tables: Tables, workspace_id: UUID) -> list[ApiKey]:
     table = tables["keys"]
     query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)

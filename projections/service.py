@@ -30,7 +30,7 @@ from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entr
 from projections.base import Projection, Tables
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
-from projections.keys import KeysProjection, select_key, select_workspace_keys
+from projections.keys import KeysProjection, select_key, select_key_ids, select_workspace_keys
 from projections.runner import Progress, Runner, Step, describe_error
 from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
@@ -431,6 +431,10 @@ class ReadModels:
                 return self._active_generation(conn, name)
             except ProjectionNotReady:
                 return None
+
+    def key_ids(self) -> list[UUID]:
+        """Every key's id (keys are never deleted): what a verifier knows to exist."""
+        return self._read("keys", select_key_ids)
 
     def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime) -> KeyState | None:
         key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))

@@ -335,6 +335,13 @@ def test_guessing_keys_is_throttled_per_address_while_known_keys_still_verify(ba
             guesses = [client.post("/v1/verify", json={"key": forged(), "scope": "read:nodes"}) for _ in range(5)]
             throttled = client.post("/v1/verify", json={"key": forged(), "scope": "read:nodes"})
             known = client.post("/v1/verify", json={"key": real, "scope": "admin"})
+            ws = created["workspace"]["id"]
+            newer = client.post(
+                f"/v1/workspaces/{ws}/keys",
+                json={"name": "n", "scopes": []},
+                headers={"Authorization": f"Bearer {real}"},
+            ).json()["secret"]
+            fresh = client.post("/v1/verify", json={"key": newer, "scope": "admin"})
             gateway = client.get(
                 "/v1/auth",
                 headers={
@@ -350,4 +357,42 @@ def test_guessing_keys_is_throttled_per_address_while_known_keys_still_verify(ba
     assert assert_problem(throttled, 429)["type"] == "/problems/too-many-unknown-keys"
     assert 1 <= int(throttled.headers["Retry-After"]) <= 60
     assert known.json()["code"] == "VALID"
+    assert fresh.json()["code"] == "INSUFFICIENT_SCOPE"  # a real key issued since: answered, not throttled
     assert assert_problem(gateway, 429)["type"] == "/problems/too-many-unknown-keys"
+
+
+def test_a_suspended_key_is_refused_as_suspended_until_resumed(server: Server, admin):
+    key = issue(server, admin, ["read:nodes"])
+    ws, key_id = admin["key"]["workspace_id"], key["key"]["id"]
+    with server.client(admin["secret"]) as client:
+        suspended = client.post(f"/v1/workspaces/{ws}/keys/{key_id}/suspend", json={"reason": "leak?"})
+        again = client.post(f"/v1/workspaces/{ws}/keys/{key_id}/suspend")
+        listed = client.get(f"/v1/workspaces/{ws}/keys", params={"status": "suspended"})
+        gateway = forward(server, key["secret"])
+        answer = verify(server, key["secret"])
+        history = client.get(f"/v1/workspaces/{ws}/keys/{key_id}/history")
+        resumed = client.post(f"/v1/workspaces/{ws}/keys/{key_id}/resume")
+        after = verify(server, key["secret"])
+        client.post(f"/v1/workspaces/{ws}/keys/{key_id}/revoke")
+        on_revoked = client.post(f"/v1/workspaces/{ws}/keys/{key_id}/resume")
+
+    assert suspended.json()["status"] == "suspended" and suspended.json()["suspended_at"] is not None
+    assert again.status_code == 200  # already suspended: nothing recorded
+    assert [k["id"] for k in listed.json()["items"]] == [key_id]
+    problem = assert_problem(gateway, 401)
+    assert problem["code"] == "SUSPENDED" and gateway.headers["WWW-Authenticate"].startswith("Bearer")
+    assert answer["code"] == "SUSPENDED" and answer["valid"] is False
+    types = [e["type"] for e in history.json()["items"]]
+    assert types.count("KeySuspended") == 1 and "KeyResumed" not in types
+    assert history.json()["items"][-1]["data"]["reason"] == "leak?"
+    assert resumed.json()["status"] == "active" and after["code"] == "VALID"
+    assert assert_problem(on_revoked, 409)["status"] == 409
+
+
+def test_the_last_admin_key_cannot_be_suspended(server: Server):
+    created = create_workspace(server)
+    ws, admin = created["workspace"]["id"], created["admin_key"]
+    with server.client(admin["secret"]) as client:
+        response = client.post(f"/v1/workspaces/{ws}/keys/{admin['key']['id']}/suspend")
+
+    assert assert_problem(response, 409)["type"] == "/problems/last-admin-key"

@@ -77,3 +77,22 @@ def test_sixty_requests_over_both_processes_exhaust_a_starter_minute(pair):
     assert codes == ["VALID"] * 60
     assert sixty_first["code"] == "RATE_LIMITED"
     assert verify(b, key["secret"])["code"] == "RATE_LIMITED"
+
+
+def test_a_key_suspended_through_one_process_is_refused_by_the_other_at_once_and_resumes(pair):
+    a, b = pair
+    admin = create_workspace(a)["admin_key"]
+    key = issue(a, admin, ["read:nodes"])
+    assert verify(b, key["secret"])["code"] == "VALID"
+    path = f"/v1/workspaces/{admin['key']['workspace_id']}/keys/{key['key']['id']}"
+
+    with a.client(admin["secret"]) as client:
+        suspended = client.post(f"{path}/suspend", json={"reason": "investigating"})
+    refused = verify(b, key["secret"])
+    with a.client(admin["secret"]) as client:
+        resumed = client.post(f"{path}/resume")
+
+    assert suspended.status_code == 200 and suspended.json()["status"] == "suspended"
+    assert refused["code"] == "SUSPENDED" and refused["valid"] is False
+    assert resumed.json()["status"] == "active"
+    assert verify(b, key["secret"])["code"] == "VALID"
