@@ -270,6 +270,21 @@ class KeyLedger(Application[UUID]):
 
         return self._retrying(attempt)
 
+    def set_scopes(
+        self, key_id: UUID, scopes: list[str], actor: str = OPERATOR, workspace_id: UUID | None = None
+    ) -> KeyUpdate:
+        """Make the key's granted scopes exactly `scopes`, in one event."""
+        parsed = self.catalog.parse_all(scopes)
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            if ADMIN not in parsed and self._is_last_admin(key):
+                raise LastAdminKey(LAST_ADMIN)
+            key.set_scopes(parsed, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
     def rotate_key(
         self,
         key_id: UUID,

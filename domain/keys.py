@@ -150,6 +150,17 @@ class ApiKey(Aggregate):
             key.rotated_at = self.timestamp
 
     @credentials(changes=True)
+    class ScopesSet(Event):
+        """The granted set made exactly `scopes` in one change (SPEC 8.1 `PUT .../scopes`)."""
+
+        class_version = 1  # new: no older form to upcast
+        scopes: list[str]
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.scopes = sorted(self.scopes)
+
+    @credentials(changes=True)
     class KeySuspended(Event):
         """A reversible stop (SPEC 8.1): refused as SUSPENDED until resumed; its secrets are kept."""
 
@@ -315,6 +326,16 @@ class ApiKey(Aggregate):
         if not held:
             return False
         self.trigger_event(self.ScopesRevoked, workspace_id=self.workspace_id, scopes=held, actor=actor)
+        return True
+
+    def set_scopes(self, scopes: list[str], actor: str) -> bool:
+        """Make the granted set exactly these parsed scopes; returns False (recording nothing) when it is already."""
+        self._check_not_revoked()
+        wanted = sorted(set(scopes))
+        check_scope_count(wanted)
+        if wanted == self.scopes:
+            return False
+        self.trigger_event(self.ScopesSet, workspace_id=self.workspace_id, scopes=wanted, actor=actor)
         return True
 
     def rotate(self, new_secret_digest: str, grace_seconds: int, actor: str) -> None:

@@ -156,6 +156,14 @@ def key_revoke(key: str, reason: Annotated[str | None, typer.Option()] = None) -
     emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
+@key_app.command("set-scopes")
+def key_set_scopes(key: str, scopes: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+    """Make the key's granted scopes exactly these (none: no scope), in one change."""
+    ledger = _ledger()
+    update = ledger.set_scopes(_uuid(key, "key"), scopes or [], OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
 @key_app.command("suspend")
 def key_suspend(key: str, reason: Annotated[str | None, typer.Option()] = None) -> None:
     """Suspend a key: refused as SUSPENDED until resumed (its secrets are kept)."""

@@ -130,3 +130,16 @@ def test_an_operator_suspends_and_resumes_a_key(settings: Settings):
     assert shown["status"] == "suspended"
     assert resumed["key"]["status"] == "active"
     assert refused.returncode == 2 and "revoked" in refused.stderr
+
+
+def test_an_operator_sets_a_keys_exact_scopes(settings: Settings):
+    ws = ok(settings, "workspace", "create", "acme", "--plan", "pro")["workspace"]["id"]
+    key = ok(settings, "key", "issue", ws, "--name", "ci", "--scope", "write:nodes", "--scope", "read:edges")["key"][
+        "id"
+    ]
+
+    exact = ok(settings, "key", "set-scopes", key, "read:nodes", "read:events")
+    bad = run(settings, "key", "set-scopes", key, "read:nope")
+
+    assert exact["key"]["scopes"] == ["read:events", "read:nodes"]
+    assert bad.returncode == 2 and ok(settings, "key", "show", key)["scopes"] == ["read:events", "read:nodes"]

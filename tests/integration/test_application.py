@@ -144,6 +144,7 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
     issued = ledger.issue_key(ws_id, "ci", ["read:nodes"], expires_at=datetime.now(UTC) + timedelta(days=3))
     ledger.grant_scopes(issued.key.id, ["write:edges", "read:events"])
     ledger.revoke_scopes(issued.key.id, ["read:events"])
+    ledger.set_scopes(issued.key.id, ["read:nodes", "read:edges"])
     ledger.rotate_key(issued.key.id, grace_seconds=120)
     ledger.suspend_key(issued.key.id, reason="investigating")
     ledger.resume_key(issued.key.id)
@@ -225,3 +226,18 @@ def test_an_expired_admin_key_does_not_count_as_the_remaining_admin(ledger: KeyL
 
     with pytest.raises(LastAdminKey):
         ledger.revoke_key(created.admin_key.id)
+
+
+def test_an_exact_scope_set_replaces_the_granted_scopes_in_one_event(ledger: KeyLedger):
+    created = ledger.create_workspace("acme", "starter")
+    issued = ledger.issue_key(created.workspace.id, "ci", ["write:nodes", "read:edges"])
+
+    update = ledger.set_scopes(issued.key.id, ["read:nodes", "read:nodes"])
+    same = ledger.set_scopes(issued.key.id, ["read:nodes"])
+
+    assert update.key.scopes == ["read:nodes"] and update.position is not None
+    assert same.position is None  # already exactly that: nothing recorded
+    assert [type(e).__name__ for e in ledger.events.get(issued.key.id)] == ["KeyIssued", "ScopesSet"]
+    assert store_verdict(ledger, issued.secret, "write:nodes") is VerifyCode.INSUFFICIENT_SCOPE
+    with pytest.raises(LastAdminKey):
+        ledger.set_scopes(created.admin_key.id, ["read:nodes"])

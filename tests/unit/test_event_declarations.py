@@ -50,6 +50,7 @@ def test_the_credential_changing_events_are_the_lifecycle_and_plan_changes():  #
         ApiKey.ScopesRevoked,
         ApiKey.KeyRotated,
         ApiKey.KeyRevoked,
+        ApiKey.ScopesSet,
         ApiKey.KeySuspended,
         ApiKey.KeyResumed,
         Workspace.PlanChanged,
