@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import problems
+from api import openapi, problems
 from api.context import Services
 from api.routes import audit, dashboard, keys, me, ops, usage, verify, workspaces
 
@@ -29,6 +29,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    openapi.install(app, lambda: services.ledger.catalog)
     # The verification routes come first: routing tries routes in order, and they are the hot path.
     for module in (verify, workspaces, keys, usage, audit, me, ops, dashboard):
         app.include_router(module.router)

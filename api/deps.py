@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 
 from api.context import Services
 from api.problems import InsufficientScope, OperatorOnly, Unauthorized, refusal_for
@@ -49,14 +50,23 @@ class Caller:
         return str(self.key_id)
 
 
-def require_operator(request: Request, services: ServicesDep) -> str:
+# The two Bearer schemes, as dependencies so that FastAPI documents which routes take which (and, through
+# `Security(..., scopes=...)`, the scope a key needs there: `api.openapi` reads the errors off them).
+# They refuse nothing themselves; the token is read by `bearer_token`.
+operator_token = HTTPBearer(scheme_name="operatorToken", description="the operator token", auto_error=False)
+api_key = HTTPBearer(scheme_name="apiKey", description="a key's secret (`kl_...`)", auto_error=False)
+OperatorScheme = Annotated[HTTPAuthorizationCredentials | None, Depends(operator_token)]
+KeyScheme = Annotated[HTTPAuthorizationCredentials | None, Depends(api_key)]
+
+
+def require_operator(request: Request, services: ServicesDep, _: OperatorScheme) -> str:
     token = bearer_token(request)
     if token is None or not hmac.compare_digest(credentials.digest(token), services.operator_digest):
         raise OperatorOnly()
     return "operator"
 
 
-def require_key(request: Request, services: ServicesDep) -> Caller:
+def require_key(request: Request, services: ServicesDep, _: KeyScheme) -> Caller:
     """A valid key of any workspace and any scopes (no quota, no usage): who is calling."""
     answer = services.verification.judge(bearer_token(request), None)
     refusal = refusal_for(answer)
@@ -65,30 +75,31 @@ def require_key(request: Request, services: ServicesDep) -> Caller:
     return Caller(answer.key.credentials.key_id, answer.key.credentials.workspace_id)
 
 
-def require_scope(scope: str) -> object:
-    """A dependency admitting a valid key of the path's workspace that holds `scope`.
+def require_scope(
+    request: Request,
+    services: ServicesDep,
+    needed: SecurityScopes,
+    ws: Annotated[UUID, Path(description="workspace id")],
+    _: KeyScheme,
+) -> Caller:
+    """A valid key of the path's workspace holding the scope of `Security(require_scope, scopes=[scope])`.
 
     A key of another workspace learns only that the workspace was not found.
     """
-
-    def dependency(
-        request: Request, services: ServicesDep, ws: Annotated[UUID, Path(description="workspace id")]
-    ) -> Caller:
-        answer = services.verification.judge(bearer_token(request), None)
-        refusal = refusal_for(answer)
-        if refusal is not None or answer.key is None:
-            raise refusal or Unauthorized("the presented key is not valid")
-        creds = answer.key.credentials
-        if creds.workspace_id != ws:
-            raise WorkspaceNotFound(f"workspace {ws} not found")
-        if not has_scope(creds.effective_scopes, scope):
-            raise InsufficientScope(scope, services.insufficient_scope_status)
-        return Caller(creds.key_id, creds.workspace_id)
-
-    return Depends(dependency)
+    (scope,) = needed.scopes
+    answer = services.verification.judge(bearer_token(request), None)
+    refusal = refusal_for(answer)
+    if refusal is not None or answer.key is None:
+        raise refusal or Unauthorized("the presented key is not valid")
+    creds = answer.key.credentials
+    if creds.workspace_id != ws:
+        raise WorkspaceNotFound(f"workspace {ws} not found")
+    if not has_scope(creds.effective_scopes, scope):
+        raise InsufficientScope(scope, services.insufficient_scope_status)
+    return Caller(creds.key_id, creds.workspace_id)
 
 
 KeyCaller = Annotated[Caller, Depends(require_key)]
-AdminCaller = Annotated[Caller, require_scope("admin")]
-AuditorCaller = Annotated[Caller, require_scope("read:events")]
+AdminCaller = Annotated[Caller, Security(require_scope, scopes=["admin"])]
+AuditorCaller = Annotated[Caller, Security(require_scope, scopes=["read:events"])]
 OperatorDep = Annotated[str, Depends(require_operator)]

@@ -18,6 +18,16 @@ _UNRESERVED = re.compile(r"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[
 _SEPARATORS = re.compile(r"%(2[fF]|5[cC])|\\")
 
 
+# What the OpenAPI document admits for X-Forwarded-Uri: URIs whose first segment nothing above can
+# empty or change. Each segment holds a character other than `.` before any `;` parameter (so it is
+# no dot segment), no `\\`, and no escape but of unreserved characters other than `.`, or of
+# characters outside the path syntax (`%2E`, `%2F` and `%5C` are left out); the first is not empty.
+# The server judges more than this (it resolves dot segments, decodes `%2E`): a safe subset.
+_ESCAPE = "%(?:[0-13-46-9A-Fa-f][0-9A-Fa-f]|2[0-9A-Da-d]|5[0-9ABD-Fabd-f])"
+_SEGMENT = f"\\.*(?:[^/?#%\\\\.;\\x00-\\x20\\x7f]|{_ESCAPE})(?:[^/?#%\\\\.\\x00-\\x20\\x7f]|{_ESCAPE}|\\.)*"
+FORWARDED_URI_PATTERN = f"^/?{_SEGMENT}(?:/(?:{_SEGMENT})?)*(?:[?#].*)?$"
+
+
 class AmbiguousPath(ValueError):
     """Answered 400 (`api.problems`): the request itself is malformed, whatever the key."""
 

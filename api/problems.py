@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from adapters.quotas import QuotaDecision, RedisUnavailable
 from api.forwarded_path import AmbiguousPath
@@ -111,6 +112,7 @@ class OperatorOnly(ApiProblem):
 _KEY_REFUSALS = {
     VerifyCode.NOT_FOUND: "the presented key is missing, malformed or unknown",
     VerifyCode.REVOKED: "the presented key is revoked",
+    VerifyCode.SUSPENDED: "the presented key is suspended",
     VerifyCode.EXPIRED: "the presented key or secret has expired",
 }
 
@@ -152,16 +154,28 @@ def _validation_error(_: Request, error: Exception) -> JSONResponse:
     return problem(422, "Invalid request", f"the request is not valid: {where}", "invalid-request", errors=errors)
 
 
-def _http_error(_: Request, error: Exception) -> JSONResponse:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path: Starlette's 405 names the first route's only."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
+def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
-    titles = {404: "Not found", 405: "Method not allowed"}
+    titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
     detail = error.detail if isinstance(error.detail, str) else "request refused"
+    headers = dict(error.headers or {})
+    if error.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
     return problem(
-        error.status_code,
-        titles.get(error.status_code, "HTTP error"),
-        detail,
-        f"http-{error.status_code}",
-        dict(error.headers or {}),
+        error.status_code, titles.get(error.status_code, "HTTP error"), detail, f"http-{error.status_code}", headers
     )
 
 

@@ -1,19 +1,35 @@
-"""HTTP shapes, apart from the domain. `KeyWithSecret` is the only shape that carries a secret."""
+"""HTTP shapes, apart from the domain. `KeyWithSecret` is the only shape that carries a secret.
+
+Request fields the domain checks (names, plans, limits, reasons, grace periods, scopes) are left
+to the domain, which answers each refusal with its own problem type; their documented schema
+(`WithJsonSchema`) states the same rules, so the OpenAPI document is as strict as the server.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from domain.errors import InvalidInput
-from domain.keys import DEFAULT_GRACE_SECONDS, KeyState
-from domain.text import MAX_ENDPOINT_LENGTH, check_text
+from domain.keys import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, KeyState
+from domain.plans import MAX_LIMIT, Plan
+from domain.text import MAX_ENDPOINT_LENGTH, MAX_REASON_LENGTH, check_text
 from domain.timefmt import check_time
-from domain.workspace import MAX_LIVE_KEYS, Workspace
+from domain.verification import VerifyCode
+from domain.workspace import MAX_LIVE_KEYS, MAX_NAME_LENGTH, Workspace
 
 V = TypeVar("V")
 
@@ -30,9 +46,82 @@ def _rule(check: Callable[[V], V]) -> AfterValidator:
     return AfterValidator(validate)
 
 
+# RFC 3339 section 5.6 `date-time`: an offset is required. Other text pydantic would read as a time
+# (a bare date, a number of seconds since 1970) is refused, as the document says.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 time with an offset, e.g. 2027-03-03T14:00:00Z")
+    return value
+
+
+def _json_integer(value: object) -> object:
+    """A JSON Schema integer: a number without a fraction (`5.0` is one), never a boolean or a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+# What the domain accepts, as JSON Schema. Names: no control character, not blank (Python's
+# `str.strip()` whitespace), at most 100 characters; reasons and endpoints: no NUL. Times: years
+# 1970-9999 once in UTC; the pattern admits the years 1970-9999 as written, less the two days where
+# an offset takes a time out of them (1970-01-01 east of UTC, 9999-12-31 west of it), and leaves out
+# 1969-12-31 west of UTC, which an offset can bring in: a safe subset, stricter by a day.
+_STRIPPED = "\\x00-\\x20\\x7f\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_NOT_ZERO_OFFSET = "(?:[0-9][1-9]|[1-9][0-9]):[0-9]{2}|00:(?:[0-9][1-9]|[1-9][0-9])"
+NAME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "pattern": f"^[^\\x00-\\x1f\\x7f]*[^{_STRIPPED}][^\\x00-\\x1f\\x7f]*$",
+}
+TIME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": (
+        "^(?:19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}[Tt]"
+        "[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    ),
+    "not": {"pattern": f"^(?:1970-01-01[Tt].*\\+|9999-12-31[Tt].*-)(?:{_NOT_ZERO_OFFSET})$"},
+    "description": "RFC 3339 with an offset, e.g. 2027-03-03T14:00:00Z; within years 1970-9999 in UTC",
+}
+
+
+def _text_schema(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, "pattern": "^[^\\x00]*$"}
+
+
 # One definition per field kind, shared by bodies and query parameters.
-UtcTime = Annotated[datetime, _rule(check_time)]
-Endpoint = Annotated[str, _rule(lambda value: check_text(value, "endpoint", MAX_ENDPOINT_LENGTH, controls=True))]
+TimeText = Annotated[datetime, BeforeValidator(_rfc3339), WithJsonSchema(TIME_SCHEMA)]
+UtcTime = Annotated[datetime, BeforeValidator(_rfc3339), _rule(check_time), WithJsonSchema(TIME_SCHEMA)]
+Endpoint = Annotated[
+    str,
+    _rule(lambda value: check_text(value, "endpoint", MAX_ENDPOINT_LENGTH, controls=True)),
+    WithJsonSchema(_text_schema(MAX_ENDPOINT_LENGTH)),
+]
+Name = Annotated[str, WithJsonSchema(NAME_SCHEMA)]
+Reason = Annotated[str, WithJsonSchema(_text_schema(MAX_REASON_LENGTH))]
+PlanName = Annotated[str, WithJsonSchema({"type": "string", "enum": [plan.value for plan in Plan]})]
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+Limit = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})]
+# An event's type, as the audit log names it (its class name); text no database could compare is refused.
+EventType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)]
+# `next_cursor` of an earlier page: a stream position (checked by the route).
+Cursor = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,18}$"})]
+# A scope of the deployment's catalog: `api.openapi` points each one marked so at the component it
+# defines from the running catalog.
+SCOPE_MARKER = "x-keyledger-scope"
+Scope = Annotated[str, WithJsonSchema({"type": "string", SCOPE_MARKER: True})]
 
 
 class RequestBody(BaseModel):
@@ -41,17 +130,39 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class WorkspaceCreate(RequestBody):
-    name: str
-    plan: str
-    requests_per_minute: int | None = None
-    requests_per_day: int | None = None
+# The limits go with the enterprise plan only, and both of them (`requests_per_minute` may not exceed
+# `requests_per_day`, a rule JSON Schema cannot state).
+_PLAN_LIMITS: dict[str, Any] = {
+    "oneOf": [
+        {
+            "properties": {
+                "plan": {"enum": [plan.value for plan in Plan if plan is not Plan.ENTERPRISE]},
+                "requests_per_minute": {"type": "null"},
+                "requests_per_day": {"type": "null"},
+            }
+        },
+        {
+            "properties": {
+                "plan": {"const": Plan.ENTERPRISE.value},
+                "requests_per_minute": {"type": "integer"},
+                "requests_per_day": {"type": "integer"},
+            },
+            "required": ["requests_per_minute", "requests_per_day"],
+        },
+    ]
+}
 
 
 class PlanChange(RequestBody):
-    plan: str
-    requests_per_minute: int | None = None
-    requests_per_day: int | None = None
+    model_config = ConfigDict(json_schema_extra=_PLAN_LIMITS)
+
+    plan: PlanName
+    requests_per_minute: Limit | None = Field(default=None, description="enterprise only: requests per key per minute")
+    requests_per_day: Limit | None = Field(default=None, description="enterprise only: requests per key per day")
+
+
+class WorkspaceCreate(PlanChange):
+    name: Name
 
 
 class WorkspacePublic(BaseModel):
@@ -88,6 +199,7 @@ class KeyPublic(BaseModel):
     previous_secret_valid_until: datetime | None
     revoked_at: datetime | None
     rotation_due: bool
+    suspended_at: datetime | None = None
 
     @classmethod
     def of(cls, state: KeyState) -> KeyPublic:
@@ -117,21 +229,27 @@ class WorkspaceCreated(BaseModel):
 
 
 class KeyIssue(RequestBody):
-    name: str
-    scopes: list[str] = Field(default_factory=list)
-    expires_at: datetime | None = None
+    name: Name
+    scopes: list[Scope] = Field(default_factory=list, description="at most 10 distinct scopes")
+    expires_at: TimeText | None = Field(default=None, description="in the future; none: the key never expires")
 
 
 class ScopeGrant(RequestBody):
-    scopes: list[str]
+    scopes: list[Scope] = Field(description="the key may hold at most 10 distinct scopes")
 
 
 class Rotate(RequestBody):
-    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    grace_seconds: Annotated[
+        JsonInt, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_GRACE_SECONDS})
+    ] = Field(default=DEFAULT_GRACE_SECONDS, description="how long the previous secret stays valid")
 
 
 class Revoke(RequestBody):
-    reason: str | None = None
+    reason: Reason | None = None
+
+
+class Suspend(RequestBody):
+    reason: Reason | None = None
 
 
 class KeyList(BaseModel):
@@ -140,7 +258,7 @@ class KeyList(BaseModel):
 
 class VerifyRequest(RequestBody):
     key: str = Field(description="the presented secret")
-    scope: str
+    scope: Scope
     endpoint: Endpoint | None = None
 
 
@@ -230,3 +348,24 @@ class AccessList(BaseModel):
     scope: str
     at: datetime
     items: list[KeyAccessPublic]
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="where: `body`, `query`, `path` or `header`, then the field")
+    msg: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: the body of every error answer, as `application/problem+json`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="the kind of problem, e.g. `/problems/key-not-found`")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what went wrong; never a secret, at most a short excerpt of the input")
+    code: Annotated[str, WithJsonSchema({"type": "string", "enum": [c.value for c in VerifyCode]})] | None = Field(
+        default=None, description="on answers about a presented key: the verify code"
+    )
+    scope: str | None = Field(default=None, description="on 403 (insufficient scope): the scope needed")
+    errors: list[ValidationIssue] | None = Field(default=None, description="on invalid requests: each error")

@@ -16,9 +16,12 @@ from api.schemas import (
     AccessList,
     AuditEntryPublic,
     AuditPage,
+    Cursor,
+    EventType,
     KeyAccessPublic,
     KeyPublic,
     KeyStateAtPublic,
+    Scope,
     UtcTime,
 )
 from domain.access import keys_with_access
@@ -80,10 +83,10 @@ def audit_log(
     services: ServicesDep,
     caller: AuditorCaller,
     key: UUID | None = None,
-    type: Annotated[list[str] | None, Query(description="event type; repeat for several")] = None,
+    type: Annotated[list[EventType] | None, Query(description="event type, e.g. KeyIssued; repeat for several")] = None,
     since: UtcTime | None = None,
     until: UtcTime | None = None,
-    cursor: str | None = None,
+    cursor: Cursor | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     """The workspace's audit history in stream order.
@@ -98,7 +101,7 @@ def audit_log(
 @router.get("/audit/access", response_model=AccessList)
 def access_at(
     ws: UUID,
-    scope: str,
+    scope: Scope,
     at: UtcTime,
     services: ServicesDep,
     caller: AuditorCaller,

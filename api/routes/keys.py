@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.context import Services
 from api.deps import AdminCaller, ServicesDep
-from api.schemas import KeyIssue, KeyList, KeyPublic, KeyWithSecret, Revoke, Rotate, ScopeGrant
+from api.schemas import KeyIssue, KeyList, KeyPublic, KeyWithSecret, Revoke, Rotate, Scope, ScopeGrant, Suspend
 from domain.errors import KeyNotFound
 from domain.keys import ApiKey
 
@@ -31,7 +31,7 @@ def list_keys(
     ws: UUID,
     services: ServicesDep,
     caller: AdminCaller,
-    status: Literal["active", "expired", "revoked"] | None = None,
+    status: Literal["active", "suspended", "expired", "revoked"] | None = None,
     rotation_due: Annotated[bool | None, Query()] = None,
 ) -> KeyList:
     states = services.read_models.list_keys(ws, services.ledger.clock(), status, rotation_due)
@@ -52,11 +52,18 @@ def grant_scopes(ws: UUID, key: UUID, body: ScopeGrant, services: ServicesDep, c
     return _public(services, update.key)
 
 
+@router.put("/{key}/scopes", response_model=KeyPublic)
+def set_scopes(ws: UUID, key: UUID, body: ScopeGrant, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
+    """Make the key's granted scopes exactly `scopes`, in one change (SPEC 8.1)."""
+    update = services.ledger.set_scopes(key, body.scopes, caller.actor, workspace_id=ws)
+    return _public(services, update.key)
+
+
 @router.delete("/{key}/scopes/{scope}", response_model=KeyPublic)
 def revoke_scope(
     ws: UUID,
     key: UUID,
-    scope: Annotated[str, Path(max_length=100)],
+    scope: Annotated[Scope, Path(max_length=100)],
     services: ServicesDep,
     caller: AdminCaller,
 ) -> KeyPublic:
@@ -78,4 +85,19 @@ def revoke_key(
     ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller, body: Revoke | None = None
 ) -> KeyPublic:
     update = services.ledger.revoke_key(key, caller.actor, (body or Revoke()).reason, workspace_id=ws)
+    return _public(services, update.key)
+
+
+@router.post("/{key}/suspend", response_model=KeyPublic)
+def suspend_key(
+    ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller, body: Suspend | None = None
+) -> KeyPublic:
+    """Refuse the key as SUSPENDED until it is resumed (unlike revoke, reversible; its secrets are kept)."""
+    update = services.ledger.suspend_key(key, caller.actor, (body or Suspend()).reason, workspace_id=ws)
+    return _public(services, update.key)
+
+
+@router.post("/{key}/resume", response_model=KeyPublic)
+def resume_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
+    update = services.ledger.resume_key(key, caller.actor, workspace_id=ws)
     return _public(services, update.key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, date, datetime, time
 from typing import Literal
 from uuid import UUID
 
@@ -15,9 +16,14 @@ from projections.usage import UsageBucket, rebucket
 router = APIRouter(prefix="/v1/workspaces/{ws}", tags=["usage"])
 
 
+def _start(start: datetime | date) -> datetime:
+    """A day's bucket (a date) starts at its UTC midnight: sent as a date alone it would carry no offset."""
+    return start if isinstance(start, datetime) else datetime.combine(start, time(), UTC)
+
+
 def _points(rows: Iterable[UsageBucket]) -> list[UsagePoint]:
     return [
-        UsagePoint(start=start, requests=requests, successes=ok, client_errors=errors, rate_limited=limited)
+        UsagePoint(start=_start(start), requests=requests, successes=ok, client_errors=errors, rate_limited=limited)
         for start, requests, ok, errors, limited in rows
     ]
 

@@ -396,3 +396,18 @@ def test_the_last_admin_key_cannot_be_suspended(server: Server):
         response = client.post(f"/v1/workspaces/{ws}/keys/{admin['key']['id']}/suspend")
 
     assert assert_problem(response, 409)["type"] == "/problems/last-admin-key"
+
+
+def test_put_scopes_sets_the_exact_granted_set_in_one_change(server: Server, admin):
+    key = issue(server, admin, ["write:nodes", "read:edges"])
+    ws, key_id = admin["key"]["workspace_id"], key["key"]["id"]
+    with server.client(admin["secret"]) as client:
+        exact = client.put(f"/v1/workspaces/{ws}/keys/{key_id}/scopes", json={"scopes": ["read:nodes"]})
+        bad = client.put(f"/v1/workspaces/{ws}/keys/{key_id}/scopes", json={"scopes": ["read:nope"]})
+        history = client.get(f"/v1/workspaces/{ws}/keys/{key_id}/history").json()["items"]
+
+    assert exact.status_code == 200 and exact.json()["scopes"] == ["read:nodes"]
+    assert assert_problem(bad, 422)["status"] == 422
+    assert [e["type"] for e in history] == ["KeyIssued", "ScopesSet"]
+    assert verify(server, key["secret"], "write:nodes")["code"] == "INSUFFICIENT_SCOPE"
+    assert verify(server, key["secret"], "read:nodes")["code"] == "VALID"
