@@ -106,4 +106,4 @@ def test_a_database_outage_fails_fast_keeps_cached_keys_and_heals(database: str,
     assert healed.status_code == 201 and healed_took < 5.0
     assert ready_after.json()["checks"]["database"]["status"] == "ok"
     assert plan.status_code == 200
-    assert "Traceback" not in server.log() or "500" not in server.log()
+    assert 'HTTP/1.1" 500' not in server.log()  # no answer was a 500
