@@ -107,7 +107,9 @@ def test_admin_sees_usage_rotates_and_revokes_keys(server: Server, dashboard: Da
     page.click("#close-secret")
     page.wait_for_selector("#secret-dialog", state="hidden")
     # The dialog's `close` event (which clears the secret) is dispatched after it hides.
-    page.wait_for_function("document.getElementById('new-secret').textContent === ''", timeout=5000)
+    deadline = time.monotonic() + 5  # polled from here: the page's CSP forbids evaluating a string predicate
+    while page.inner_text("#new-secret") != "" and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert secret not in page.content()  # shown once
     assert page.inner_text("#new-secret") == ""
 
