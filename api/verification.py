@@ -67,22 +67,25 @@ class VerificationService:
             VerifyCode.RATE_LIMITED: 429,
         }
 
-    def lookup(self, secret: str | None) -> tuple[CachedKey | None, str]:
-        """The cached key a secret names (None when malformed or unknown) and the secret's digest."""
+    @staticmethod
+    def _key_id(secret: str | None) -> UUID | None:
+        """The key id a presented secret names; None when missing or malformed (no lookup needed)."""
         if not secret:
-            return None, ""
+            return None
         try:
-            key_id = credentials.key_id_of(secret)
+            return credentials.key_id_of(secret)
         except MalformedSecret:
-            return None, ""
-        return self.cache.get(key_id), credentials.digest(secret)
+            return None
 
     def judge(self, secret: str | None, needed_scope: str | None) -> Answer:
         """The key rules alone: no quota, no usage (for management endpoints)."""
-        key, presented = self.lookup(secret)
-        if key is None:
+        return self._judge(secret, self._key_id(secret), needed_scope)
+
+    def _judge(self, secret: str | None, key_id: UUID | None, needed_scope: str | None) -> Answer:
+        key = self.cache.get(key_id) if key_id is not None and secret else None
+        if key is None or not secret:
             return Answer(VerifyCode.NOT_FOUND, 401, needed_scope)
-        code = check_credentials(key.credentials, presented, needed_scope, self.clock())
+        code = check_credentials(key.credentials, credentials.digest(secret), needed_scope, self.clock())
         return Answer(code, self.statuses[code], needed_scope, key if code is not VerifyCode.NOT_FOUND else None)
 
     def verify(
@@ -100,10 +103,12 @@ class VerificationService:
         (GuessingThrottled) for ids no key is known to have.
         """
         started = time.perf_counter()
-        guessed = self._guessed_id(secret) if client is not None and self.guesses.per_minute else None
+        key_id = self._key_id(secret)  # parsed once: the throttle and the lookup share it
+        guessing = client is not None and self.guesses.per_minute > 0
+        guessed = key_id if guessing and key_id is not None and not self.cache.holds(key_id) else None
         if guessed is not None:  # an id no key is known to have: throttled once the address guessed too often
             self.guesses.check(client, time.time())
-        answer = self.judge(secret, needed_scope)
+        answer = self._judge(secret, key_id, needed_scope)
         if guessed is not None and answer.key is None and not self.cache.holds(guessed):
             # It named no key at all (a wrong secret of a real key is not counted).
             self.guesses.count(client, time.time())
@@ -122,14 +127,6 @@ class VerificationService:
         self.metrics.verify_latency.observe(time.perf_counter() - started)
         self.metrics.answer(via, answer.code.value)
         return answer
-
-    def _guessed_id(self, secret: str | None) -> UUID | None:
-        """The key id a well-formed secret names, when no key is known to have it (a malformed one costs no lookup)."""
-        try:
-            key_id = credentials.key_id_of(secret) if secret else None
-        except MalformedSecret:
-            return None
-        return key_id if key_id is not None and not self.cache.holds(key_id) else None
 
     def record(self, answer: Answer, endpoint: str, status: int) -> None:
         if answer.key is not None:
