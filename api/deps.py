@@ -87,7 +87,12 @@ def require_scope(
     A key of another workspace learns only that the workspace was not found.
     """
     (scope,) = needed.scopes
-    answer = services.verification.judge(bearer_token(request), None)
+    return authorize(services, bearer_token(request), ws, scope)
+
+
+def authorize(services: Services, token: str | None, ws: UUID, scope: str) -> Caller:
+    """The caller, if `token` is a valid key of workspace `ws` holding `scope`; else the refusal, raised."""
+    answer = services.verification.judge(token, None)
     refusal = refusal_for(answer)
     if refusal is not None or answer.key is None:
         raise refusal or Unauthorized("the presented key is not valid")

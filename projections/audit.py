@@ -149,6 +149,27 @@ def select_entries(
     return entries, entries[-1].position if len(rows) > limit else None
 
 
+@dataclass(frozen=True)
+class Change:
+    """Where a key (or, with no key, a whole workspace) changed: ids and position, nothing else."""
+
+    position: int
+    workspace_id: UUID
+    key_id: UUID | None
+
+
+def select_changes(conn: Connection, tables: Tables, after: int, limit: int) -> list[Change]:
+    """Every workspace's changes after position `after`, in stream order."""
+    table = tables["audit"]
+    query = (
+        select(table.c.position, table.c.workspace_id, table.c.key_id)
+        .where(table.c.position > after)
+        .order_by(table.c.position)
+        .limit(limit)
+    )
+    return [Change(row.position, row.workspace_id, row.key_id) for row in conn.execute(query)]
+
+
 def select_history(conn: Connection, tables: Tables, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
     """The key's own events, oldest first (none when the key belongs to another workspace)."""
     table = tables["audit"]

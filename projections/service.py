@@ -26,7 +26,15 @@ from sqlalchemy.exc import DBAPIError
 from domain.application import KeyLedger
 from domain.errors import InvalidInput
 from domain.keys import KEY_STATUSES, KeyState
-from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
+from projections.audit import (
+    MAX_PAGE,
+    AuditEntry,
+    AuditProjection,
+    Change,
+    select_changes,
+    select_entries,
+    select_history,
+)
 from projections.base import Projection, Tables
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
@@ -490,6 +498,21 @@ class ReadModels:
             "audit",
             lambda conn, tables: select_entries(conn, tables, workspace_id, key_id, types, since, until, after, limit),
         )
+
+    def changes(self, after: int, limit: int = 100) -> list[Change]:
+        """Which keys and workspaces changed after position `after`, across workspaces."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
+        return self._read("audit", lambda conn, tables: select_changes(conn, tables, after, limit))
+
+    def applied(self, name: str) -> int:
+        """The position this process last saw the named read model reach (0 before); no I/O.
+
+        The follower thread keeps it current, also when other processes apply the events.
+        """
+        with self._changed:
+            generation = self._generations.get(name)
+            return generation.position if generation else 0
 
     def history(self, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
         """The key's own events, oldest first."""

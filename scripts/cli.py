@@ -24,6 +24,7 @@ from domain.workspace import Workspace
 from keyledger.services import open_command_ledger
 from keyledger.settings import Settings, StartupError
 from scripts.cli_audit import audit_app
+from scripts.cli_events import events_app
 from scripts.cli_output import emit
 from scripts.cli_projections import projections_app
 
@@ -36,6 +37,7 @@ app.add_typer(workspace_app, name="workspace")
 app.add_typer(key_app, name="key")
 app.add_typer(audit_app, name="audit")
 app.add_typer(projections_app, name="projections")
+app.add_typer(events_app, name="events")
 
 
 def _ledger() -> KeyLedger:

@@ -49,6 +49,8 @@ EXPECTED = {
     ("GET", "/v1/workspaces/{ws}/keys/{key}/state"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/audit"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/audit/access"): {200} | KEY,
+    ("GET", "/v1/workspaces/{ws}/events/stream"): {200} | KEY,
+    ("GET", "/v1/changes/stream"): {200} | OPERATOR,
     ("GET", "/v1/me"): {200, 401, 503},
     ("POST", "/v1/verify"): {200, 400, 422, 429, 503},
     ("GET", "/v1/auth"): {204, 400, 401, 403, 429, 503},
