@@ -1,4 +1,7 @@
-"""keyledger's guard for Python services: an ASGI middleware.
+"""keyledger's guard for Python services: an ASGI middleware (the in-process one).
+
+Its public name is now `keyledger.guard.Guard` (with `RemoteGuard` and `require_scope` beside it);
+`api.guard.KeyledgerGuard` stays importable for this release.
 
 Mount it in front of a service's own ASGI app; each request must present a
 key (Bearer) holding the scope its method and path need (or what `scope_for`

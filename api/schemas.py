@@ -19,8 +19,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
 )
 
 from domain.errors import InvalidInput
@@ -260,6 +262,37 @@ class VerifyRequest(RequestBody):
     key: str = Field(description="the presented secret")
     scope: Scope
     endpoint: Endpoint | None = None
+    record: StrictBool = Field(
+        default=True,
+        description="false: the answer is not recorded as usage, the caller reports it with the real status "
+        "(`POST /v1/usage/report`, as the remote guard does); quota is consumed either way",
+    )
+
+
+MAX_REPORT_ITEMS = 1000
+
+
+class UsageReportItem(RequestBody):
+    key: str = Field(description="the secret the request presented (it names the key)")
+    endpoint: Endpoint
+    status: Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 100, "maximum": 599})] = Field(
+        description="the status the service answered"
+    )
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: int) -> int:
+        if not 100 <= value <= 599:
+            raise ValueError("status must be an HTTP status, 100-599")
+        return value
+
+
+class UsageReport(RequestBody):
+    items: list[UsageReportItem] = Field(max_length=MAX_REPORT_ITEMS)
+
+
+class UsageReportAccepted(BaseModel):
+    accepted: int = Field(description="items received; those naming no key are dropped without saying which")
 
 
 class RateLimitInfo(BaseModel):

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from api.context import Services
 from api.deps import bearer_token, services_of
 from api.problems import ApiProblem, refusal_for
-from api.schemas import RateLimitInfo, VerifyRequest, VerifyResponse
+from api.schemas import RateLimitInfo, UsageReport, UsageReportAccepted, VerifyRequest, VerifyResponse
 from api.verification import Answer, needed_scope
 from domain.text import MAX_ENDPOINT_LENGTH
 
@@ -26,23 +26,32 @@ def forwarded_request(method: str, uri: str) -> tuple[str, str]:
 
 
 async def _decide(
-    services: Services, request: Request, secret: str | None, scope: str | None, endpoint: str, via: str
+    services: Services,
+    request: Request,
+    secret: str | None,
+    scope: str | None,
+    endpoint: str,
+    via: str,
+    record: bool = True,
 ) -> Answer:
     client = request.client.host if request.client else None
     verify = services.verification.verify
     # With shared (Redis) counters a decision does network I/O: keep it off the event loop.
     if services.quotas.shared:
-        return await run_in_threadpool(verify, secret, scope, endpoint, via, True, client)
-    return verify(secret, scope, endpoint, via, True, client)
+        return await run_in_threadpool(verify, secret, scope, endpoint, via, record, client)
+    return verify(secret, scope, endpoint, via, record, client)
 
 
 @router.post("/v1/verify", response_model=VerifyResponse)
-async def verify(body: VerifyRequest, request: Request) -> VerifyResponse:
+async def verify(body: VerifyRequest, request: Request, response: Response) -> VerifyResponse:
     """Always 200: the verdict is in `code`. A valid answer consumes quota."""
     services = services_of(request)  # not a dependency: resolving one costs more than the decision
     scope = services.ledger.catalog.parse(body.scope)
-    answer = await _decide(services, request, body.key, scope, body.endpoint or "POST /v1/verify", "verify")
+    endpoint = body.endpoint or "POST /v1/verify"
+    answer = await _decide(services, request, body.key, scope, endpoint, "verify", body.record)
     key = answer.key
+    if answer.quota is not None:  # as every answer about a known key: RateLimit headers (Retry-After at 429)
+        response.headers.update(answer.quota.headers())
     window = answer.quota.binding if answer.quota else None
     return VerifyResponse(
         valid=answer.allowed,
@@ -74,3 +83,23 @@ async def forward_auth(
         headers["X-Keyledger-Key-Id"] = str(answer.key.credentials.key_id)
         headers["X-Keyledger-Workspace-Id"] = str(answer.key.credentials.workspace_id)
     return Response(status_code=204, headers=headers)
+
+
+@router.post("/v1/usage/report", status_code=202, response_model=UsageReportAccepted)
+async def report_usage(body: UsageReport, request: Request) -> UsageReportAccepted:
+    """Usage a service recorded itself (the remote guard: each request's real status, after `record: false`).
+
+    Each item names its key by the secret presented, so no credential is needed and a caller can add
+    usage only to keys it holds. The answer does not say which items named a key (no guessing oracle).
+    """
+    services = services_of(request)
+    verification = services.verification
+
+    def record() -> None:
+        for item in body.items:
+            answer = verification.judge(item.key, None)  # the key rules alone: found keys, whatever their state
+            if answer.key is not None:
+                verification.record(answer, item.endpoint, item.status)
+
+    await run_in_threadpool(record)  # a key seen first may be loaded from the store
+    return UsageReportAccepted(accepted=len(body.items))

@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from starlette.testclient import TestClient
 
-from api.guard import KeyledgerGuard
 from domain.application import KeyLedger
 from domain.usage import UsageBatch
 from keyledger.bootstrap import open_ledger
+from keyledger.guard import Guard
 from keyledger.services import VerificationStack, build_verification
 from keyledger.settings import Settings
 from tests.timing import inside_one_minute
@@ -39,7 +39,7 @@ def guarded(settings: Settings) -> Iterator[tuple[KeyLedger, VerificationStack, 
     configured = settings.model_copy(update={"resources": "reports"})
     ledger = open_ledger(configured)
     stack = build_verification(configured, ledger)
-    client = TestClient(KeyledgerGuard(service_app(), stack.verification))
+    client = TestClient(Guard(service_app(), stack.verification))
     try:
         yield ledger, stack, client
     finally:
