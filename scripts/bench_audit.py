@@ -1,10 +1,17 @@
-"""Benchmark of `state_at` (the `state?at=T` query) for one key with 10,000 events.
+"""Benchmarks of the audit log: `state_at` of a key with 10,000 events, and what auditing costs a command.
+
+`state_at`:
 
 Builds the key on a fresh SQLite file and a fresh PostgreSQL schema (grants and
 revokes alternating, saved in chunks, audit chain on), then times `state_at` at
 random moments of its life, in-process. Target: median under 50 ms.
 
-    scripts/bench_audit [--events 10000] [--samples 200] [--backend sqlite|postgres|both]
+`commands`: the latency of issuing and of revoking a key (in-process, median of
+--commands each, HMAC chain off), the cost the Merkle tree's leaf hashing adds
+to the write path. Run it on the code before and after a change to compare.
+
+    scripts/bench_audit [--only state_at|commands] [--events 10000] [--samples 200] [--commands 1000]
+                        [--backend sqlite|postgres|both]
 """
 
 from __future__ import annotations
@@ -97,15 +104,42 @@ def bench(backend: str, events: int, samples: int) -> None:
     )
 
 
+def bench_commands(backend: str, commands: int) -> None:
+    with store(backend) as settings:
+        ledger = open_ledger(settings.model_copy(update={"audit_key": None}))
+        try:
+            ws = ledger.create_workspace("bench", "pro").workspace.id
+            issue, revoke = [], []
+            for i in range(commands):
+                t0 = time.perf_counter()
+                key = ledger.issue_key(ws, f"k{i}", ["read:nodes"]).key.id
+                t1 = time.perf_counter()
+                ledger.revoke_key(key)
+                t2 = time.perf_counter()
+                issue.append((t1 - t0) * 1000)
+                revoke.append((t2 - t1) * 1000)
+        finally:
+            ledger.close()
+    print(
+        f"{backend:9} commands: issue median {statistics.median(issue):.3f} ms, "
+        f"revoke median {statistics.median(revoke):.3f} ms over {commands} each"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--commands", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--only", choices=["state_at", "commands"], default=None)
     args = parser.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     for backend in backends:
-        bench(backend, args.events, args.samples)
+        if args.only in (None, "state_at"):
+            bench(backend, args.events, args.samples)
+        if args.only in (None, "commands"):
+            bench_commands(backend, args.commands)
     sys.stdout.flush()
 
 

@@ -1,0 +1,123 @@
+"""Keeping the Merkle tree in the store, inside the transaction that inserts the events.
+
+Tables (each backend names them after its events table; `TreeSQL` runs the statements):
+- nodes (level, idx, hash): every complete subtree, leaves at level 0;
+- leaf positions (position, idx): which leaf an event's position is;
+- head (one row): size, last position and the frontier (right edge), so an insert
+  reads one row, not the tree;
+- checkpoints: signed tree heads (adapters/auditchain/checkpoints.py).
+
+A recorder holding the store's write lock calls `append` with the events it just
+inserted; `build` fills the tree of a store written before it existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from adapters.auditchain.links import AuditChainError
+from adapters.auditchain.merkle import Frontier, Node, event_leaf_hash
+
+BUILD_BATCH = 2000
+
+
+class Stored(Protocol):
+    @property
+    def originator_id(self) -> Any: ...
+    @property
+    def originator_version(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def state(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Leaf:
+    index: int
+    position: int
+    hash: bytes
+
+
+def raw_state(state: object) -> bytes:
+    # An edit can change a column's type (SQLite's replace() turns a BLOB into TEXT): still bytes to hash.
+    return bytes(state) if isinstance(state, bytes | bytearray | memoryview) else str(state).encode("utf-8")
+
+
+@dataclass
+class Head:
+    frontier: Frontier
+    last_position: int
+
+
+class TreeSQL(Protocol):
+    """The statements one backend runs on a cursor of its own transaction."""
+
+    def read_head(self, cursor: Any) -> Head | None: ...
+
+    def write(
+        self, cursor: Any, nodes: list[tuple[Node, bytes]], positions: list[tuple[int, int]], head: Head
+    ) -> None: ...
+
+    def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, Stored]]: ...
+
+
+def append(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]]) -> Head:
+    """Add events (ascending positions) as leaves, first catching up on any stored events the tree lacks."""
+    head = sql.read_head(cursor) or Head(Frontier.empty(), 0)
+    if not new:
+        return head
+    if new[0][0] <= head.last_position:
+        # SQLite reuses the rowid of a deleted last row: refuse rather than give two leaves one position.
+        raise AuditChainError(
+            f"the audit tree already reaches position {head.last_position} but a new event was stored at "
+            f"position {new[0][0]}: stored events were removed; run `keyledger audit verify`"
+        )
+    nodes: list[tuple[Node, bytes]] = []
+    positions: list[tuple[int, int]] = []
+    if new[0][0] > head.last_position + 1:  # a gap: rolled back, or events stored before the tree existed
+        while missed := sql.events_between(cursor, head.last_position, new[0][0], BUILD_BATCH):
+            _add(head, missed, nodes, positions)
+            if len(nodes) > 4 * BUILD_BATCH:
+                sql.write(cursor, nodes, positions, head)
+                nodes, positions = [], []
+    _add(head, new, nodes, positions)
+    if nodes:
+        sql.write(cursor, nodes, positions, head)
+    return head
+
+
+def _add(
+    head: Head, events: Iterable[tuple[int, Stored]], nodes: list[tuple[Node, bytes]], positions: list[tuple[int, int]]
+) -> None:
+    frontier = head.frontier
+    for position, e in events:
+        positions.append((position, frontier.size))
+        nodes.extend(
+            frontier.append(event_leaf_hash(position, e.originator_id, e.originator_version, e.topic, e.state))
+        )
+        head.last_position = position
+
+
+def build(
+    sql: TreeSQL,
+    transaction: Callable[[], Any],
+    progress: Callable[[int], None] = lambda position: None,
+) -> None:
+    """Give a store written by older code its tree, in transactions of BUILD_BATCH events.
+
+    `transaction()` opens a writing transaction holding the store's write lock and yields a cursor.
+    """
+    while True:
+        with transaction() as cursor:
+            head = sql.read_head(cursor) or Head(Frontier.empty(), 0)
+            batch = sql.events_between(cursor, head.last_position, 2**63 - 1, BUILD_BATCH)
+            if not batch:
+                return
+            nodes: list[tuple[Node, bytes]] = []
+            positions: list[tuple[int, int]] = []
+            _add(head, batch, nodes, positions)
+            sql.write(cursor, nodes, positions, head)
+        progress(head.last_position)
