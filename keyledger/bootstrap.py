@@ -10,9 +10,9 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 from psycopg import sql
 
-from adapters.auditchain.writer import ENV_STARTUP_CHECK, chain_env
 from adapters.auditchain.postgres import ChainedPostgresRecorder
 from adapters.auditchain.sqlite import ChainedSQLiteRecorder
+from adapters.auditchain.writer import ENV_STARTUP_CHECK, chain_env
 from domain.application import KeyLedger
 from keyledger.settings import Settings, StartupError
 
