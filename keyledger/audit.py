@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 from pathlib import Path
@@ -37,6 +39,20 @@ def load_signer(settings: Settings) -> Signer:
     if settings.is_postgres and not path.exists():
         log.warning("%s is not set: keeping the audit signing key in %s", SETTING, path.resolve())
     return Signer.from_file(path, SETTING)
+
+
+def configured_public_key(settings: Settings) -> bytes | None:
+    """The public half of the configured signing key, if it exists (never creates one)."""
+    value = settings.audit_signing_key.get_secret_value() if settings.audit_signing_key else None
+    path = default_key_path(settings) if value is None else None
+    if value is not None:
+        try:
+            return Signer.from_seed(base64.b64decode(value.strip(), validate=True)).public_key
+        except (binascii.Error, ValueError):
+            path = Path(value)
+    if path is None or not path.is_file():
+        return None
+    return Signer.from_file(path, SETTING).public_key
 
 
 def open_audit_log(settings: Settings, ledger: KeyLedger, signing: bool = True) -> AuditLog:

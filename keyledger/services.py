@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,13 +75,13 @@ def publish_changes(feed: ChangeFeed, cache: CredentialCache | None = None) -> A
     return publish
 
 
-def open_command_ledger(settings: Settings) -> KeyLedger:
+def open_command_ledger(settings: Settings, tree_progress: Callable[[int, int], None] | None = None) -> KeyLedger:
     """The application for a process that makes commands without serving (the CLI).
 
     With Redis configured its changes reach every API process before it returns, as an
     API command's do; without, API processes see them through their stream follower.
     """
-    ledger = open_ledger(settings)
+    ledger = open_ledger(settings, tree_progress=tree_progress)
     if settings.redis_url:
         ledger.after_save(publish_changes(open_change_feed(settings)))
     return ledger
