@@ -224,10 +224,6 @@ def verify_command(
     """
     settings = _settings()
     key = parse_public_key(public_key) if public_key else configured_public_key(settings)
-    if key is None:
-        raise InvalidInput(
-            "no public key: pass --public-key (GET /v1/audit/public-key) or set KEYLEDGER_AUDIT_SIGNING_KEY"
-        )
     earlier = _checkpoint(after) if after else None
     chain_key = ChainKey.from_setting(settings.audit_key.get_secret_value()) if settings.audit_key else None
     if anchor and chain_key is None:
@@ -268,7 +264,7 @@ def verify_command(
 
 def _verify(
     ledger: KeyLedger,
-    public_key: bytes,
+    public_key: bytes | None,
     after: Checkpoint | None,
     chain_key: ChainKey | None,
     anchor: Link | None,
@@ -277,10 +273,15 @@ def _verify(
     recorder = ledger.recorder
     if not isinstance(recorder, ChainedSQLiteRecorder | ChainedPostgresRecorder):
         raise InvalidInput("this store's recorder keeps no audit tree")
+    if public_key is None and (after is not None or recorder.checkpoints(latest_only=True)):
+        raise InvalidInput(
+            "no public key to check the checkpoints with: pass --public-key (GET /v1/audit/public-key) "
+            "or set KEYLEDGER_AUDIT_SIGNING_KEY"
+        )
     with _progress(console) as progress:
         total = recorder.max_notification_id() or 0
         events = progress.add_task("events", total=total)
-        tree = verify_tree(recorder, public_key, after, lambda p: progress.update(events, completed=p))
+        tree = verify_tree(recorder, public_key or b"", after, lambda p: progress.update(events, completed=p))
         chain = None
         if chain_key is not None:
             links = progress.add_task("chain", total=total)
