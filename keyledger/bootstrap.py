@@ -113,16 +113,15 @@ def open_ledger(
 
 
 def build_tree(ledger: KeyLedger, progress: Callable[[int, int], None] | None = None) -> None:
-    """Add leaves for stored events the tree lacks (all of them in a store written before it existed)."""
+    """Give a store written before the tree existed its tree, built from the events it holds."""
     recorder = ledger.recorder
     if not isinstance(recorder, ChainedSQLiteRecorder | ChainedPostgresRecorder):
         return
-    head = recorder.tree_head()
     last = recorder.max_notification_id() or 0
-    if head is not None and head.last_position >= last:
+    if not last or recorder.tree_head() is not None:
         return
     if progress is None:
         recorder.build_tree()
         return
-    progress(head.last_position if head else 0, last)
+    progress(0, last)
     recorder.build_tree(lambda position: progress(position, last))

@@ -137,19 +137,23 @@ def export_command(
     console = Console(stderr=True)
     written = 0
     try:
-        checkpoint, writer = None, None
+        checkpoint, writer, bound = None, None, 0
         if proofs:
             audit = open_audit_log(settings, ledger)
             ledger_tree(ledger, console)  # a store written before the tree: build it first
+            # Events stored before the checkpoint but not in its tree were put there behind keyledger's
+            # back: they are exported too, for verify-export to name. Later ones are not in this export.
+            bound = ledger.recorder.max_notification_id() or 0
             checkpoint = audit.checkpoint_if_grown() or audit.latest() or audit.checkpoint()
             writer = ProofWriter(audit.recorder, checkpoint)
+            bound = max(bound, writer.last_position)
         total = ledger.recorder.max_notification_id() or 0
         complete = workspace_id is None and moment is None
         with _progress(console) as progress:
             task = progress.add_task("export", total=total)
             for batch in _export_batches(ledger, workspace_id, moment, keep_all=proofs and complete):
                 if writer is not None:
-                    batch = [(n, entry) for n, entry in batch if n.id <= writer.last_position]
+                    batch = [(n, entry) for n, entry in batch if n.id <= bound]
                     writer.decorate(batch)
                 for _, entry in batch:
                     sys.stdout.write(json.dumps(entry, default=json_default) + "\n")

@@ -62,8 +62,8 @@ def path(m: int, entries: list[bytes]) -> list[bytes]:
         return []
     k = largest_power_of_two_below(n)
     if m < k:
-        return path(m, entries[:k]) + [mth(entries[k:])]
-    return path(m - k, entries[k:]) + [mth(entries[:k])]
+        return [*path(m, entries[:k]), mth(entries[k:])]
+    return [*path(m - k, entries[k:]), mth(entries[:k])]
 
 
 def proof(m: int, entries: list[bytes]) -> list[bytes]:
@@ -77,8 +77,8 @@ def _subproof(m: int, entries: list[bytes], b: bool) -> list[bytes]:
         return [] if b else [mth(entries)]
     k = largest_power_of_two_below(n)
     if m <= k:
-        return _subproof(m, entries[:k], b) + [mth(entries[k:])]
-    return _subproof(m - k, entries[k:], False) + [mth(entries[:k])]
+        return [*_subproof(m, entries[:k], b), mth(entries[k:])]
+    return [*_subproof(m - k, entries[k:], False), mth(entries[:k])]
 
 
 def check_inclusion(

@@ -8,7 +8,8 @@ Tables (each backend names them after its events table; `TreeSQL` runs the state
 - checkpoints: signed tree heads (adapters/auditchain/checkpoints.py).
 
 A recorder holding the store's write lock calls `append` with the events it just
-inserted; `build` fills the tree of a store written before it existed.
+inserted; `build` fills the tree of a store written before it existed (only then:
+an event without a leaf in a store that has a tree is tampering, not backlog).
 """
 
 from __future__ import annotations
@@ -65,27 +66,31 @@ class TreeSQL(Protocol):
 
 
 def append(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]]) -> Head:
-    """Add events (ascending positions) as leaves, first catching up on any stored events the tree lacks."""
-    head = sql.read_head(cursor) or Head(Frontier.empty(), 0)
+    """Add events (ascending positions) as leaves; a store without a tree first gets one of what it holds.
+
+    Only an empty tree catches up: an event that a tree-keeping store holds without a leaf was put
+    there behind keyledger's back, and `keyledger audit verify` must find it, not the tree absorb it.
+    """
+    head = sql.read_head(cursor)
     if not new:
-        return head
-    if new[0][0] <= head.last_position:
-        # SQLite reuses the rowid of a deleted last row: refuse rather than give two leaves one position.
-        raise AuditChainError(
-            f"the audit tree already reaches position {head.last_position} but a new event was stored at "
-            f"position {new[0][0]}: stored events were removed; run `keyledger audit verify`"
-        )
+        return head or Head(Frontier.empty(), 0)
     nodes: list[tuple[Node, bytes]] = []
     positions: list[tuple[int, int]] = []
-    if new[0][0] > head.last_position + 1:  # a gap: rolled back, or events stored before the tree existed
+    if head is None:
+        head = Head(Frontier.empty(), 0)
         while missed := sql.events_between(cursor, head.last_position, new[0][0], BUILD_BATCH):
             _add(head, missed, nodes, positions)
             if len(nodes) > 4 * BUILD_BATCH:
                 sql.write(cursor, nodes, positions, head)
                 nodes, positions = [], []
+    elif new[0][0] <= head.last_position:
+        # SQLite reuses the rowid of a deleted last row: refuse rather than give two leaves one position.
+        raise AuditChainError(
+            f"the audit tree already reaches position {head.last_position} but a new event was stored at "
+            f"position {new[0][0]}: stored events were removed; run `keyledger audit verify`"
+        )
     _add(head, new, nodes, positions)
-    if nodes:
-        sql.write(cursor, nodes, positions, head)
+    sql.write(cursor, nodes, positions, head)
     return head
 
 
@@ -106,18 +111,18 @@ def build(
     transaction: Callable[[], Any],
     progress: Callable[[int], None] = lambda position: None,
 ) -> None:
-    """Give a store written by older code its tree, in transactions of BUILD_BATCH events.
+    """Give a store written by older code its tree, in one transaction (a one-time migration).
 
     `transaction()` opens a writing transaction holding the store's write lock and yields a cursor.
+    A store that has a tree already is left alone (see `append`).
     """
-    while True:
-        with transaction() as cursor:
-            head = sql.read_head(cursor) or Head(Frontier.empty(), 0)
-            batch = sql.events_between(cursor, head.last_position, 2**63 - 1, BUILD_BATCH)
-            if not batch:
-                return
+    with transaction() as cursor:
+        if sql.read_head(cursor) is not None:
+            return
+        head = Head(Frontier.empty(), 0)
+        while batch := sql.events_between(cursor, head.last_position, 2**63 - 1, BUILD_BATCH):
             nodes: list[tuple[Node, bytes]] = []
             positions: list[tuple[int, int]] = []
             _add(head, batch, nodes, positions)
             sql.write(cursor, nodes, positions, head)
-        progress(head.last_position)
+            progress(head.last_position)

@@ -85,6 +85,12 @@ def verify_tree(
     def bad(position: int, problem: Problem, detail: str) -> TreeVerdict:
         return TreeVerdict(count, latest, Finding(position, problem, detail))
 
+    if event is not None and leaf is None:
+        detail = (
+            "the store has events but no audit tree: it was written by older keyledger code (start keyledger "
+            "or run `keyledger audit checkpoint` once to build it), or the tree's tables were emptied"
+        )
+        return TreeVerdict(0, latest, Finding(event.id, Problem.NO_TREE, detail))
     while event is not None or leaf is not None:
         if event is not None and (leaf is None or event.id < leaf.position):
             detail = (
