@@ -74,12 +74,11 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("POST", "/v1/workspaces/{ws}/keys/{key}/resume"): {409: "the key is revoked"},
     ("GET", "/v1/audit/checkpoint"): {404: "no checkpoint has been made yet"},
     ("GET", "/v1/audit/proof/inclusion"): {
-        404: "no checkpoint has been made yet, or no event at that position in the tree of that size",
-        422: "`tree_size` exceeds the latest checkpoint's size, or a parameter is out of range",
+        404: "no checkpoint has been made yet, `tree_size` exceeds the latest checkpoint's size, or no event of "
+        "that tree is at that position",
     },
     ("GET", "/v1/audit/proof/consistency"): {
-        404: "no checkpoint has been made yet",
-        422: "`to` exceeds the latest checkpoint's size, or `from` is not between 1 and `to`",
+        404: "no checkpoint has been made yet, `to` exceeds the latest checkpoint's size, or `from` exceeds `to`",
     },
     ("GET", "/readyz"): {503: "starting: the store is being opened, or the read models are catching up"},
     ("POST", "/v1/verify"): {429: "too many unknown keys came from this address this minute"},

@@ -30,8 +30,10 @@ class NotInTree(NotFound):
     title = "Not in the audit tree"
 
 
-class BadTreeSize(InvalidInput):
-    title = "Invalid tree size"
+class NoSuchTree(NotFound):
+    """A size no checkpoint has reached yet, or sizes no proof joins: there is nothing to prove (404)."""
+
+    title = "No such tree"
 
 
 @runtime_checkable
@@ -120,7 +122,7 @@ class AuditLog:
         if tree_size is None:
             return latest.tree_size
         if tree_size > latest.tree_size:
-            raise BadTreeSize(f"tree_size {tree_size} exceeds the latest checkpoint's size {latest.tree_size}")
+            raise NoSuchTree(f"tree_size {tree_size} exceeds the latest checkpoint's size {latest.tree_size}")
         return tree_size
 
     def inclusion(self, position: int, tree_size: int | None = None) -> InclusionProof:
@@ -137,7 +139,7 @@ class AuditLog:
     def consistency(self, old: int, new: int) -> list[bytes]:
         size = self._signed_size(new)
         if not 1 <= old <= size:
-            raise BadTreeSize(f"from must be between 1 and to ({size})")
+            raise NoSuchTree(f"no consistency proof from size {old} to size {size}: from must not exceed to")
         return merkle.resolve(merkle.consistency_plan(old, size), self.recorder.tree_nodes)
 
     def root(self, size: int) -> bytes:
