@@ -10,8 +10,13 @@ random moments of its life, in-process. Target: median under 50 ms.
 --commands each, HMAC chain off), the cost the Merkle tree's leaf hashing adds
 to the write path. Run it on the code before and after a change to compare.
 
-    scripts/bench_audit [--only state_at|commands] [--events 10000] [--samples 200] [--commands 1000]
-                        [--backend sqlite|postgres|both]
+`proofs`: on a store of --store-events events (default 1,000,000), the median
+time of an inclusion proof at a random position (in-process, target < 5 ms),
+then `keyledger audit export --proofs` of the whole store: events/s and the
+export process's peak RSS (targets >= 20,000 events/s, < 200 MB).
+
+    scripts/bench_audit [--only state_at|commands|proofs] [--events 10000] [--samples 200] [--commands 1000]
+                        [--store-events 1000000] [--backend sqlite|postgres|both]
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +42,7 @@ from pydantic import SecretStr
 
 from domain.application import KeyLedger
 from domain.history import replay, state_at
+from keyledger.audit import open_audit_log
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 
@@ -126,13 +134,63 @@ def bench_commands(backend: str, commands: int) -> None:
     )
 
 
+def bench_proofs(backend: str, events: int, samples: int) -> None:
+    with store(backend) as settings, tempfile.TemporaryDirectory() as directory:
+        settings = settings.model_copy(
+            update={"audit_key": None, "audit_signing_key": SecretStr(str(Path(directory) / "signing.key"))}
+        )
+        ledger = open_ledger(settings)
+        try:
+            started = time.perf_counter()
+            build_key(ledger, events)
+            built = time.perf_counter() - started
+            audit = open_audit_log(settings, ledger)
+            size = audit.checkpoint().tree_size
+            rng = random.Random(1)
+            durations = []
+            for _ in range(samples):
+                position = rng.randint(1, size)
+                t0 = time.perf_counter()
+                audit.inclusion(position)
+                durations.append((time.perf_counter() - t0) * 1000)
+        finally:
+            ledger.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
+        env |= {
+            "KEYLEDGER_DATABASE_URL": settings.database_url,
+            "KEYLEDGER_AUDIT_SIGNING_KEY": str(
+                settings.audit_signing_key.get_secret_value() if settings.audit_signing_key else ""
+            ),
+        }
+        if settings.database_schema:
+            env["KEYLEDGER_DATABASE_SCHEMA"] = settings.database_schema
+        t0 = time.perf_counter()
+        subprocess.run(
+            [str(Path(sys.executable).parent / "keyledger"), "audit", "export", "--proofs"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
+        exported = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    median = statistics.median(durations)
+    print(
+        f"{backend:9} proofs: store of {size} events (written in {built:.0f} s); inclusion proof median "
+        f"{median:.2f} ms, max {max(durations):.2f} ms over {samples} [{'OK' if median < 5 else 'OVER TARGET'}]; "
+        f"export --proofs {size / exported:,.0f} events/s, peak RSS {peak_mb:.0f} MB "
+        f"[{'OK' if size / exported >= 20_000 and peak_mb < 200 else 'OVER TARGET'}]"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--commands", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument("--only", choices=["state_at", "commands"], default=None)
+    parser.add_argument("--store-events", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=["state_at", "commands", "proofs"], default=None)
     args = parser.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     for backend in backends:
@@ -140,6 +198,8 @@ def main() -> None:
             bench(backend, args.events, args.samples)
         if args.only in (None, "commands"):
             bench_commands(backend, args.commands)
+        if args.only in (None, "proofs"):
+            bench_proofs(backend, args.store_events, args.samples)
     sys.stdout.flush()
 
 

@@ -216,15 +216,15 @@ class PostgresTree:
 
     def __init__(self, schema: str, prefix: str, events: str) -> None:
         s = Identifier(schema)
-        nodes, positions = Identifier(prefix + "tree_nodes"), Identifier(prefix + "tree_positions")
-        head, cps, ev = Identifier(prefix + "tree_head"), Identifier(prefix + "checkpoints"), Identifier(events)
+        nodes, head = Identifier(prefix + "tree_nodes"), Identifier(prefix + "tree_head")
+        cps, ev = Identifier(prefix + "checkpoints"), Identifier(events)
         self.create = [
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (level smallint NOT NULL, idx bigint NOT NULL, "
-                "hash bytea NOT NULL, PRIMARY KEY (level, idx))"
+                "hash bytea NOT NULL, position bigint, PRIMARY KEY (level, idx))"
             ).format(s, nodes),
-            SQL("CREATE TABLE IF NOT EXISTS {}.{} (position bigint PRIMARY KEY, idx bigint NOT NULL UNIQUE)").format(
-                s, positions
+            SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {}.{} (position) WHERE level = 0").format(
+                Identifier(prefix + "tree_nodes_position"), s, nodes
             ),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (id int PRIMARY KEY CHECK (id = 1), size bigint NOT NULL, "
@@ -236,24 +236,22 @@ class PostgresTree:
             ).format(s, cps),
         ]
         self.select_head = SQL("SELECT size, last_position, frontier FROM {}.{} WHERE id = 1").format(s, head)
-        # One round trip for the whole write: nodes, positions and the head.
+        # One round trip for the whole write: the nodes, then the head.
         self.write_statement = SQL(
-            "WITH n AS (INSERT INTO {0}.{1} (level, idx, hash) "
-            "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[])), "
-            "p AS (INSERT INTO {0}.{2} (position, idx) SELECT * FROM unnest(%s::bigint[], %s::bigint[])) "
-            "INSERT INTO {0}.{3} (id, size, last_position, frontier) VALUES (1, %s, %s, %s) "
+            "WITH n AS (INSERT INTO {0}.{1} (level, idx, hash, position) "
+            "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[], %s::bigint[])) "
+            "INSERT INTO {0}.{2} (id, size, last_position, frontier) VALUES (1, %s, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET size = excluded.size, last_position = excluded.last_position, "
             "frontier = excluded.frontier"
-        ).format(s, nodes, positions, head)
+        ).format(s, nodes, head)
         self.select_nodes = SQL(
             "SELECT n.level, n.idx, n.hash FROM {}.{} n JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
             "ON n.level = w.level AND n.idx = w.idx"
         ).format(s, nodes)
-        self.select_leaf_index = SQL("SELECT idx FROM {}.{} WHERE position = %s").format(s, positions)
+        self.select_leaf_index = SQL("SELECT idx FROM {}.{} WHERE level = 0 AND position = %s").format(s, nodes)
         self.select_leaves = SQL(
-            "SELECT p.idx, p.position, n.hash FROM {0}.{1} p JOIN {0}.{2} n ON n.level = 0 AND n.idx = p.idx "
-            "WHERE p.idx > %s ORDER BY p.idx LIMIT %s"
-        ).format(s, positions, nodes)
+            "SELECT idx, position, hash FROM {}.{} WHERE level = 0 AND idx > %s ORDER BY idx LIMIT %s"
+        ).format(s, nodes)
         self.select_events_between = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
             "WHERE notification_id > %s AND notification_id < %s ORDER BY notification_id LIMIT %s"
@@ -272,17 +270,14 @@ class PostgresTree:
             return None
         return tree.Head(Frontier.unpack(row["size"], bytes(row["frontier"])), row["last_position"])
 
-    def write(
-        self, cursor: Any, nodes: list[tuple[Node, bytes]], positions: list[tuple[int, int]], head: tree.Head
-    ) -> None:
+    def write(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, new_head: bool) -> None:
         cursor.execute(
             self.write_statement,
             (
-                [level for (level, _), _ in nodes],
-                [idx for (_, idx), _ in nodes],
-                [h for _, h in nodes],
-                [p for p, _ in positions],
-                [i for _, i in positions],
+                [row[0] for row in rows],
+                [row[1] for row in rows],
+                [row[2] for row in rows],
+                [row[3] for row in rows],
                 head.frontier.size,
                 head.last_position,
                 head.frontier.pack(),

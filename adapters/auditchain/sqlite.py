@@ -181,23 +181,16 @@ class SQLiteTree:
     """The tree's statements on SQLite (table names are constants of this module, never input)."""
 
     def __init__(self, prefix: str, events: str) -> None:
-        self.nodes_table, self.positions_table = prefix + "tree_nodes", prefix + "tree_positions"
-        self.head_table, self.checkpoints_table = prefix + "tree_head", prefix + "checkpoints"
-        nodes, positions, head, cps = self.nodes_table, self.positions_table, self.head_table, self.checkpoints_table
+        self.nodes_table, self.head_table = prefix + "tree_nodes", prefix + "tree_head"
+        self.checkpoints_table = prefix + "checkpoints"
+        nodes, head, cps = self.nodes_table, self.head_table, self.checkpoints_table
         self.select_head = f"SELECT size, last_position, frontier FROM {head} WHERE id = 1"  # noqa: S608
-        self.upsert_head = (
-            f"INSERT INTO {head} (id, size, last_position, frontier) VALUES (1, ?, ?, ?) "  # noqa: S608
-            "ON CONFLICT (id) DO UPDATE SET size = excluded.size, last_position = excluded.last_position, "
-            "frontier = excluded.frontier"
-        )
-        self.insert_node = f"INSERT INTO {nodes} (level, idx, hash) VALUES (?, ?, ?)"  # noqa: S608
-        self.insert_position = f"INSERT INTO {positions} (position, idx) VALUES (?, ?)"  # noqa: S608
+        self.insert_head = f"INSERT INTO {head} (id, size, last_position, frontier) VALUES (1, ?, ?, ?)"  # noqa: S608
+        self.update_head = f"UPDATE {head} SET size = ?, last_position = ?, frontier = ? WHERE id = 1"  # noqa: S608
+        self.insert_node = f"INSERT INTO {nodes} (level, idx, hash, position) VALUES (?, ?, ?, ?)"  # noqa: S608
         self.select_node = f"SELECT hash FROM {nodes} WHERE level = ? AND idx = ?"  # noqa: S608
-        self.select_leaf_index = f"SELECT idx FROM {positions} WHERE position = ?"  # noqa: S608
-        self.select_leaves = (
-            f"SELECT p.idx, p.position, n.hash FROM {positions} p JOIN {nodes} n "  # noqa: S608
-            "ON n.level = 0 AND n.idx = p.idx WHERE p.idx > ? ORDER BY p.idx LIMIT ?"
-        )
+        self.select_leaf_index = f"SELECT idx FROM {nodes} WHERE level = 0 AND position = ?"  # noqa: S608
+        self.select_leaves = f"SELECT idx, position, hash FROM {nodes} WHERE level = 0 AND idx > ? ORDER BY idx LIMIT ?"  # noqa: S608
         self.select_events_between = (
             f"SELECT rowid, originator_id, originator_version, topic, state FROM {events} "  # noqa: S608
             "WHERE rowid > ? AND rowid < ? ORDER BY rowid LIMIT ?"
@@ -209,9 +202,9 @@ class SQLiteTree:
     def create_statements(self) -> list[str]:
         return [
             f"CREATE TABLE IF NOT EXISTS {self.nodes_table} (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
-            "hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID",
-            f"CREATE TABLE IF NOT EXISTS {self.positions_table} (position INTEGER PRIMARY KEY, "
-            "idx INTEGER NOT NULL UNIQUE) WITHOUT ROWID",
+            "hash BLOB NOT NULL, position INTEGER, PRIMARY KEY (level, idx)) WITHOUT ROWID",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {self.nodes_table}_position ON {self.nodes_table} (position) "
+            "WHERE level = 0",
             f"CREATE TABLE IF NOT EXISTS {self.head_table} (id INTEGER PRIMARY KEY CHECK (id = 1), "
             "size INTEGER NOT NULL, last_position INTEGER NOT NULL, frontier BLOB NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {self.checkpoints_table} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -225,12 +218,12 @@ class SQLiteTree:
             return None
         return tree.Head(Frontier.unpack(row[0], bytes(row[2])), row[1])
 
-    def write(
-        self, cursor: Any, nodes: list[tuple[Node, bytes]], positions: list[tuple[int, int]], head: tree.Head
-    ) -> None:
-        cursor.executemany(self.insert_node, [(level, idx, h) for (level, idx), h in nodes])
-        cursor.executemany(self.insert_position, positions)
-        cursor.execute(self.upsert_head, (head.frontier.size, head.last_position, head.frontier.pack()))
+    def write(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, new_head: bool) -> None:
+        cursor.executemany(self.insert_node, rows)
+        cursor.execute(
+            self.insert_head if new_head else self.update_head,
+            (head.frontier.size, head.last_position, head.frontier.pack()),
+        )
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
         cursor.execute(self.select_events_between, (after, before, limit))

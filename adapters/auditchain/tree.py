@@ -1,8 +1,8 @@
 """Keeping the Merkle tree in the store, inside the transaction that inserts the events.
 
 Tables (each backend names them after its events table; `TreeSQL` runs the statements):
-- nodes (level, idx, hash): every complete subtree, leaves at level 0;
-- leaf positions (position, idx): which leaf an event's position is;
+- nodes (level, idx, hash, position): every complete subtree, leaves at level 0 with the
+  position of their event (a unique index on it finds an event's leaf);
 - head (one row): size, last position and the frontier (right edge), so an insert
   reads one row, not the tree;
 - checkpoints: signed tree heads (adapters/auditchain/checkpoints.py).
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adapters.auditchain.links import AuditChainError
-from adapters.auditchain.merkle import Frontier, Node, event_leaf_hash
+from adapters.auditchain.merkle import Frontier, event_leaf_hash
 
 BUILD_BATCH = 2000
 
@@ -53,14 +53,16 @@ class Head:
     last_position: int
 
 
+# (level, idx, hash, position of the event for a leaf, else None)
+NodeRow = tuple[int, int, bytes, int | None]
+
+
 class TreeSQL(Protocol):
     """The statements one backend runs on a cursor of its own transaction."""
 
     def read_head(self, cursor: Any) -> Head | None: ...
 
-    def write(
-        self, cursor: Any, nodes: list[tuple[Node, bytes]], positions: list[tuple[int, int]], head: Head
-    ) -> None: ...
+    def write(self, cursor: Any, rows: list[NodeRow], head: Head, new_head: bool) -> None: ...
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, Stored]]: ...
 
@@ -74,35 +76,33 @@ def append(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]]) -> Head
     head = sql.read_head(cursor)
     if not new:
         return head or Head(Frontier.empty(), 0)
-    nodes: list[tuple[Node, bytes]] = []
-    positions: list[tuple[int, int]] = []
+    rows: list[NodeRow] = []
+    new_head = head is None
     if head is None:
         head = Head(Frontier.empty(), 0)
         while missed := sql.events_between(cursor, head.last_position, new[0][0], BUILD_BATCH):
-            _add(head, missed, nodes, positions)
-            if len(nodes) > 4 * BUILD_BATCH:
-                sql.write(cursor, nodes, positions, head)
-                nodes, positions = [], []
+            _add(head, missed, rows)
+            if len(rows) > 4 * BUILD_BATCH:
+                sql.write(cursor, rows, head, new_head)
+                rows, new_head = [], False
     elif new[0][0] <= head.last_position:
         # SQLite reuses the rowid of a deleted last row: refuse rather than give two leaves one position.
         raise AuditChainError(
             f"the audit tree already reaches position {head.last_position} but a new event was stored at "
             f"position {new[0][0]}: stored events were removed; run `keyledger audit verify`"
         )
-    _add(head, new, nodes, positions)
-    sql.write(cursor, nodes, positions, head)
+    _add(head, new, rows)
+    sql.write(cursor, rows, head, new_head)
     return head
 
 
-def _add(
-    head: Head, events: Iterable[tuple[int, Stored]], nodes: list[tuple[Node, bytes]], positions: list[tuple[int, int]]
-) -> None:
+def _add(head: Head, events: Iterable[tuple[int, Stored]], rows: list[NodeRow]) -> None:
     frontier = head.frontier
     for position, e in events:
-        positions.append((position, frontier.size))
-        nodes.extend(
-            frontier.append(event_leaf_hash(position, e.originator_id, e.originator_version, e.topic, e.state))
-        )
+        leaf = event_leaf_hash(position, e.originator_id, e.originator_version, e.topic, e.state)
+        made = frontier.append(leaf)
+        rows.append((0, made[0][0][1], leaf, position))
+        rows.extend((level, idx, h, None) for (level, idx), h in made[1:])
         head.last_position = position
 
 
@@ -119,10 +119,10 @@ def build(
     with transaction() as cursor:
         if sql.read_head(cursor) is not None:
             return
-        head = Head(Frontier.empty(), 0)
+        head, new_head = Head(Frontier.empty(), 0), True
         while batch := sql.events_between(cursor, head.last_position, 2**63 - 1, BUILD_BATCH):
-            nodes: list[tuple[Node, bytes]] = []
-            positions: list[tuple[int, int]] = []
-            _add(head, batch, nodes, positions)
-            sql.write(cursor, nodes, positions, head)
+            rows: list[NodeRow] = []
+            _add(head, batch, rows)
+            sql.write(cursor, rows, head, new_head)
+            new_head = False
             progress(head.last_position)

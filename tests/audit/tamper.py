@@ -25,7 +25,7 @@ class Store:
         self.snapshots = "keyledger_snapshots" if self.postgres else "stored_snapshots"
         self.position = "notification_id" if self.postgres else "rowid"
         tree = "keyledger_audit_" if self.postgres else "audit_"
-        self.tree_tables = [tree + name for name in ("tree_nodes", "tree_positions", "tree_head", "checkpoints")]
+        self.tree_tables = [tree + name for name in ("tree_nodes", "tree_head", "checkpoints")]
 
     @contextmanager
     def _execute(self) -> Iterator[Any]:
@@ -78,10 +78,3 @@ class Store:
         """Empty the Merkle tree's tables and the stored checkpoints, as a forger rebuilding them would."""
         for table in self.tree_tables:
             self.sql(f"DELETE FROM {table}")
-
-    def delete_last_leaves(self, count: int) -> None:
-        """Remove the tree's last `count` leaves' positions (a forger truncating the tree with the events)."""
-        self.sql(
-            f"DELETE FROM {self.tree_tables[1]} WHERE idx >= (SELECT MAX(idx) FROM {self.tree_tables[1]}) - ?",
-            (count - 1,),
-        )
