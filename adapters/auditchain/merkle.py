@@ -84,6 +84,8 @@ def range_nodes(start: int, end: int) -> list[Node]:
 
 def fold(hashes: list[bytes]) -> bytes:
     """MTH of a run of complete subtrees of decreasing size: a right fold."""
+    if len(hashes) == 1:
+        return hashes[0]
     result = hashes[-1]
     for left in reversed(hashes[:-1]):
         result = node_hash(left, result)
@@ -91,20 +93,23 @@ def fold(hashes: list[bytes]) -> bytes:
 
 
 def inclusion_plan(index: int, size: int) -> list[list[Node]]:
-    """PATH(index, D[0:size]) (RFC 9162 2.1.3.1), each element as the nodes to fold."""
+    """PATH(index, D[0:size]) (RFC 9162 2.1.3.1), each element as the nodes to fold, from the leaf up.
+
+    Walks the aligned levels: at each, the ancestor's sibling is a stored node when it lies within
+    the tree, a run of nodes on the right edge when it is cut by `size`, and absent (the RFC
+    promotes the node) when it starts past the end. Equal to the RFC's recursion (tests check it).
+    """
     if not 0 <= index < size:
         raise ProofError(f"leaf index {index} is not in a tree of size {size}")
     plan: list[list[Node]] = []
-    start, end = 0, size
-    while end - start > 1:
-        k = _split(end - start)
-        if index < start + k:
-            plan.append(range_nodes(start + k, end))
-            end = start + k
-        else:
-            plan.append(range_nodes(start, start + k))
-            start += k
-    plan.reverse()  # the RFC lists the path from the leaf up
+    level = 0
+    while (1 << level) < size:
+        sibling = (index >> level) ^ 1
+        start = sibling << level
+        if start < size:
+            end = start + (1 << level)
+            plan.append([(level, sibling)] if end <= size else range_nodes(start, size))
+        level += 1
     return plan
 
 
