@@ -6,13 +6,14 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from adapters.auditchain import merkle
 from adapters.auditchain.checkpoints import Checkpoint, Signer
-from adapters.auditchain.tree import Head, Leaf
+from adapters.auditchain.tree import Head, Leaf, Reading
 from domain.errors import InvalidInput, NotFound
 from domain.timefmt import clamp_utc
 
@@ -39,6 +40,8 @@ class NoSuchTree(NotFound):
 @runtime_checkable
 class TreeReader(Protocol):
     """What the audited recorders of both backends offer."""
+
+    def reading(self) -> AbstractContextManager[Reading]: ...
 
     def tree_head(self) -> Head | None: ...
     def tree_nodes(self, nodes: Iterable[merkle.Node]) -> dict[merkle.Node, bytes]: ...
@@ -115,32 +118,38 @@ class AuditLog:
 
     # --- proofs -------------------------------------------------------------
 
-    def _signed_size(self, tree_size: int | None) -> int:
-        latest = self.latest()
+    @staticmethod
+    def _signed_size(reading: Reading, tree_size: int | None) -> int:
+        latest = reading.latest_checkpoint()
         if latest is None:
             raise NoCheckpoint("no checkpoint has been made yet (POST /v1/audit/checkpoint)")
+        signed = Checkpoint.from_json(json.loads(latest)).tree_size
         if tree_size is None:
-            return latest.tree_size
-        if tree_size > latest.tree_size:
-            raise NoSuchTree(f"tree_size {tree_size} exceeds the latest checkpoint's size {latest.tree_size}")
+            return signed
+        if tree_size > signed:
+            raise NoSuchTree(f"tree_size {tree_size} exceeds the latest checkpoint's size {signed}")
         return tree_size
 
     def inclusion(self, position: int, tree_size: int | None = None) -> InclusionProof:
-        size = self._signed_size(tree_size)
-        index = self.recorder.leaf_index(position)
-        if index is None or index >= size:
-            raise NotInTree(f"no event at position {position} in the tree of size {size}")
-        hashes = merkle.resolve(merkle.inclusion_plan(index, size), self.recorder.tree_nodes)
-        leaf = self.recorder.tree_nodes([(0, index)]).get((0, index))
+        """The proof for the event at `position`: three reads in one transaction."""
+        with self.recorder.reading() as reading:
+            size = self._signed_size(reading, tree_size)
+            index = reading.leaf_index(position)
+            if index is None or index >= size:
+                raise NotInTree(f"no event at position {position} in the tree of size {size}")
+            plan = merkle.inclusion_plan(index, size)
+            found = reading.nodes({(0, index), *(node for element in plan for node in element)})
+        leaf = found.get((0, index))
         if leaf is None:
             raise NotInTree(f"the leaf of position {position} is missing from the stored tree")
-        return InclusionProof(index, size, leaf, hashes)
+        return InclusionProof(index, size, leaf, merkle.resolve(plan, lambda wanted: found))
 
     def consistency(self, old: int, new: int) -> list[bytes]:
-        size = self._signed_size(new)
-        if not 1 <= old <= size:
-            raise NoSuchTree(f"no consistency proof from size {old} to size {size}: from must not exceed to")
-        return merkle.resolve(merkle.consistency_plan(old, size), self.recorder.tree_nodes)
+        with self.recorder.reading() as reading:
+            size = self._signed_size(reading, new)
+            if not 1 <= old <= size:
+                raise NoSuchTree(f"no consistency proof from size {old} to size {size}: from must not exceed to")
+            return merkle.resolve(merkle.consistency_plan(old, size), reading.nodes)
 
     def root(self, size: int) -> bytes:
         return merkle.root_of(size, self.recorder.tree_nodes)

@@ -137,6 +137,12 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
     def build_tree(self, progress: Callable[[int], None] = lambda position: None) -> None:
         tree.build(self.tree, self._writing, progress)
 
+    @contextmanager
+    def reading(self) -> Iterator[tree.Reading]:
+        """The reads of one proof, in one transaction."""
+        with self.datastore.transaction(commit=False) as cursor:
+            yield tree.Reading(self.tree, cursor)
+
     def tree_head(self) -> tree.Head | None:
         with self.datastore.transaction(commit=False) as c:
             return self.tree.read_head(c)

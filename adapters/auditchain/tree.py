@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adapters.auditchain.links import AuditChainError
-from adapters.auditchain.merkle import Frontier, event_leaf_hash
+from adapters.auditchain.merkle import Frontier, Node, event_leaf_hash
 
 BUILD_BATCH = 2000
 
@@ -51,6 +51,27 @@ def raw_state(state: object) -> bytes:
 class Head:
     frontier: Frontier
     last_position: int
+
+
+class Reading:
+    """Reads of one proof, in one transaction of the backend (`recorder.reading()`)."""
+
+    def __init__(self, sql: Any, cursor: Any) -> None:
+        self.sql, self.cursor = sql, cursor
+
+    def latest_checkpoint(self) -> str | None:
+        self.cursor.execute(self.sql.select_latest_checkpoint)
+        row = self.cursor.fetchone()
+        return None if row is None else str(row["document"])
+
+    def leaf_index(self, position: int) -> int | None:
+        self.cursor.execute(self.sql.select_leaf_index, (position,))
+        row = self.cursor.fetchone()
+        return None if row is None else int(row["idx"])
+
+    def nodes(self, wanted: Iterable[Node]) -> dict[Node, bytes]:
+        found: dict[Node, bytes] = self.sql.nodes(self.cursor, wanted)
+        return found
 
 
 # (level, idx, hash, position of the event for a leaf, else None)
