@@ -118,6 +118,14 @@ def verify_tree(
         count += 1
         for checkpoint in by_size.get(frontier.size, ()):
             if checkpoint.root_hash != frontier.root():
+                if checkpoint is after:
+                    # The store's own checkpoints may have been re-signed with a stolen key: trust none of them.
+                    detail = (
+                        f"the first {frontier.size} events (to position {event.id}) do not form the tree of the "
+                        "earlier checkpoint given: the log was rewritten and re-signed; which of these events "
+                        "changed, the tree cannot tell"
+                    )
+                    return bad(1, Problem.REWRITTEN, detail)
                 detail = (
                     f"the first {frontier.size} events (to position {event.id}) do not form the tree the "
                     f"checkpoint of {checkpoint.timestamp} signed: events from position {unverified_from} on "

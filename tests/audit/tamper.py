@@ -74,7 +74,7 @@ class Store:
     def move_event(self, position: int, to: int) -> None:
         self.sql("UPDATE {events} SET {pos} = ? WHERE {pos} = ?", (to, position))
 
-    def drop_tree(self) -> None:
-        """Empty the Merkle tree's tables and the stored checkpoints, as a forger rebuilding them would."""
-        for table in self.tree_tables:
+    def drop_tree(self, checkpoints: bool = True) -> None:
+        """Empty the Merkle tree's tables (and the stored checkpoints), as a forger rebuilding them would."""
+        for table in self.tree_tables if checkpoints else self.tree_tables[:-1]:
             self.sql(f"DELETE FROM {table}")

@@ -242,7 +242,7 @@ def rewrite_history(settings: Settings, store: Store, position: int) -> None:
     checkpoint_cli(settings)
 
 
-CASES = ["edit", "delete", "insert", "swap", "truncate", "truncate-resigned", "rewrite"]
+CASES = ["edit", "delete", "insert", "swap", "truncate", "truncate-resigned", "rewrite-unsigned", "rewrite"]
 
 
 @pytest.mark.parametrize("tampering", CASES)
@@ -285,6 +285,11 @@ def test_tampering_is_found_by_verify_and_by_verify_export_after_an_old_checkpoi
         store.drop_tree()
         checkpoint_cli(log_settings)
         bad, problem, bad_line = positions[-3] + 1, "truncated", len(positions) - 1
+    elif tampering == "rewrite-unsigned":  # without the key: the tree rebuilt to match, the checkpoints kept
+        store.set_state(granted, store.state(granted).replace(b"write:edges", b"admin"))
+        store.drop_tree(checkpoints=False)
+        open_ledger(log_settings).close()  # a writer builds the empty tree again
+        bad, problem, bad_line = 1, "rewritten", 1  # every proof runs through the rebuilt nodes
     else:
         rewrite_history(log_settings, store, granted)
         bad, problem, bad_line = 1, "rewritten", len(positions)
@@ -307,6 +312,8 @@ def test_tampering_is_found_by_verify_and_by_verify_export_after_an_old_checkpoi
     report = json.loads(verified.stdout)
     assert (report["first_bad_position"], report["problem"]) == (bad, problem), report
     assert bad <= granted or tampering in ("insert", "truncate", "truncate-resigned")
+    if tampering == "rewrite-unsigned":  # the store's own checkpoint finds it, no old one needed
+        assert json.loads(run(log_settings, "verify", "--public-key", public).stdout)["problem"] == "rewritten"
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert json.loads(checked.stdout)["first_bad_line"] == bad_line, checked.stdout
     assert f"line {bad_line}" in checked.stderr
