@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from adapters.auditchain.auditlog import AuditLog
 from adapters.quotas import QuotaGate
 from api.metrics import Metrics
 from api.verification import VerificationService
@@ -20,6 +21,7 @@ class Services(Protocol):
     read_models: ReadModels
     operator_digest: str
     ready: bool
+    audit: AuditLog
 
     @property
     def verification(self) -> VerificationService: ...

@@ -104,6 +104,20 @@ def authorize(services: Services, token: str | None, ws: UUID, scope: str) -> Ca
     return Caller(creds.key_id, creds.workspace_id)
 
 
+def require_admin_or_operator(request: Request, services: ServicesDep) -> str:
+    """The operator token, or an admin key of any workspace (the audit log's checkpoints and proofs)."""
+    token = bearer_token(request)
+    if token is not None and hmac.compare_digest(credentials.digest(token), services.operator_digest):
+        return "operator"
+    answer = services.verification.judge(token, None)
+    refusal = refusal_for(answer)
+    if refusal is not None or answer.key is None:
+        raise refusal or Unauthorized("the presented key is not valid")
+    if not has_scope(answer.key.credentials.effective_scopes, "admin"):
+        raise InsufficientScope("admin", services.insufficient_scope_status)
+    return str(answer.key.credentials.key_id)
+
+
 KeyCaller = Annotated[Caller, Depends(require_key)]
 AdminCaller = Annotated[Caller, Security(require_scope, scopes=["admin"])]
 AuditorCaller = Annotated[Caller, Security(require_scope, scopes=["read:events"])]

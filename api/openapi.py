@@ -72,6 +72,14 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
         409: "the key is revoked, or it is the workspace's last active admin key"
     },
     ("POST", "/v1/workspaces/{ws}/keys/{key}/resume"): {409: "the key is revoked"},
+    ("GET", "/v1/audit/checkpoint"): {404: "no checkpoint has been made yet"},
+    ("GET", "/v1/audit/proof/inclusion"): {
+        404: "no checkpoint has been made yet, `tree_size` exceeds the latest checkpoint's size, or no event of "
+        "that tree is at that position",
+    },
+    ("GET", "/v1/audit/proof/consistency"): {
+        404: "no checkpoint has been made yet, `to` exceeds the latest checkpoint's size, or `from` exceeds `to`",
+    },
     ("GET", "/readyz"): {503: "starting: the store is being opened, or the read models are catching up"},
     ("POST", "/v1/verify"): {429: "too many unknown keys came from this address this minute"},
     ("GET", "/v1/auth"): {
@@ -83,7 +91,14 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     },
 }
 # Routes whose Bearer scheme their handler reads itself (the hot path takes no dependency).
-ROUTE_SECURITY: dict[tuple[str, str], list[dict[str, list[str]]]] = {("GET", "/v1/auth"): [{KEY: []}]}
+# The audit log's reads take the operator token or an admin key of any workspace (`api.deps.require_admin_or_operator`).
+_ADMIN_OR_OPERATOR: list[dict[str, list[str]]] = [{OPERATOR: []}, {KEY: ["admin"]}]
+ROUTE_SECURITY: dict[tuple[str, str], list[dict[str, list[str]]]] = {
+    ("GET", "/v1/auth"): [{KEY: []}],
+    ("GET", "/v1/audit/checkpoint"): _ADMIN_OR_OPERATOR,
+    ("GET", "/v1/audit/proof/inclusion"): _ADMIN_OR_OPERATOR,
+    ("GET", "/v1/audit/proof/consistency"): _ADMIN_OR_OPERATOR,
+}
 # Headers of answers that are not errors.
 SUCCESS_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/auth"): {

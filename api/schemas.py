@@ -402,3 +402,38 @@ class Problem(BaseModel):
     )
     scope: str | None = Field(default=None, description="on 403 (insufficient scope): the scope needed")
     errors: list[ValidationIssue] | None = Field(default=None, description="on invalid requests: each error")
+
+
+# --- the verifiable audit log (SPEC 8.4) -----------------------------------
+
+Hash = Annotated[str, Field(pattern="^[0-9a-f]{64}$", description="a SHA-256 hash, lower-case hex")]
+
+
+class PublicKeyPublic(BaseModel):
+    algorithm: str = Field(description="always `Ed25519`")
+    public_key: str = Field(description="base64 (RFC 4648 section 4, padded) of the 32 raw public key bytes")
+
+
+class CheckpointPublic(BaseModel):
+    """A signed tree head: the signature covers `"<origin>\\n<tree_size>\\n<base64 root>\\n<timestamp>\\n"`."""
+
+    origin: str
+    tree_size: int = Field(ge=0)
+    root_hash: Hash
+    timestamp: str = Field(description="RFC 3339 UTC, exactly the signed time line")
+    signature: str = Field(description="base64 (padded) Ed25519 signature")
+
+
+class InclusionProofPublic(BaseModel):
+    """RFC 9162 section 2.1.3: the audit path of one event's leaf in the tree of `tree_size` leaves."""
+
+    leaf_index: int = Field(ge=0)
+    tree_size: int = Field(ge=1)
+    leaf_hash: Hash
+    hashes: list[Hash]
+
+
+class ConsistencyProofPublic(BaseModel):
+    """RFC 9162 section 2.1.4: proves the tree of `to` leaves extends the tree of `from` leaves."""
+
+    hashes: list[Hash]

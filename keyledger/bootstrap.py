@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
 from eventsourcing.persistence import PersistenceError
 from psycopg import sql
 
-from adapters.auditchain.writer import chain_env
+from adapters.auditchain.postgres import ChainedPostgresRecorder
+from adapters.auditchain.sqlite import ChainedSQLiteRecorder
+from adapters.auditchain.writer import ENV_STARTUP_CHECK, chain_env
 from domain.application import KeyLedger
 from keyledger.settings import Settings, StartupError
 
@@ -86,12 +88,40 @@ def _setup_lock(settings: Settings) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
 
 
-def open_ledger(settings: Settings, extra_env: dict[str, str] | None = None) -> KeyLedger:
+def open_ledger(
+    settings: Settings,
+    extra_env: dict[str, str] | None = None,
+    tree_progress: Callable[[int, int], None] | None = None,
+) -> KeyLedger:
+    """The application over the configured store.
+
+    A process that writes first gives a store written by older code its Merkle tree (the audit log);
+    `tree_progress(position, last position)` follows that work. Audit tools, which only read, skip it.
+    """
+    env = {**event_store_env(settings), **(extra_env or {})}
     try:
         with _setup_lock(settings):
-            return KeyLedger(env={**event_store_env(settings), **(extra_env or {})}, catalog=settings.catalog)
+            ledger = KeyLedger(env=env, catalog=settings.catalog)
+        if env.get(f"KEYLEDGER_{ENV_STARTUP_CHECK}", "y") != "n":
+            build_tree(ledger, tree_progress)
+        return ledger
     except (psycopg.OperationalError, OSError, PersistenceError) as error:
         # The library wraps driver errors in its own PersistenceError family.
         where = settings.url.render_as_string(hide_password=True)
         reason = str(error).strip()[:200]
         raise StartupError(f"KEYLEDGER_DATABASE_URL: cannot open {where}: {reason}") from None
+
+
+def build_tree(ledger: KeyLedger, progress: Callable[[int, int], None] | None = None) -> None:
+    """Give a store written before the tree existed its tree, built from the events it holds."""
+    recorder = ledger.recorder
+    if not isinstance(recorder, ChainedSQLiteRecorder | ChainedPostgresRecorder):
+        return
+    last = recorder.max_notification_id() or 0
+    if not last or recorder.tree_head() is not None:
+        return
+    if progress is None:
+        recorder.build_tree()
+        return
+    progress(0, last)
+    recorder.build_tree(lambda position: progress(position, last))

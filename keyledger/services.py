@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from adapters.auditchain.auditlog import AuditLog
 from adapters.change_feed import ChangeFeed, MemoryChangeFeed, RedisChangeFeed
 from adapters.credential_cache import CredentialCache
 from adapters.quotas import QuotaGate
@@ -19,6 +21,7 @@ from api.metrics import Metrics
 from api.verification import VerificationService
 from domain.application import AfterSave, KeyLedger, Saved
 from domain.keys import ApiKey
+from keyledger.audit import open_audit_log
 from keyledger.bootstrap import open_ledger
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
@@ -72,13 +75,13 @@ def publish_changes(feed: ChangeFeed, cache: CredentialCache | None = None) -> A
     return publish
 
 
-def open_command_ledger(settings: Settings) -> KeyLedger:
+def open_command_ledger(settings: Settings, tree_progress: Callable[[int, int], None] | None = None) -> KeyLedger:
     """The application for a process that makes commands without serving (the CLI).
 
     With Redis configured its changes reach every API process before it returns, as an
     API command's do; without, API processes see them through their stream follower.
     """
-    ledger = open_ledger(settings)
+    ledger = open_ledger(settings, tree_progress=tree_progress)
     if settings.redis_url:
         ledger.after_save(publish_changes(open_change_feed(settings)))
     return ledger
@@ -108,6 +111,7 @@ class Services:
     stack: VerificationStack
     operator_digest: str
     generated_operator_token: str | None
+    audit: AuditLog
     settle_timeout: float = 10.0
     ready: bool = False  # set once start-up is done: /readyz answers 503 before
 
@@ -148,6 +152,7 @@ class Services:
         except Exception as error:
             log.error("read models did not catch up at start (serving; they keep retrying): %s", error)
         self.stack.start()
+        self.audit.start()
         self.ready = True
 
     def readiness(self) -> dict[str, Any]:
@@ -185,6 +190,7 @@ class Services:
 
     def stop(self) -> None:
         self.stack.stop()
+        self.audit.stop()  # after the last usage flush: a final checkpoint covers it
         self.read_models.close()
         self.ledger.close()
 
@@ -193,7 +199,8 @@ def build_services(settings: Settings) -> Services:
     ledger = open_ledger(settings)
     read_models = ReadModels(settings, ledger)
     stack = build_verification(settings, ledger)
-    services = Services(settings, ledger, read_models, stack, "", None)
+    audit = open_audit_log(settings, ledger)
+    services = Services(settings, ledger, read_models, stack, "", None, audit)
     ledger.after_save(services.settle)
     stack.metrics.watch_read_models(read_models.status, lambda: read_models.failure_counts)
     feed = stack.feed

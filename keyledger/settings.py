@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = Field(
         default=None, description="key of the audit HMAC chain; unset: no chain is written"
     )
+    audit_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 key signing audit checkpoints: base64 of the 32-byte private key, or a file path "
+        "(created, mode 0600, if missing); unset: a file beside the SQLite store, or "
+        "./keyledger-audit-signing.key with PostgreSQL",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -1,10 +1,22 @@
-"""Benchmark of `state_at` (the `state?at=T` query) for one key with 10,000 events.
+"""Benchmarks of the audit log: `state_at` of a key with 10,000 events, and what auditing costs a command.
+
+`state_at`:
 
 Builds the key on a fresh SQLite file and a fresh PostgreSQL schema (grants and
 revokes alternating, saved in chunks, audit chain on), then times `state_at` at
 random moments of its life, in-process. Target: median under 50 ms.
 
-    scripts/bench_audit [--events 10000] [--samples 200] [--backend sqlite|postgres|both]
+`commands`: the latency of issuing and of revoking a key (in-process, median of
+--commands each, HMAC chain off), the cost the Merkle tree's leaf hashing adds
+to the write path. Run it on the code before and after a change to compare.
+
+`proofs`: on a store of --store-events events (default 1,000,000), the median
+time of an inclusion proof at a random position (in-process, target < 5 ms),
+then `keyledger audit export --proofs` of the whole store: events/s and the
+export process's peak RSS (targets >= 20,000 events/s, < 200 MB).
+
+    scripts/bench_audit [--only state_at|commands|proofs] [--events 10000] [--samples 200] [--commands 1000]
+                        [--store-events 1000000] [--backend sqlite|postgres|both]
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import argparse
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +41,7 @@ from pydantic import SecretStr
 
 from domain.application import KeyLedger
 from domain.history import replay, state_at
+from keyledger.audit import open_audit_log
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 
@@ -97,15 +111,112 @@ def bench(backend: str, events: int, samples: int) -> None:
     )
 
 
+def bench_commands(backend: str, commands: int) -> None:
+    with store(backend) as settings:
+        ledger = open_ledger(settings.model_copy(update={"audit_key": None}))
+        try:
+            ws = ledger.create_workspace("bench", "pro").workspace.id
+            issue, revoke = [], []
+            for i in range(commands):
+                t0 = time.perf_counter()
+                key = ledger.issue_key(ws, f"k{i}", ["read:nodes"]).key.id
+                t1 = time.perf_counter()
+                ledger.revoke_key(key)
+                t2 = time.perf_counter()
+                issue.append((t1 - t0) * 1000)
+                revoke.append((t2 - t1) * 1000)
+        finally:
+            ledger.close()
+    print(
+        f"{backend:9} commands: issue median {statistics.median(issue):.3f} ms, "
+        f"revoke median {statistics.median(revoke):.3f} ms over {commands} each"
+    )
+
+
+def _high_water_kb(pid: int) -> int:
+    """The process's peak RSS since its exec (VmHWM). Not rusage: a forked child's maxrss counts this
+    benchmark's own memory (a million events read back) from before its exec."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:  # it has just ended
+        pass
+    return 0
+
+
+def bench_proofs(backend: str, events: int, samples: int) -> None:
+    with store(backend) as settings, tempfile.TemporaryDirectory() as directory:
+        settings = settings.model_copy(
+            update={"audit_key": None, "audit_signing_key": SecretStr(str(Path(directory) / "signing.key"))}
+        )
+        ledger = open_ledger(settings)
+        try:
+            started = time.perf_counter()
+            build_key(ledger, events)
+            built = time.perf_counter() - started
+            audit = open_audit_log(settings, ledger)
+            size = audit.checkpoint().tree_size
+            rng = random.Random(1)
+            durations = []
+            for _ in range(samples):
+                position = rng.randint(1, size)
+                t0 = time.perf_counter()
+                audit.inclusion(position)
+                durations.append((time.perf_counter() - t0) * 1000)
+        finally:
+            ledger.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
+        env |= {
+            "KEYLEDGER_DATABASE_URL": settings.database_url,
+            "KEYLEDGER_AUDIT_SIGNING_KEY": str(
+                settings.audit_signing_key.get_secret_value() if settings.audit_signing_key else ""
+            ),
+        }
+        if settings.database_schema:
+            env["KEYLEDGER_DATABASE_SCHEMA"] = settings.database_schema
+        t0 = time.perf_counter()
+        export = subprocess.Popen(
+            [str(Path(sys.executable).parent / "keyledger"), "audit", "export", "--proofs"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        peak_kb = 0
+        while export.poll() is None:
+            peak_kb = max(peak_kb, _high_water_kb(export.pid))
+            time.sleep(0.2)
+        exported = time.perf_counter() - t0
+        if export.returncode != 0:
+            raise SystemExit(f"keyledger audit export --proofs failed ({export.returncode})")
+        peak_mb = peak_kb / 1024
+    median = statistics.median(durations)
+    print(
+        f"{backend:9} proofs: store of {size} events (written in {built:.0f} s); inclusion proof median "
+        f"{median:.2f} ms, max {max(durations):.2f} ms over {samples} [{'OK' if median < 5 else 'OVER TARGET'}]; "
+        f"export --proofs {size / exported:,.0f} events/s, peak RSS {peak_mb:.0f} MB "
+        f"[{'OK' if size / exported >= 20_000 and peak_mb < 200 else 'OVER TARGET'}]"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--commands", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--store-events", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=["state_at", "commands", "proofs"], default=None)
     args = parser.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     for backend in backends:
-        bench(backend, args.events, args.samples)
+        if args.only in (None, "state_at"):
+            bench(backend, args.events, args.samples)
+        if args.only in (None, "commands"):
+            bench_commands(backend, args.commands)
+        if args.only in (None, "proofs"):
+            bench_proofs(backend, args.store_events, args.samples)
     sys.stdout.flush()
 
 

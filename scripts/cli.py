@@ -23,7 +23,7 @@ from domain.timefmt import parse_rfc3339
 from domain.workspace import Workspace
 from keyledger.services import open_command_ledger
 from keyledger.settings import Settings, StartupError
-from scripts.cli_audit import audit_app
+from scripts.cli_audit import audit_app, tree_progress
 from scripts.cli_events import events_app
 from scripts.cli_output import emit
 from scripts.cli_projections import projections_app
@@ -41,7 +41,8 @@ app.add_typer(events_app, name="events")
 
 
 def _ledger() -> KeyLedger:
-    return open_command_ledger(Settings())
+    with tree_progress() as progress:  # a store written by older code gets its audit tree first
+        return open_command_ledger(Settings(), progress)
 
 
 def _uuid(text: str, what: str) -> UUID:

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from domain.application import KeyLedger
 from keyledger.bootstrap import open_ledger
@@ -20,7 +21,9 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
     require("PostgreSQL", postgres_problem())
     schema = new_pg_schema()
     try:
-        yield Settings(database_url=POSTGRES_URL, database_schema=schema)
+        # The signing key's default with PostgreSQL is the working directory: keep it in the test's folder.
+        key = SecretStr(str(tmp_path / "audit-signing.key"))
+        yield Settings(database_url=POSTGRES_URL, database_schema=schema, audit_signing_key=key)
     finally:
         drop_pg_schema(schema)
 

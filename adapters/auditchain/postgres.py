@@ -9,7 +9,7 @@ a rolled-back insert leaves neither events nor links (only a gap in positions).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -19,11 +19,12 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import Environment, retry, strtobool
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import PoolTimeout
 
-from adapters.auditchain import writer
+from adapters.auditchain import tree, writer
 from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
+from adapters.auditchain.merkle import Frontier, Node
 
 BACKFILL_BATCH = 1000
 
@@ -41,6 +42,10 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         self.chain_key = chain_key
         self.chain_table_name = events_table_name.removesuffix("_events") + "_audit_chain"
         self.check_identifier_length(self.chain_table_name)
+        self.tree = PostgresTree(
+            self.datastore.schema, events_table_name.removesuffix("_events") + "_audit_", events_table_name
+        )
+        self.sql_create_statements.extend(self.tree.create_statements())
         schema, chain, events = (
             Identifier(self.datastore.schema),
             Identifier(self.chain_table_name),
@@ -77,15 +82,15 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         positions: Sequence[int] | None
-        if self.chain_key is None or not stored_events:
+        if not stored_events:
             positions = super().insert_events(stored_events, **kwargs)
         else:
-            positions = self._insert_chained(self.chain_key, stored_events, **kwargs)
+            positions = self._insert_audited(stored_events, **kwargs)
         return positions
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's insert
-    def _insert_chained(self, key: ChainKey, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
-        # One plain transaction (no pipeline): an error while chaining must roll the events back too.
+    def _insert_audited(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        # One plain transaction (no pipeline): an error while adding leaves or links must roll the events back too.
         with self.datastore.transaction(commit=True) as curs:
             self._insert_stored_events(curs, stored_events, **kwargs)  # locks the table, then inserts
             rows = curs.fetchall()
@@ -94,7 +99,9 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
                 ((by_version[(e.originator_id, e.originator_version)], e) for e in stored_events),
                 key=lambda pair: pair[0],
             )
-            self._extend_chain(curs, key, new)
+            tree.append(self.tree, curs, new)
+            if self.chain_key is not None:
+                self._extend_chain(curs, self.chain_key, new)
         return [r["notification_id"] for r in rows]
 
     def _extend_chain(self, curs: Cursor[DictRow], key: ChainKey, new: list[tuple[int, StoredEvent]]) -> None:
@@ -154,6 +161,53 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self.select_snapshot_ids_statement)
             return [r["originator_id"] for r in curs.fetchall()]
 
+    # --- the Merkle tree ----------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[Cursor[DictRow]]:
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock_table(curs)
+            yield curs
+
+    def build_tree(self, progress: Callable[[int], None] = lambda position: None) -> None:
+        tree.build(self.tree, self._writing, progress)
+
+    @contextmanager
+    def reading(self) -> Iterator[tree.Reading]:
+        """The reads of one proof, in one transaction."""
+        with self.datastore.transaction(commit=False) as cursor:
+            yield tree.Reading(self.tree, cursor)
+
+    def tree_head(self) -> tree.Head | None:
+        with self.datastore.transaction(commit=False) as curs:
+            return self.tree.read_head(curs)
+
+    def tree_nodes(self, nodes: Iterable[Node]) -> dict[Node, bytes]:
+        with self.datastore.transaction(commit=False) as curs:
+            return self.tree.nodes(curs, nodes)
+
+    def leaf_index(self, position: int) -> int | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.tree.select_leaf_index, (position,))
+            row = curs.fetchone()
+            return None if row is None else int(row["idx"])
+
+    def leaves(self, after_index: int, limit: int) -> list[tree.Leaf]:
+        """Stored leaves from index after_index + 1: their positions and hashes."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.tree.select_leaves, (after_index, limit))
+            return [tree.Leaf(r["idx"], r["position"], bytes(r["hash"])) for r in curs.fetchall()]
+
+    def insert_checkpoint(self, tree_size: int, document: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.tree.insert_checkpoint, (tree_size, document))
+
+    def checkpoints(self, latest_only: bool = False) -> list[str]:
+        """Stored checkpoints (JSON), oldest first."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.tree.select_latest_checkpoint if latest_only else self.tree.select_checkpoints)
+            return [r["document"] for r in curs.fetchall()]
+
     def seal(self) -> None:
         """Start the chain (genesis, then links for events already stored), under the table lock."""
         if self.chain_key is None:
@@ -161,6 +215,95 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.transaction(commit=True) as curs:
             self._lock_table(curs)
             self._extend_chain(curs, self.chain_key, [])
+
+
+class PostgresTree:
+    """The tree's statements on PostgreSQL."""
+
+    def __init__(self, schema: str, prefix: str, events: str) -> None:
+        s = Identifier(schema)
+        nodes, head = Identifier(prefix + "tree_nodes"), Identifier(prefix + "tree_head")
+        cps, ev = Identifier(prefix + "checkpoints"), Identifier(events)
+        self.create = [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (level smallint NOT NULL, idx bigint NOT NULL, "
+                "hash bytea NOT NULL, position bigint, PRIMARY KEY (level, idx))"
+            ).format(s, nodes),
+            SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {}.{} (position) WHERE level = 0").format(
+                Identifier(prefix + "tree_nodes_position"), s, nodes
+            ),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (id int PRIMARY KEY CHECK (id = 1), size bigint NOT NULL, "
+                "last_position bigint NOT NULL, frontier bytea NOT NULL)"
+            ).format(s, head),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (seq bigserial PRIMARY KEY, tree_size bigint NOT NULL, "
+                "document text NOT NULL)"
+            ).format(s, cps),
+        ]
+        self.select_head = SQL("SELECT size, last_position, frontier FROM {}.{} WHERE id = 1").format(s, head)
+        # One round trip for the whole write: the nodes, then the head.
+        self.write_statement = SQL(
+            "WITH n AS (INSERT INTO {0}.{1} (level, idx, hash, position) "
+            "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[], %s::bigint[])) "
+            "INSERT INTO {0}.{2} (id, size, last_position, frontier) VALUES (1, %s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET size = excluded.size, last_position = excluded.last_position, "
+            "frontier = excluded.frontier"
+        ).format(s, nodes, head)
+        self.select_nodes = SQL(
+            "SELECT n.level, n.idx, n.hash FROM {}.{} n JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
+            "ON n.level = w.level AND n.idx = w.idx"
+        ).format(s, nodes)
+        self.select_leaf_index = SQL("SELECT idx FROM {}.{} WHERE level = 0 AND position = %s").format(s, nodes)
+        self.select_leaves = SQL(
+            "SELECT idx, position, hash FROM {}.{} WHERE level = 0 AND idx > %s ORDER BY idx LIMIT %s"
+        ).format(s, nodes)
+        self.select_events_between = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
+            "WHERE notification_id > %s AND notification_id < %s ORDER BY notification_id LIMIT %s"
+        ).format(s, ev)
+        self.insert_checkpoint = SQL("INSERT INTO {}.{} (tree_size, document) VALUES (%s, %s)").format(s, cps)
+        self.select_checkpoints = SQL("SELECT document FROM {}.{} ORDER BY seq").format(s, cps)
+        self.select_latest_checkpoint = SQL("SELECT document FROM {}.{} ORDER BY seq DESC LIMIT 1").format(s, cps)
+
+    def create_statements(self) -> list[Composed]:
+        return self.create
+
+    def read_head(self, cursor: Any) -> tree.Head | None:
+        cursor.execute(self.select_head)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return tree.Head(Frontier.unpack(row["size"], bytes(row["frontier"])), row["last_position"])
+
+    def write(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, new_head: bool) -> None:
+        cursor.execute(
+            self.write_statement,
+            (
+                [row[0] for row in rows],
+                [row[1] for row in rows],
+                [row[2] for row in rows],
+                [row[3] for row in rows],
+                head.frontier.size,
+                head.last_position,
+                head.frontier.pack(),
+            ),
+        )
+
+    def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
+        cursor.execute(self.select_events_between, (after, before, limit))
+        return [
+            (
+                r["notification_id"],
+                StoredEvent(r["originator_id"], r["originator_version"], r["topic"], tree.raw_state(r["state"])),
+            )
+            for r in cursor.fetchall()
+        ]
+
+    def nodes(self, cursor: Any, wanted: Iterable[Node]) -> dict[Node, bytes]:
+        keys = list(wanted)
+        cursor.execute(self.select_nodes, ([level for level, _ in keys], [idx for _, idx in keys]))
+        return {(r["level"], r["idx"]): bytes(r["hash"]) for r in cursor.fetchall()}
 
 
 class FailFastDatastore(PostgresDatastore):

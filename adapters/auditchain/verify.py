@@ -22,6 +22,9 @@ class Problem(StrEnum):
     INSERTED = "inserted"
     TRUNCATED = "truncated"
     SNAPSHOT = "snapshot"
+    NO_TREE = "no-tree"
+    CHECKPOINT = "checkpoint"  # a checkpoint whose signature does not hold
+    REWRITTEN = "rewritten"  # events and tree rewritten together: a prefix no longer forms a signed tree
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,10 @@ def config(server: Server, ids: str) -> str:
         return {"parameters": {"path.key": keys[name]}} if ids == "live" else {}
 
     operations = [
-        (["POST /v1/workspaces", "PUT /v1/workspaces/{ws}/plan"], {"headers": bearer(OPERATOR_TOKEN)}),
+        (
+            ["POST /v1/workspaces", "PUT /v1/workspaces/{ws}/plan", "POST /v1/audit/checkpoint"],
+            {"headers": bearer(OPERATOR_TOKEN)},
+        ),
         (["GET /v1/auth"], {"headers": bearer(gateway)}),
         (["POST /v1/workspaces/{ws}/keys/{key}/revoke"], key_of("revoked")),
         (

@@ -55,6 +55,11 @@ EXPECTED = {
     ("POST", "/v1/verify"): {200, 400, 422, 429, 503},
     ("GET", "/v1/auth"): {204, 400, 401, 403, 429, 503},
     ("POST", "/v1/usage/report"): {202, 400, 422, 503},
+    ("GET", "/v1/audit/public-key"): {200, 503},
+    ("GET", "/v1/audit/checkpoint"): {200, 401, 403, 404, 503},
+    ("POST", "/v1/audit/checkpoint"): {200, 401, 503},
+    ("GET", "/v1/audit/proof/inclusion"): {200, 401, 403, 404, 422, 503},
+    ("GET", "/v1/audit/proof/consistency"): {200, 401, 403, 404, 422, 503},
     ("GET", "/healthz"): {200},
     ("GET", "/readyz"): {200, 503},
     ("GET", "/metrics"): {200},
@@ -108,6 +113,14 @@ def test_schemes_scopes_and_forwarded_headers():
     assert ops[("GET", "/v1/workspaces/{ws}/audit")]["security"] == [{"apiKey": ["read:events"]}]
     assert ops[("GET", "/v1/me")]["security"] == [{"apiKey": []}]
     assert "security" not in ops[("POST", "/v1/verify")]  # the key is in the body
+    assert "security" not in ops[("GET", "/v1/audit/public-key")]
+    assert ops[("POST", "/v1/audit/checkpoint")]["security"] == [{"operatorToken": []}]
+    for path in ("/v1/audit/checkpoint", "/v1/audit/proof/inclusion", "/v1/audit/proof/consistency"):
+        assert ops[("GET", path)]["security"] == [{"operatorToken": []}, {"apiKey": ["admin"]}]
+    inclusion = {p["name"]: p for p in ops[("GET", "/v1/audit/proof/inclusion")]["parameters"]}
+    assert inclusion["position"]["required"] and not inclusion["tree_size"]["required"]
+    consistency = {p["name"] for p in ops[("GET", "/v1/audit/proof/consistency")]["parameters"]}
+    assert consistency == {"from", "to"}
     assert doc["components"]["schemas"]["Scope"]["enum"] == [
         "admin",
         "read:events",

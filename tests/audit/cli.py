@@ -19,15 +19,17 @@ def env_of(settings: Settings) -> dict[str, str]:
         env["KEYLEDGER_DATABASE_SCHEMA"] = settings.database_schema
     if settings.audit_key:
         env["KEYLEDGER_AUDIT_KEY"] = settings.audit_key.get_secret_value()
+    if settings.audit_signing_key:
+        env["KEYLEDGER_AUDIT_SIGNING_KEY"] = settings.audit_signing_key.get_secret_value()
     return env
 
 
-def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def run(settings: Settings, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [KEYLEDGER, "audit", *args],
         capture_output=True,
         text=True,
-        env=env_of(settings),
+        env=env_of(settings) if env is None else env,
         timeout=60,
         check=False,
     )

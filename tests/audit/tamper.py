@@ -24,6 +24,8 @@ class Store:
         self.chain = "keyledger_audit_chain" if self.postgres else "audit_chain"
         self.snapshots = "keyledger_snapshots" if self.postgres else "stored_snapshots"
         self.position = "notification_id" if self.postgres else "rowid"
+        tree = "keyledger_audit_" if self.postgres else "audit_"
+        self.tree_tables = [tree + name for name in ("tree_nodes", "tree_head", "checkpoints")]
 
     @contextmanager
     def _execute(self) -> Iterator[Any]:
@@ -71,3 +73,8 @@ class Store:
 
     def move_event(self, position: int, to: int) -> None:
         self.sql("UPDATE {events} SET {pos} = ? WHERE {pos} = ?", (to, position))
+
+    def drop_tree(self, checkpoints: bool = True) -> None:
+        """Empty the Merkle tree's tables (and the stored checkpoints), as a forger rebuilding them would."""
+        for table in self.tree_tables if checkpoints else self.tree_tables[:-1]:
+            self.sql(f"DELETE FROM {table}")

@@ -155,14 +155,18 @@ def test_a_store_missing_its_tail_refuses_to_fork_the_chain(audited: KeyLedger, 
             audited.issue_key(created.workspace.id, "next", [])
 
 
-def test_verify_refuses_without_a_key(audited: KeyLedger, audit_settings: Settings):
-    seed(audited)
+def test_verify_without_the_key_checks_the_tree_but_not_the_chain(audited: KeyLedger, audit_settings: Settings):
+    positions = seed(audited)
+    without_key = audit_settings.model_copy(update={"audit_key": None})
 
-    result = run(audit_settings.model_copy(update={"audit_key": None}), "verify")
+    clean = run(without_key, "verify")
+    Store(audit_settings).delete_link(positions["granted"])  # only the chain can see this
+    broken_chain = run(without_key, "verify")
 
-    assert result.returncode == 2
-    assert result.stderr.startswith("keyledger: error: KEYLEDGER_AUDIT_KEY is not set")
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert clean.returncode == 0, clean.stderr
+    assert "head" not in json.loads(clean.stdout)  # no chain checked
+    assert broken_chain.returncode == 0, broken_chain.stderr
+    assert run(audit_settings, "verify").returncode == 1
 
 
 def test_start_up_refuses_a_missing_or_wrong_key_once_a_chain_exists(audit_settings: Settings):
