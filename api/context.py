@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from adapters.quotas import QuotaGate
+from adapters.webhooks.dispatcher import Webhooks
 from api.metrics import Metrics
 from api.verification import VerificationService
 from domain.application import KeyLedger
@@ -18,6 +19,7 @@ from projections import ReadModels
 class Services(Protocol):
     ledger: KeyLedger
     read_models: ReadModels
+    webhooks: Webhooks
     operator_digest: str
     ready: bool
 
