@@ -162,7 +162,9 @@ def test_webhook_input_is_checked(hooks_server: Server):
             body_text = assert_problem(client.post(f"/v1/workspaces/{ws}/webhooks", json=body), 422)
             assert "s3cr3tpw" not in json.dumps(body_text)
         for i in range(10):
-            assert client.post(f"/v1/workspaces/{ws}/webhooks", json={"url": f"https://127.0.0.1/{i}"}).status_code == 201
+            assert (
+                client.post(f"/v1/workspaces/{ws}/webhooks", json={"url": f"https://127.0.0.1/{i}"}).status_code == 201
+            )
         assert_problem(client.post(f"/v1/workspaces/{ws}/webhooks", json={"url": "https://127.0.0.1/x"}), 409)
         other = create_workspace(server)["admin_key"]
         hook = client.get(f"/v1/workspaces/{ws}/webhooks").json()["items"][0]["id"]

@@ -149,6 +149,9 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
     ledger.suspend_key(issued.key.id, reason="investigating")
     ledger.resume_key(issued.key.id)
     saved_key = ledger.revoke_key(issued.key.id, reason="rotated out").key
+    hook = ledger.create_webhook(ws_id, "https://hooks.example.com/k", ["KeyIssued"], "siem").webhook
+    ledger.create_webhook(ws_id, "https://hooks.example.com/all")
+    ledger.delete_webhook(ws_id, hook.id)
     saved_workspace = ledger.get_workspace(ws_id)
     ledger.repository.cache = None  # nothing served from memory: every read replays stored events
 
@@ -160,6 +163,9 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
 
     ledger.take_snapshot(saved_key.id)
     assert vars(ledger.repository.get(saved_key.id)) == vars(saved_key)
+    ledger.take_snapshot(ws_id)
+    assert vars(ledger.repository.get(ws_id)) == vars(saved_workspace)
+    assert [w.url for w in saved_workspace.list_webhooks()] == ["https://hooks.example.com/all"]
 
 
 def test_stored_rows_never_hold_a_plaintext_secret(ledger: KeyLedger, settings):
