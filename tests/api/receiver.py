@@ -52,6 +52,17 @@ class Receiver:
             time.sleep(0.05)
         raise AssertionError(f"{len(self.delivered())} of {count} deliveries arrived within {timeout} s")
 
+    def wait_for_all(self, expected: list[int], timeout: float) -> list[Arrival]:
+        """Wait until each of the `expected` positions was delivered (some maybe more than once)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.delivered()
+            if set(expected) <= {a.position for a in done}:
+                return done
+            time.sleep(0.05)
+        missing = sorted(set(expected) - {a.position for a in self.delivered()})
+        raise AssertionError(f"positions {missing} were not delivered within {timeout} s")
+
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         at = time.monotonic()
         body = handler.rfile.read(int(handler.headers.get("content-length", 0)))

@@ -252,7 +252,7 @@ def test_deliveries_survive_the_api_killed_mid_delivery(backend: Backend, tmp_pa
             assert len(receiver.delivered()) < len(expected)
 
             server.start()
-            delivered = receiver.wait_for(len(expected), timeout=60)
+            delivered = receiver.wait_for_all(expected, timeout=60)
             assert sorted(set(positions(delivered))) == expected  # none missing
             ids = {}
             for arrival in delivered:  # duplicates only with the same webhook-id
