@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from domain.application import AUDIT_TYPES
 from domain.errors import InvalidInput
 from domain.keys import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, KeyState
 from domain.plans import MAX_LIMIT, Plan
@@ -427,12 +428,13 @@ WebhookUrl = Annotated[
     ),
 ]
 Description = Annotated[str, WithJsonSchema(_text_schema(MAX_WEBHOOK_DESCRIPTION_LENGTH))]
+AuditType = Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(AUDIT_TYPES)})]
 
 
 class WebhookCreate(RequestBody):
     url: WebhookUrl
-    types: list[EventType] | None = Field(
-        default=None, max_length=50, description="the audit entry types to deliver (default: all)"
+    types: list[AuditType] | None = Field(
+        default=None, min_length=1, max_length=50, description="the audit entry types to deliver (default: all)"
     )
     description: Description | None = None
 

@@ -190,7 +190,7 @@ class Workspace(Aggregate):
         """Subscribe `url` (checked by the caller: the domain does no network I/O) to the workspace's entries."""
         check_text(url, "url", MAX_WEBHOOK_URL_LENGTH)
         if description is not None:
-            check_text(description, "description", MAX_WEBHOOK_DESCRIPTION_LENGTH)
+            check_text(description, "description", MAX_WEBHOOK_DESCRIPTION_LENGTH, controls=True)
         if types is not None and not types:
             raise InvalidInput("types must name at least one event type, or be left out for every type")
         if len(self.webhooks) >= MAX_WEBHOOKS:
