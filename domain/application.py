@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import EnvType
 
 from domain import credentials
+from domain.alerts import Alert
 from domain.effects import changes_credentials, declared, event_classes
 from domain.errors import ConcurrentModification, InvalidInput, KeyNotFound, LastAdminKey, WorkspaceNotFound
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
@@ -92,7 +93,7 @@ class Saved:
 
 AfterSave = Callable[[Saved], None]
 
-AGGREGATES = (Workspace, ApiKey, UsageBatch)
+AGGREGATES = (Workspace, ApiKey, UsageBatch, Alert)
 EVENT_CLASSES = event_classes(AGGREGATES)
 CREDENTIAL_EVENTS = tuple(c for c in EVENT_CLASSES if declared(c))
 # What a webhook may subscribe to: every type of the audit trail (usage counts are not in it).
@@ -396,6 +397,20 @@ class KeyLedger(Application[UUID]):
         return not any(
             other_id != key.id and self.get_key(other_id).is_active_admin(now) for other_id in workspace.live_key_ids
         )
+
+    # --- alerts -------------------------------------------------------------
+
+    def raise_alert(self, alert: Alert) -> int | None:
+        """Save a new alert; None (and nothing saved) when it was raised before, by any process."""
+        if self.alert_raised(alert.id):
+            return None
+        try:
+            return self._save(alert)
+        except IntegrityError:  # another process saved this very alert first
+            return None
+
+    def alert_raised(self, alert_id: UUID) -> bool:
+        return bool(self.recorder.select_events(alert_id, limit=1))
 
     # --- usage ------------------------------------------------------------
 

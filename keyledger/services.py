@@ -23,6 +23,7 @@ from api.metrics import Metrics
 from api.verification import VerificationService
 from domain.application import AfterSave, KeyLedger, Saved
 from domain.keys import ApiKey
+from keyledger.alerts import AlertScheduler
 from keyledger.bootstrap import open_ledger
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
@@ -129,6 +130,7 @@ class Services:
     read_models: ReadModels
     stack: VerificationStack
     webhooks: Webhooks
+    alerts: AlertScheduler
     operator_digest: str
     generated_operator_token: str | None
     settle_timeout: float = 10.0
@@ -172,6 +174,7 @@ class Services:
             log.error("read models did not catch up at start (serving; they keep retrying): %s", error)
         self.stack.start()
         self.webhooks.start()
+        self.alerts.start()
         self.ready = True
 
     def readiness(self) -> dict[str, Any]:
@@ -208,6 +211,7 @@ class Services:
             self.quotas.restore(key_id, minute_used, day_used, now)
 
     def stop(self) -> None:
+        self.alerts.stop()
         self.webhooks.stop()
         self.stack.stop()
         self.read_models.close()
@@ -218,7 +222,9 @@ def build_services(settings: Settings) -> Services:
     ledger = open_ledger(settings)
     read_models = ReadModels(settings, ledger)
     stack = build_verification(settings, ledger)
-    services = Services(settings, ledger, read_models, stack, open_webhooks(settings, ledger, read_models), "", None)
+    webhooks = open_webhooks(settings, ledger, read_models)
+    alerts = AlertScheduler(ledger, read_models, settings.alert_interval_seconds)
+    services = Services(settings, ledger, read_models, stack, webhooks, alerts, "", None)
     ledger.after_save(services.settle)
     stack.metrics.watch_read_models(read_models.status, lambda: read_models.failure_counts)
     feed = stack.feed

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = Field(
         default=None, description="key of the audit HMAC chain; unset: no chain is written"
     )
+    alert_interval_seconds: float = Field(
+        default=60.0, gt=0, le=60, description="how often each API process checks the alert conditions (seconds)"
+    )
     webhook_allow_private: bool = Field(
         default=False,
         description="let webhooks target private, loopback and link-local addresses, and http (development, tests)",
