@@ -41,7 +41,7 @@ class AuditEntry:
 
 class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
     name = "audit"
-    VERSION = 1
+    VERSION = 2  # 2: alerts (SPEC 8.3) are entries too
     event_types = (ApiKey.Event, Workspace.Event, Alert.Event)  # lifecycle and alerts; usage feeds the quota model
 
     def __init__(self) -> None:

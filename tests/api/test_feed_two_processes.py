@@ -4,7 +4,9 @@ delivery made by one of them, and an SSE client that sees every command of both,
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from keyledger.settings import Settings
 from tests.api.receiver import Receiver, running
 from tests.api.server import Server, create_workspace
-from tests.api.test_answers import issue
+from tests.api.test_answers import issue, verify
 from tests.api.test_event_stream import audit_items, stream
 from tests.api.test_webhooks import PRIVATE_OK, add_webhook, entries_after
 from tests.backends import (
@@ -25,6 +27,7 @@ from tests.backends import (
     redis_problem,
     require,
 )
+from tests.timing import inside_one_minute
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +116,31 @@ def test_a_stream_sees_500_commands_of_two_processes_in_order_and_resumes_exactl
     every = [e["position"] for e in entries_after(a, admin, before[-1]["position"])]
     assert len(every) == 500
     assert seen + resumed == every  # all 500, in order, none repeated across the reconnection
+
+
+def test_alerts_are_raised_once_by_two_processes_and_delivered(pair: tuple[Server, Server]):
+    a, b = pair
+    admin = create_workspace(a)["admin_key"]
+    with running(Receiver()) as receiver:
+        receiver.secret = add_webhook(b, admin, receiver.url, types=["AlertKeyExpiring", "AlertDeniedBurst"])["secret"]
+        expires = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+        key = issue(a, admin, ["read:nodes"], expires_at=expires)  # both schedulers notice within a second
+
+        [expiring] = receiver.wait_for(1, timeout=20)
+        assert expiring.type == "AlertKeyExpiring" and expiring.body["data"]["key_id"] == key["key"]["id"]
+        assert expiring.body["data"]["data"]["expires_at"] == key["key"]["expires_at"].replace("+00:00", "Z")
+
+        inside_one_minute(15)
+        for i in range(20):  # refused for want of a scope, half through each process
+            assert verify((a, b)[i % 2], key["secret"], "write:nodes")["code"] == "INSUFFICIENT_SCOPE"
+        arrived = receiver.wait_for(2, timeout=30)
+        assert [x.type for x in arrived] == ["AlertKeyExpiring", "AlertDeniedBurst"]
+        assert arrived[1].body["data"]["data"]["refused"] == 20
+
+        time.sleep(2.5)  # more passes of both schedulers: nothing raised again
+        alerts = [e for e in audit_items(a, admin) if e["type"].startswith("Alert")]
+        assert [(e["type"], e["key_id"], e["actor"]) for e in alerts] == [
+            ("AlertKeyExpiring", key["key"]["id"], "keyledger"),
+            ("AlertDeniedBurst", key["key"]["id"], "keyledger"),
+        ]
+        assert len(receiver.arrivals) == 2
