@@ -134,6 +134,7 @@ class Webhooks:
         self._pool: ThreadPoolExecutor | None = None
         self._busy: set[UUID] = set()
         self._busy_lock = threading.Lock()
+        self._caught_up: dict[UUID, int] = {}  # webhook -> the audit position all of whose entries it has queued
         state.create_tables(engine)
 
     # --- what the API and the CLI ask -----------------------------------------
@@ -194,22 +195,32 @@ class Webhooks:
             self._stop.wait(TICK_SECONDS)
 
     def run_once(self, wait: bool = False) -> None:
-        """One pass: follow the registry, take free leases, hand each held webhook to a worker."""
+        """One pass: follow the registry, then hand each webhook with news or a due delivery to a worker,
+        if this process holds its lease or can take it. An idle webhook costs no query of its own."""
         self.follow_registry()
+        audit, now = self.audit_position(), self.clock()
         with state.reading(self.engine) as conn:
             live = state.live_subscriptions(conn)
+            holders = state.lease_holders(conn)
+            due = state.due_webhooks(conn, now)
         for subscription in live:
+            webhook_id = subscription.webhook_id
             with self._busy_lock:
-                if subscription.webhook_id in self._busy:
+                if webhook_id in self._busy:
                     continue
-            if not self._lease(subscription.webhook_id):
+            holder, expires_at = holders.get(webhook_id, (self.holder, 0.0))
+            if holder != self.holder and expires_at >= now:
+                continue  # another process delivers for it
+            if self._caught_up.get(webhook_id) == audit and webhook_id not in due:
+                continue  # nothing new since we last looked, nothing to retry yet
+            if not self._lease(webhook_id):
                 continue
             if wait or self._pool is None:
-                self.work(subscription.webhook_id)
+                self.work(webhook_id, audit)
             else:
                 with self._busy_lock:
-                    self._busy.add(subscription.webhook_id)
-                self._pool.submit(self._work_then_free, subscription.webhook_id)
+                    self._busy.add(webhook_id)
+                self._pool.submit(self._work_then_free, webhook_id, audit)
 
     def follow_registry(self) -> None:
         with state.reading(self.engine) as conn:
@@ -242,18 +253,20 @@ class Webhooks:
         with state.writing(self.engine) as conn:
             return state.take_lease(conn, webhook_id, self.holder, self.clock(), LEASE_SECONDS)
 
-    def _work_then_free(self, webhook_id: UUID) -> None:
+    def _work_then_free(self, webhook_id: UUID, audit: int) -> None:
         try:
-            self.work(webhook_id)
+            self.work(webhook_id, audit)
         except Exception as error:
             log.warning("webhook %s: %s: %s", webhook_id, type(error).__name__, error)
         finally:
             with self._busy_lock:
                 self._busy.discard(webhook_id)
 
-    def work(self, webhook_id: UUID) -> None:
-        """Enqueue the webhook's new entries, then send what is due, oldest first, while we hold its lease."""
-        self._enqueue(webhook_id)
+    def work(self, webhook_id: UUID, audit: int) -> None:
+        """Enqueue the webhook's new entries (up to audit position `audit`, read before), then send what is due,
+        oldest first, while we hold its lease."""
+        if self._enqueue(webhook_id):
+            self._caught_up[webhook_id] = audit
         for _ in range(BURST):
             if self._stop.is_set():
                 return
@@ -269,14 +282,15 @@ class Webhooks:
             if not self._attempt(subscription, delivery):
                 return
 
-    def _enqueue(self, webhook_id: UUID) -> None:
+    def _enqueue(self, webhook_id: UUID) -> bool:
+        """Turn the webhook's next entries into deliveries; True if none are left to turn."""
         with state.reading(self.engine) as conn:
             subscription = state.subscription(conn, webhook_id)
         if subscription is None:
-            return
+            return True
         entries = self.read_entries(subscription.workspace_id, subscription.types, subscription.enqueued, PAGE)
         if not entries:
-            return
+            return True
         now = self.clock()
         rows = [
             state.Delivery(
@@ -295,7 +309,8 @@ class Webhooks:
             for e in entries
         ]
         with state.writing(self.engine) as conn:
-            state.enqueue(conn, webhook_id, subscription.enqueued, rows)
+            done = state.enqueue(conn, webhook_id, subscription.enqueued, rows)
+        return done and len(entries) < PAGE
 
     def _attempt(self, subscription: state.Subscription, delivery: state.Delivery) -> bool:
         """Send one delivery and record the outcome; True if it was delivered."""

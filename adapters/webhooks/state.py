@@ -25,6 +25,7 @@ from sqlalchemy import (
     Column,
     Double,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -73,6 +74,7 @@ deliveries = Table(
     Column("created_at", Double, nullable=False),
     Column("last_attempt_at", Double),
     Column("next_attempt_at", Double),
+    Index("ix_kl_webhook_deliveries_due", "status", "next_attempt_at"),  # what is due, looked for every second
 )
 leases = Table(
     "kl_webhook_leases",
@@ -201,6 +203,11 @@ def take_lease(conn: Connection, webhook_id: UUID, holder: str, now: float, seco
     return bool(found == holder)
 
 
+def lease_holders(conn: Connection) -> dict[UUID, tuple[str, float]]:
+    """Every lease: webhook id -> (holder, expires_at)."""
+    return {r.webhook_id: (r.holder, r.expires_at) for r in conn.execute(select(leases))}
+
+
 def release_leases(conn: Connection, holder: str) -> None:
     conn.execute(update(leases).where(leases.c.holder == holder).values(expires_at=0.0))
 
@@ -220,6 +227,12 @@ def enqueue(conn: Connection, webhook_id: UUID, seen: int, rows: Sequence[Delive
         return False
     conn.execute(insert(deliveries), [vars(d) for d in rows])
     return True
+
+
+def due_webhooks(conn: Connection, now: float) -> set[UUID]:
+    """Webhooks with a pending delivery due by `now`."""
+    query = select(deliveries.c.webhook_id).where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= now)
+    return set(conn.execute(query.distinct()).scalars())
 
 
 def head(conn: Connection, webhook_id: UUID) -> Delivery | None:
