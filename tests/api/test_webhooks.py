@@ -42,6 +42,19 @@ def hooks_server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> 
         running_server.stop()
 
 
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with the guard's default (no private targets), on a store of its own: a process on the hooks
+    servers' store with other webhook settings would take part in their deliveries (and refuse them)."""
+    folder = tmp_path_factory.mktemp("strict")
+    settings = Settings(database_url=f"sqlite:///{folder / 'keyledger.db'}")
+    running_server = Server(settings, folder / "server.log", None, {"KEYLEDGER_WEBHOOK_KEY": WEBHOOK_KEY}).start()
+    try:
+        yield running_server
+    finally:
+        running_server.stop()
+
+
 def add_webhook(server: Server, admin: dict[str, Any], url: str, **extra: Any) -> dict[str, Any]:
     ws = admin["key"]["workspace_id"]
     with server.client(admin["secret"]) as client:
@@ -191,7 +204,8 @@ def test_webhook_input_is_checked(hooks_server: Server):
         "http://example.com/hook",  # http: only with KEYLEDGER_WEBHOOK_ALLOW_PRIVATE=true
     ],
 )
-def test_private_targets_are_refused_when_not_allowed(server: Server, url: str):
+def test_private_targets_are_refused_when_not_allowed(strict_server: Server, url: str):
+    server = strict_server
     admin = create_workspace(server)["admin_key"]
     ws = admin["key"]["workspace_id"]
     with server.client(admin["secret"]) as client:
