@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from adapters.auditchain.auditlog import AuditLog
 from adapters.quotas import QuotaGate
+from adapters.webhooks.dispatcher import Webhooks
 from api.metrics import Metrics
 from api.verification import VerificationService
 from domain.application import KeyLedger
@@ -19,6 +20,7 @@ from projections import ReadModels
 class Services(Protocol):
     ledger: KeyLedger
     read_models: ReadModels
+    webhooks: Webhooks
     operator_digest: str
     ready: bool
     audit: AuditLog

@@ -80,6 +80,22 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("GET", "/v1/audit/proof/consistency"): {
         404: "no checkpoint has been made yet, `to` exceeds the latest checkpoint's size, or `from` exceeds `to`",
     },
+    ("POST", "/v1/workspaces/{ws}/webhooks"): {
+        409: "the workspace has 10 webhooks already, or concurrent changes to it",
+        422: INVALID + "; or the URL is not https, carries credentials, or names or resolves to a private, "
+        "loopback, link-local or reserved address",
+    },
+    ("GET", "/v1/workspaces/{ws}/webhooks/{webhook}"): {404: "the workspace is not the key's, or no such webhook"},
+    ("DELETE", "/v1/workspaces/{ws}/webhooks/{webhook}"): {
+        404: "the workspace is not the key's, or no such webhook",
+        409: "concurrent changes to the workspace",
+    },
+    ("GET", "/v1/workspaces/{ws}/webhooks/{webhook}/deliveries"): {
+        404: "the workspace is not the key's, or no such webhook"
+    },
+    ("POST", "/v1/workspaces/{ws}/webhooks/{webhook}/deliveries/{position}/retry"): {
+        404: "the workspace is not the key's, or no such webhook, or no delivery at that position"
+    },
     ("GET", "/readyz"): {503: "starting: the store is being opened, or the read models are catching up"},
     ("POST", "/v1/verify"): {429: "too many unknown keys came from this address this minute"},
     ("GET", "/v1/auth"): {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import (
@@ -25,13 +25,21 @@ from pydantic import (
     field_validator,
 )
 
+from domain.application import AUDIT_TYPES
 from domain.errors import InvalidInput
 from domain.keys import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, KeyState
 from domain.plans import MAX_LIMIT, Plan
 from domain.text import MAX_ENDPOINT_LENGTH, MAX_REASON_LENGTH, check_text
 from domain.timefmt import check_time
 from domain.verification import VerifyCode
-from domain.workspace import MAX_LIVE_KEYS, MAX_NAME_LENGTH, Workspace
+from domain.workspace import (
+    MAX_LIVE_KEYS,
+    MAX_NAME_LENGTH,
+    MAX_WEBHOOK_DESCRIPTION_LENGTH,
+    MAX_WEBHOOK_URL_LENGTH,
+    Webhook,
+    Workspace,
+)
 
 V = TypeVar("V")
 
@@ -437,3 +445,73 @@ class ConsistencyProofPublic(BaseModel):
     """RFC 9162 section 2.1.4: proves the tree of `to` leaves extends the tree of `from` leaves."""
 
     hashes: list[Hash]
+
+
+# --- webhooks (SPEC 8.3) ---------------------------------------------------------
+
+WebhookUrl = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "uri",
+            "maxLength": MAX_WEBHOOK_URL_LENGTH,
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\x00-\\x20]+$",
+            "description": "https:// (http:// too where KEYLEDGER_WEBHOOK_ALLOW_PRIVATE=true); no credentials; "
+            "no private, loopback, link-local or reserved address, by name or by what the name resolves to",
+        }
+    ),
+]
+Description = Annotated[str, WithJsonSchema(_text_schema(MAX_WEBHOOK_DESCRIPTION_LENGTH))]
+AuditType = Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(AUDIT_TYPES)})]
+
+
+class WebhookCreate(RequestBody):
+    url: WebhookUrl
+    types: list[AuditType] | None = Field(
+        default=None, min_length=1, max_length=50, description="the audit entry types to deliver (default: all)"
+    )
+    description: Description | None = None
+
+
+class WebhookPublic(BaseModel):
+    id: UUID
+    url: str
+    types: list[str] | None
+    description: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, webhook: Webhook) -> WebhookPublic:
+        return cls(
+            id=webhook.id,
+            url=webhook.url,
+            types=webhook.types,
+            description=webhook.description,
+            created_at=webhook.created_at,
+        )
+
+
+class WebhookWithSecret(BaseModel):
+    """A new webhook and its signing secret (`whsec_...`): shown this once."""
+
+    webhook: WebhookPublic
+    secret: str
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookPublic]
+
+
+class DeliveryPublic(BaseModel):
+    position: int
+    type: str
+    attempts: int
+    status: Literal["pending", "delivered", "failed"]
+    last_status_code: int | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryPublic] = Field(description="the webhook's latest 100 deliveries, newest first")

@@ -24,13 +24,14 @@ from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import EnvType
 
 from domain import credentials
+from domain.alerts import Alert
 from domain.effects import changes_credentials, declared, event_classes
-from domain.errors import ConcurrentModification, KeyNotFound, LastAdminKey, WorkspaceNotFound
+from domain.errors import ConcurrentModification, InvalidInput, KeyNotFound, LastAdminKey, WorkspaceNotFound
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.plans import parse_plan
 from domain.scopes import ADMIN, ScopeCatalog
 from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch, UsageCount
-from domain.workspace import Workspace
+from domain.workspace import Webhook, Workspace
 
 OPERATOR = "operator"
 LAST_ADMIN = "this is the workspace's last active admin key: issue another admin key first"
@@ -53,6 +54,12 @@ class NewWorkspace:
 class WorkspaceUpdate:
     workspace: Workspace
     position: int | None
+
+
+@dataclass(frozen=True)
+class WebhookUpdate:
+    webhook: Webhook
+    position: int
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,11 @@ class Saved:
 
 AfterSave = Callable[[Saved], None]
 
-AGGREGATES = (Workspace, ApiKey, UsageBatch)
+AGGREGATES = (Workspace, ApiKey, UsageBatch, Alert)
 EVENT_CLASSES = event_classes(AGGREGATES)
 CREDENTIAL_EVENTS = tuple(c for c in EVENT_CLASSES if declared(c))
+# What a webhook may subscribe to: every type of the audit trail (usage counts are not in it).
+AUDIT_TYPES = frozenset(c.__name__ for c in EVENT_CLASSES if c not in event_classes([UsageBatch]))
 
 
 def _last_position(recordings: list[Recording[UUID]]) -> int:
@@ -208,6 +217,40 @@ class KeyLedger(Application[UUID]):
             workspace = self.get_workspace(workspace_id)
             workspace.change_plan(parsed, actor, requests_per_minute, requests_per_day)
             return WorkspaceUpdate(workspace, self._save(workspace))
+
+        return self._retrying(attempt)
+
+    def create_webhook(
+        self,
+        workspace_id: UUID,
+        url: str,
+        types: list[str] | None = None,
+        description: str | None = None,
+        actor: str = OPERATOR,
+    ) -> WebhookUpdate:
+        """Subscribe `url` to the workspace's audit entries; the caller has checked the target (SSRF)."""
+        unknown = sorted(set(types or ()) - AUDIT_TYPES)
+        if unknown:
+            raise InvalidInput(f"unknown event type {unknown[0]!r}; known: {', '.join(sorted(AUDIT_TYPES))}")
+        webhook_id = uuid4()
+
+        def attempt() -> WebhookUpdate:
+            workspace = self.get_workspace(workspace_id)
+            webhook = workspace.create_webhook(webhook_id, url, types, description, actor)
+            position = self._save(workspace)
+            assert position is not None
+            return WebhookUpdate(webhook, position)
+
+        return self._retrying(attempt)
+
+    def delete_webhook(self, workspace_id: UUID, webhook_id: UUID, actor: str = OPERATOR) -> WebhookUpdate:
+        def attempt() -> WebhookUpdate:
+            workspace = self.get_workspace(workspace_id)
+            webhook = workspace.webhook(webhook_id)
+            workspace.delete_webhook(webhook_id, actor)
+            position = self._save(workspace)
+            assert position is not None
+            return WebhookUpdate(webhook, position)
 
         return self._retrying(attempt)
 
@@ -354,6 +397,20 @@ class KeyLedger(Application[UUID]):
         return not any(
             other_id != key.id and self.get_key(other_id).is_active_admin(now) for other_id in workspace.live_key_ids
         )
+
+    # --- alerts -------------------------------------------------------------
+
+    def raise_alert(self, alert: Alert) -> int | None:
+        """Save a new alert; None (and nothing saved) when it was raised before, by any process."""
+        if self.alert_raised(alert.id):
+            return None
+        try:
+            return self._save(alert)
+        except IntegrityError:  # another process saved this very alert first
+            return None
+
+    def alert_raised(self, alert_id: UUID) -> bool:
+        return bool(self.recorder.select_events(alert_id, limit=1))
 
     # --- usage ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from domain.alerts import Alert
 from domain.credentials import fingerprint
 from domain.keys import ApiKey
 from domain.timefmt import to_rfc3339
@@ -39,6 +40,8 @@ def describe(event: Any) -> EventInfo:
     if isinstance(event, ApiKey.Event):
         key_id = event.originator_id
         workspace_id = event.workspace_id  # None in events stored by v1 code after KeyIssued
+    elif isinstance(event, Alert.Event):
+        key_id, workspace_id = event.key_id, event.workspace_id
     elif isinstance(event, Workspace.Event):
         workspace_id = event.originator_id
         key_id = getattr(event, "key_id", None)  # slot taken or released

@@ -67,6 +67,12 @@ class MalformedSecret(InvalidInput):
     title = "Malformed secret"
 
 
+class InvalidWebhookTarget(InvalidInput):
+    """A webhook URL that is not https, or names (or resolves to) an address the server must not call."""
+
+    title = "Invalid webhook target"
+
+
 # --- not found -------------------------------------------------------------
 
 
@@ -76,6 +82,14 @@ class WorkspaceNotFound(NotFound):
 
 class KeyNotFound(NotFound):
     title = "Key not found"
+
+
+class WebhookNotFound(NotFound):
+    title = "Webhook not found"
+
+
+class DeliveryNotFound(NotFound):
+    title = "Delivery not found"
 
 
 # --- conflicts -------------------------------------------------------------
@@ -99,3 +113,7 @@ class ConcurrentModification(Conflict):
     """Retries were exhausted while other commands kept changing the same aggregate."""
 
     title = "Concurrent modification"
+
+
+class WebhookLimitReached(Conflict):
+    title = "Webhook limit reached"

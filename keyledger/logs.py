@@ -42,5 +42,7 @@ def log_config(log_format: str) -> dict[str, Any]:
             "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
             "uvicorn.error": {"handlers": ["default"], "level": "INFO", "propagate": False},
             "uvicorn.access": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            # httpx logs each request's URL at INFO: a webhook's URL may carry a token in its query.
+            "httpx": {"level": "WARNING"},
         },
     }

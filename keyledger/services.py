@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import redis
 
@@ -16,16 +18,19 @@ from adapters.change_feed import ChangeFeed, MemoryChangeFeed, RedisChangeFeed
 from adapters.credential_cache import CredentialCache
 from adapters.quotas import QuotaGate
 from adapters.usage_recorder import UsageRecorder
+from adapters.webhooks.dispatcher import Webhooks
 from api.guesses import GuessLimit
 from api.metrics import Metrics
 from api.verification import VerificationService
 from domain.application import AfterSave, KeyLedger, Saved
 from domain.keys import ApiKey
+from keyledger.alerts import AlertScheduler
 from keyledger.audit import open_audit_log
 from keyledger.bootstrap import open_ledger
 from keyledger.operator_token import ensure_operator_token
 from keyledger.settings import Settings, StartupError
 from projections import ReadModels
+from projections.audit import AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,23 @@ def build_verification(settings: Settings, ledger: KeyLedger) -> VerificationSta
     return VerificationStack(ledger, feed, cache, quotas, usage, metrics, verification)
 
 
+def open_webhooks(settings: Settings, ledger: KeyLedger, read_models: ReadModels) -> Webhooks:
+    """Webhook checks, secrets and delivery state; delivering starts with `start()` (API processes only)."""
+
+    def read_entries(ws: UUID, types: Sequence[str] | None, after: int, limit: int) -> list[AuditEntry]:
+        return read_models.audit(ws, types=types, after=after, limit=limit)[0]
+
+    return Webhooks(
+        read_models.engine,
+        ledger,
+        read_entries,
+        lambda: read_models.applied("audit"),
+        master_key=settings.webhook_key.get_secret_value() if settings.webhook_key else None,
+        key_file=Path(settings.webhook_key_file),
+        allow_private=settings.webhook_allow_private,
+    )
+
+
 @dataclass
 class Services:
     """Everything one API process runs, built from settings in one place."""
@@ -109,6 +131,8 @@ class Services:
     ledger: KeyLedger
     read_models: ReadModels
     stack: VerificationStack
+    webhooks: Webhooks
+    alerts: AlertScheduler
     operator_digest: str
     generated_operator_token: str | None
     audit: AuditLog
@@ -153,6 +177,8 @@ class Services:
             log.error("read models did not catch up at start (serving; they keep retrying): %s", error)
         self.stack.start()
         self.audit.start()
+        self.webhooks.start()
+        self.alerts.start()
         self.ready = True
 
     def readiness(self) -> dict[str, Any]:
@@ -189,6 +215,8 @@ class Services:
             self.quotas.restore(key_id, minute_used, day_used, now)
 
     def stop(self) -> None:
+        self.alerts.stop()
+        self.webhooks.stop()
         self.stack.stop()
         self.audit.stop()  # after the last usage flush: a final checkpoint covers it
         self.read_models.close()
@@ -200,7 +228,9 @@ def build_services(settings: Settings) -> Services:
     read_models = ReadModels(settings, ledger)
     stack = build_verification(settings, ledger)
     audit = open_audit_log(settings, ledger)
-    services = Services(settings, ledger, read_models, stack, "", None, audit)
+    webhooks = open_webhooks(settings, ledger, read_models)
+    alerts = AlertScheduler(ledger, read_models, settings.alert_interval_seconds)
+    services = Services(settings, ledger, read_models, stack, webhooks, alerts, "", None, audit)
     ledger.after_save(services.settle)
     stack.metrics.watch_read_models(read_models.status, lambda: read_models.failure_counts)
     feed = stack.feed

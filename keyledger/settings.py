@@ -52,6 +52,20 @@ class Settings(BaseSettings):
         "(created, mode 0600, if missing); unset: a file beside the SQLite store, or "
         "./keyledger-audit-signing.key with PostgreSQL",
     )
+    alert_interval_seconds: float = Field(
+        default=60.0, gt=0, le=60, description="how often each API process checks the alert conditions (seconds)"
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhooks target private, loopback and link-local addresses, and http (development, tests)",
+    )
+    webhook_key: SecretStr | None = Field(
+        default=None, description="master key webhook signing secrets are derived from; unset: webhook_key_file"
+    )
+    webhook_key_file: str = Field(
+        default="keyledger-webhook.key",
+        description="file holding the webhook master key, generated (mode 0600) on first use when missing",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -102,6 +116,15 @@ class Settings(BaseSettings):
     def _check_audit_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None  # an empty variable means unset
+        if len(value.get_secret_value()) < MIN_AUDIT_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_AUDIT_KEY_LENGTH} characters (openssl rand -hex 32)")
+        return value
+
+    @field_validator("webhook_key")
+    @classmethod
+    def _check_webhook_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
         if len(value.get_secret_value()) < MIN_AUDIT_KEY_LENGTH:
             raise ValueError(f"must be at least {MIN_AUDIT_KEY_LENGTH} characters (openssl rand -hex 32)")
         return value

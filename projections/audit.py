@@ -18,6 +18,7 @@ from uuid import UUID
 from sqlalchemy import JSON, Column, Index, MetaData, String, Table, Uuid, select
 from sqlalchemy.engine import Connection
 
+from domain.alerts import Alert
 from domain.auditlog import safe_data
 from domain.keys import ApiKey
 from domain.workspace import Workspace
@@ -40,8 +41,8 @@ class AuditEntry:
 
 class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
     name = "audit"
-    VERSION = 1
-    event_types = (ApiKey.Event, Workspace.Event)  # lifecycle; usage feeds the quota model only
+    VERSION = 2  # 2: alerts (SPEC 8.3) are entries too
+    event_types = (ApiKey.Event, Workspace.Event, Alert.Event)  # lifecycle and alerts; usage feeds the quota model
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,6 +107,8 @@ class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
         if isinstance(event, ApiKey.Event):
             workspace_id = event.workspace_id or self._workspace_of_key[event.originator_id]
             key_id = event.originator_id
+        elif isinstance(event, Alert.Event):  # about a key, in its workspace
+            workspace_id, key_id = event.workspace_id, event.key_id
         else:  # a workspace event; slot events name the key they count
             workspace_id, key_id = event.originator_id, getattr(event, "key_id", None)
         return (

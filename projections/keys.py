@@ -168,3 +168,9 @@ def select_workspace_keys(conn: Connection, tables: Tables, workspace_id: UUID) 
     table = tables["keys"]
     query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)
     return [key_from_row(row) for row in conn.execute(query).mappings()]
+
+
+def select_unrevoked_keys(conn: Connection, tables: Tables) -> list[ApiKey]:
+    """Every key not revoked: those time-based alerts (expiry, rotation) may concern."""
+    table = tables["keys"]
+    return [key_from_row(row) for row in conn.execute(select(table).where(table.c.revoked_at.is_(None))).mappings()]

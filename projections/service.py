@@ -38,10 +38,24 @@ from projections.audit import (
 from projections.base import Projection, Tables
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
-from projections.keys import KeysProjection, select_key, select_key_ids, select_workspace_keys
+from projections.keys import (
+    KeysProjection,
+    select_key,
+    select_key_ids,
+    select_unrevoked_keys,
+    select_workspace_keys,
+)
 from projections.runner import Progress, Runner, Step, describe_error
 from projections.tracking import STATE, Generation
-from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
+from projections.usage import (
+    KeyUsage,
+    MinuteCount,
+    UsageProjection,
+    select_consumed,
+    select_day_consumed,
+    select_refused_minutes,
+    select_usage,
+)
 from projections.workers import MIN_EVENTS, Workers
 
 log = logging.getLogger(__name__)
@@ -480,6 +494,18 @@ class ReadModels:
     def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
         """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
         return self._read("usage", lambda conn, tables: select_consumed(conn, tables, minute, day))
+
+    def unrevoked_keys(self, now: datetime) -> list[KeyState]:
+        """Every key not revoked, as of `now` (for the time-based alerts)."""
+        return [k.state(now, self.catalog) for k in self._read("keys", select_unrevoked_keys)]
+
+    def refused_minutes(self, since: datetime, at_least: int) -> list[MinuteCount]:
+        """(key, workspace, minute, refused) for minutes from `since` with at least `at_least` refused answers."""
+        return self._read("usage", lambda conn, tables: select_refused_minutes(conn, tables, since, at_least))
+
+    def day_consumed(self, day: date, at_least: int = 1) -> list[MinuteCount]:
+        """(key, workspace, day, consumed) for keys with at least `at_least` quota-consuming answers on `day`."""
+        return self._read("usage", lambda conn, tables: select_day_consumed(conn, tables, day, at_least))
 
     def audit(
         self,

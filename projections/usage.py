@@ -328,3 +328,32 @@ def select_consumed(conn: Connection, tables: Tables, minute: datetime, day: dat
     for key, count in conn.execute(query):
         consumed[key][1] = int(count)
     return {key: (m, d) for key, (m, d) in consumed.items()}
+
+
+class MinuteCount(NamedTuple):
+    key_id: UUID
+    workspace_id: UUID
+    start: datetime  # the UTC minute (or day)
+    number: int
+
+
+def select_refused_minutes(conn: Connection, tables: Tables, since: datetime, at_least: int) -> list[MinuteCount]:
+    """Minutes from `since` in which a key got at least `at_least` refused (non-2xx) answers."""
+    table = tables["minute"]
+    refused = table.c.requests - table.c.successes
+    query = select(table.c.key_id, table.c.workspace_id, table.c.minute, refused).where(
+        table.c.minute >= floor_minute(since), refused >= at_least
+    )
+    return [MinuteCount(*row) for row in conn.execute(query)]
+
+
+def select_day_consumed(conn: Connection, tables: Tables, day: date, at_least: int) -> list[MinuteCount]:
+    """Keys whose answers of `day` that consumed quota (all but 429s) number at least `at_least`."""
+    table = tables["day"]
+    consumed = table.c.requests - table.c.rate_limited
+    query = select(table.c.key_id, table.c.workspace_id, table.c.day, consumed).where(
+        table.c.day == day, consumed >= at_least
+    )
+    return [
+        MinuteCount(k, w, datetime(d.year, d.month, d.day, tzinfo=UTC), int(c)) for k, w, d, c in conn.execute(query)
+    ]

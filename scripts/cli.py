@@ -27,6 +27,7 @@ from scripts.cli_audit import audit_app, tree_progress
 from scripts.cli_events import events_app
 from scripts.cli_output import emit
 from scripts.cli_projections import projections_app
+from scripts.cli_webhooks import webhooks_app
 
 USAGE_ERROR = 2
 
@@ -38,6 +39,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(audit_app, name="audit")
 app.add_typer(projections_app, name="projections")
 app.add_typer(events_app, name="events")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _ledger() -> KeyLedger:

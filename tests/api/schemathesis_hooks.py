@@ -1,11 +1,12 @@
-"""Schemathesis hooks of `test_openapi_conformance`: the two rules JSON Schema cannot state.
+"""Schemathesis hooks of `test_openapi_conformance`: the rules JSON Schema cannot state.
 
 Schemathesis checks that every request the OpenAPI document calls valid is accepted. Two rules of
 the domain compare a value with another one or with the clock, which a schema cannot express (the
 document says them in words): an enterprise plan's `requests_per_minute` may not exceed its
 `requests_per_day`, and a key's `expires_at` lies in the future. Cases generated as valid are
 changed, just before they are sent, into requests that keep those rules; cases generated as invalid
-are left as they are.
+are left as they are. A webhook's URL must name a public address, also through what its host name
+resolves to (SPEC 8.3): a valid case's URL is pointed at a public address, written as such.
 """
 
 from __future__ import annotations
@@ -45,5 +46,7 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
     minute, day = body.get("requests_per_minute"), body.get("requests_per_day")
     if body.get("plan") == "enterprise" and _number(minute) and _number(day) and minute > day:
         body["requests_per_minute"], body["requests_per_day"] = day, minute
+    if case.method.upper() == "POST" and case.path.endswith("/webhooks") and isinstance(body.get("url"), str):
+        body["url"] = "https://93.184.215.14/hook"  # nothing listens: deliveries fail, in the background
     if _past(body.get("expires_at")):
         body["expires_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()

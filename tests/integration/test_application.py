@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from eventsourcing.domain import CanMutateAggregate
 
+from domain.alerts import Alert
 from domain.application import KeyLedger
 from domain.errors import (
     InvalidGracePeriod,
@@ -149,6 +150,9 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
     ledger.suspend_key(issued.key.id, reason="investigating")
     ledger.resume_key(issued.key.id)
     saved_key = ledger.revoke_key(issued.key.id, reason="rotated out").key
+    hook = ledger.create_webhook(ws_id, "https://hooks.example.com/k", ["KeyIssued"], "siem").webhook
+    ledger.create_webhook(ws_id, "https://hooks.example.com/all")
+    ledger.delete_webhook(ws_id, hook.id)
     saved_workspace = ledger.get_workspace(ws_id)
     ledger.repository.cache = None  # nothing served from memory: every read replays stored events
 
@@ -160,6 +164,22 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
 
     ledger.take_snapshot(saved_key.id)
     assert vars(ledger.repository.get(saved_key.id)) == vars(saved_key)
+    ledger.take_snapshot(ws_id)
+    assert vars(ledger.repository.get(ws_id)) == vars(saved_workspace)
+
+    now = datetime.now(UTC)
+    alerts = [
+        Alert.key_expiring(issued.key.id, ws_id, now + timedelta(days=3)),
+        Alert.rotation_due(issued.key.id, ws_id, now),
+        Alert.quota_threshold(issued.key.id, ws_id, now.date(), 80, 50_000, 40_000),
+        Alert.denied_burst(issued.key.id, ws_id, now.replace(second=0, microsecond=0), 20),
+    ]
+    for alert in alerts:
+        assert ledger.raise_alert(alert) is not None
+    stored = {type(e).__name__ for alert in alerts for e in ledger.events.get(alert.id)}
+    assert stored == event_classes(Alert), "the test must exercise every Alert event"
+    assert all(vars(ledger.repository.get(a.id)) == vars(a) for a in alerts)
+    assert [w.url for w in saved_workspace.list_webhooks()] == ["https://hooks.example.com/all"]
 
 
 def test_stored_rows_never_hold_a_plaintext_secret(ledger: KeyLedger, settings):

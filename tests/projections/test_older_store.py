@@ -14,6 +14,7 @@ from domain.verification import VerifyCode
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
+from projections.audit import AuditProjection
 from projections.keys import KeysProjection
 from tests.api.server import Server
 from tests.verdicts import store_verdict
@@ -60,7 +61,8 @@ def test_a_first_wave_store_opens_verifies_and_rebuilds(tmp_path: Path):
         models.close()
         ledger.close()
 
-    assert rebuilt == ["keys"] and status["keys"].version == KeysProjection.VERSION  # raised: rebuilt at start
+    assert rebuilt == ["keys", "audit"]  # their versions were raised since: rebuilt at start
+    assert (status["keys"].version, status["audit"].version) == (KeysProjection.VERSION, AuditProjection.VERSION)
     assert all(s.lag == 0 and s.state == "ok" for s in status.values()) and head > 0
     assert verdicts == {
         "admin": VerifyCode.VALID,

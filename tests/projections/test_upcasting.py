@@ -12,6 +12,7 @@ from domain import credentials
 from domain.application import KeyLedger, utc_now
 from domain.keys import ApiKey
 from domain.verification import VerifyCode
+from domain.workspace import Workspace
 from projections import ReadModels
 from tests.verdicts import store_verdict
 
@@ -96,3 +97,28 @@ def test_v1_key_events_without_a_workspace_load_and_show_as_before(ledger: KeyLe
     assert [e.type for e in entries] == ["KeyIssued", "ScopesGranted", "ScopesRevoked"]
     assert "workspace_id" not in entries[1].data  # shown as v1 code showed it
     assert entries[2].data["workspace_id"] == str(created.workspace.id)
+
+
+def test_a_workspace_snapshot_taken_by_v1_code_loads_without_webhooks(ledger: KeyLedger):
+    """Workspace v2 holds webhooks; a snapshot stored before (no `webhooks`, no class_version) still loads."""
+    created = ledger.create_workspace("acme", "pro")
+    workspace = ledger.get_workspace(created.workspace.id)
+    assert ledger.snapshots is not None
+    stored = ledger.snapshots.mapper.to_stored_event(Workspace.Snapshot.take(workspace))
+    state = ledger.mapper.transcoder.decode(stored.state)
+    assert state["state"].pop("class_version") == 2
+    del state["state"]["webhooks"]
+    ledger.snapshots.recorder.insert_events(
+        [
+            StoredEvent(
+                stored.originator_id, stored.originator_version, stored.topic, ledger.mapper.transcoder.encode(state)
+            )
+        ]
+    )
+    ledger.repository.cache = None
+
+    loaded = ledger.repository.get(created.workspace.id)
+
+    assert loaded.webhooks == {} and loaded.live_key_ids == workspace.live_key_ids
+    hook = ledger.create_webhook(created.workspace.id, "https://hooks.example.com/").webhook
+    assert ledger.get_workspace(created.workspace.id).list_webhooks() == [hook]
