@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
@@ -37,6 +38,9 @@ class CachedKey:
     scopes: list[str]
     requests_per_minute: int
     requests_per_day: int
+    name: str = ""
+    owner_id: str | None = None
+    meta: dict[str, Any] | None = None
 
 
 @dataclass
@@ -115,6 +119,9 @@ class CredentialCache:
                 scopes=list(key.scopes),
                 requests_per_minute=workspace.requests_per_minute,
                 requests_per_day=workspace.requests_per_day,
+                name=key.name,
+                owner_id=key.owner_id,
+                meta=key.meta,
             )
             entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id)
         with self._lock:

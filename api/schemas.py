@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from domain.errors import InvalidInput
+from domain.keyinfo import MAX_META_BYTES, MAX_OWNER_ID_LENGTH
 from domain.keys import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, KeyState
 from domain.plans import MAX_LIMIT, Plan
 from domain.text import MAX_ENDPOINT_LENGTH, MAX_REASON_LENGTH, check_text
@@ -111,6 +112,16 @@ Endpoint = Annotated[
 ]
 Name = Annotated[str, WithJsonSchema(NAME_SCHEMA)]
 Reason = Annotated[str, WithJsonSchema(_text_schema(MAX_REASON_LENGTH))]
+OwnerId = Annotated[
+    str,
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_OWNER_ID_LENGTH, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}
+    ),
+]
+Meta = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "description": f"any JSON object of at most {MAX_META_BYTES} bytes serialised"}),
+]
 PlanName = Annotated[str, WithJsonSchema({"type": "string", "enum": [plan.value for plan in Plan]})]
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 Limit = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})]
@@ -200,6 +211,8 @@ class KeyPublic(BaseModel):
     revoked_at: datetime | None
     rotation_due: bool
     suspended_at: datetime | None = None
+    meta: dict[str, Any] | None = None
+    owner_id: str | None = None
 
     @classmethod
     def of(cls, state: KeyState) -> KeyPublic:
@@ -232,6 +245,19 @@ class KeyIssue(RequestBody):
     name: Name
     scopes: list[Scope] = Field(default_factory=list, description="at most 10 distinct scopes")
     expires_at: TimeText | None = Field(default=None, description="in the future; none: the key never expires")
+    meta: Meta | None = None
+    owner_id: OwnerId | None = Field(default=None, description="the caller's own user or customer id")
+
+
+class KeyPatch(RequestBody):
+    """The fields to change; a field left out stays as it is, `null` clears `meta` or `owner_id`."""
+
+    name: Name = Field(default=None)  # type: ignore[assignment]  # absent: unchanged (null is refused)
+    meta: Meta | None = None
+    owner_id: OwnerId | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.model_fields_set}
 
 
 class ScopeGrant(RequestBody):
@@ -275,6 +301,9 @@ class VerifyResponse(BaseModel):
     workspace_id: UUID | None
     scopes: list[str] | None
     ratelimit: RateLimitInfo | None
+    name: str | None = None
+    owner_id: str | None = None
+    meta: dict[str, Any] | None = None
 
 
 class EndpointCount(BaseModel):

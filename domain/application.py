@@ -220,6 +220,8 @@ class KeyLedger(Application[UUID]):
         scopes: list[str],
         actor: str = OPERATOR,
         expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
     ) -> IssuedSecret:
         parsed = self.catalog.parse_all(scopes)
 
@@ -236,6 +238,8 @@ class KeyLedger(Application[UUID]):
                 actor=actor,
                 now=self.clock(),
                 expires_at=expires_at,
+                meta=meta,
+                owner_id=owner_id,
             )
             workspace.take_key_slot(key_id, actor)
             position = self._save(workspace, key)
@@ -281,6 +285,18 @@ class KeyLedger(Application[UUID]):
             if ADMIN not in parsed and self._is_last_admin(key):
                 raise LastAdminKey(LAST_ADMIN)
             key.set_scopes(parsed, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def change_details(
+        self, key_id: UUID, changes: dict[str, Any], actor: str = OPERATOR, workspace_id: UUID | None = None
+    ) -> KeyUpdate:
+        """Change a key's `name`, `meta` or `owner_id` (those present in `changes`), in one event."""
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.change_details(changes, actor)
             return KeyUpdate(key, self._save(key))
 
         return self._retrying(attempt)

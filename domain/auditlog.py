@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from domain.credentials import fingerprint
+from domain.keyinfo import parse_meta
 from domain.keys import ApiKey
 from domain.timefmt import to_rfc3339
 from domain.workspace import Workspace
@@ -61,6 +62,8 @@ def safe_data(fields: dict[str, Any]) -> dict[str, Any]:
             continue
         if name == "secret_digest":
             data["secret_fingerprint"] = fingerprint(value)
+        elif name == "meta" and isinstance(value, str):  # kept as its JSON text (domain.keyinfo)
+            data[name] = parse_meta(value)
         elif "digest" in name or "secret" in name:
             continue  # anything else secret-like stays out, whatever a future event adds
         else:

@@ -61,6 +61,14 @@ class InvalidReason(InvalidInput):
     title = "Invalid reason"
 
 
+class InvalidMeta(InvalidInput):
+    title = "Invalid meta"
+
+
+class InvalidOwner(InvalidInput):
+    title = "Invalid owner id"
+
+
 class MalformedSecret(InvalidInput):
     """A presented secret failed the format or checksum check (no lookup made)."""
 

@@ -23,6 +23,7 @@ from domain.errors import (
     KeyAlreadyRevoked,
     TooManyScopes,
 )
+from domain.keyinfo import check_owner_id, meta_text, parse_meta
 from domain.scopes import ADMIN, MAX_SCOPES_PER_KEY, ScopeCatalog
 from domain.text import MAX_REASON_LENGTH, check_text
 from domain.timefmt import check_time
@@ -79,9 +80,19 @@ class KeyState:
     revoked_at: datetime | None
     rotation_due: bool
     suspended_at: datetime | None = None
+    meta: dict[str, Any] | None = None
+    owner_id: str | None = None
 
 
 class ApiKey(Aggregate):
+    # Snapshots (and the keys read model's rows) of v1 keys lack the attributes added since.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        for attribute in ("suspended_at", "suspended_reason", "meta_json", "owner_id"):
+            state.setdefault(attribute, None)
+
     class Event(Aggregate.Event):
         """Every key event names the key's workspace (from v2), so no reader has to look it up.
 
@@ -97,13 +108,21 @@ class ApiKey(Aggregate):
 
     @credentials(changes=True)
     class KeyIssued(Aggregate.Created):
-        class_version = 1  # carried the workspace from the start: nothing to upcast
+        # Carried the workspace from the start. v2: `meta` (its JSON text) and `owner_id`.
+        class_version = 2
         workspace_id: UUID
         name: str
         scopes: list[str]
         expires_at: datetime | None
         secret_digest: str
         actor: str
+        meta: str | None
+        owner_id: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("meta", None)
+            state.setdefault("owner_id", None)
 
     @credentials(changes=True)
     class ScopesGranted(Event):
@@ -181,6 +200,21 @@ class ApiKey(Aggregate):
             key.suspended_at = None
             key.suspended_reason = None
 
+    @credentials(changes=True)  # verify answers show the name, meta and owner
+    class KeyDetailsChanged(Event):
+        """`PATCH .../keys/{key}`: the key's name, meta (JSON text) and owner_id after the change."""
+
+        class_version = 1
+        name: str
+        meta: str | None
+        owner_id: str | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.name = self.name
+            key.meta_json = self.meta
+            key.owner_id = self.owner_id
+
     @credentials(changes=True)
     class KeyRevoked(Event):
         reason: str | None
@@ -198,6 +232,8 @@ class ApiKey(Aggregate):
         expires_at: datetime | None,
         secret_digest: str,
         actor: str,
+        meta: str | None = None,
+        owner_id: str | None = None,
     ) -> None:
         self.workspace_id = workspace_id
         self.name = name
@@ -212,6 +248,8 @@ class ApiKey(Aggregate):
         self.suspended_at: datetime | None = None
         self.suspended_reason: str | None = None
         self.issued_by = actor
+        self.meta_json = meta  # text, in snapshots too (domain.keyinfo)
+        self.owner_id = owner_id
 
     @classmethod
     def issue(
@@ -224,6 +262,8 @@ class ApiKey(Aggregate):
         actor: str,
         now: datetime,
         expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
     ) -> ApiKey:
         """Issue a key. `scopes` must already be parsed against the catalog."""
         check_scope_count(scopes)
@@ -236,6 +276,8 @@ class ApiKey(Aggregate):
             expires_at=check_expiry(expires_at, now),
             secret_digest=secret_digest,
             actor=actor,
+            meta=meta_text(meta),
+            owner_id=check_owner_id(owner_id),
         )
 
     def __repr__(self) -> str:
@@ -243,6 +285,10 @@ class ApiKey(Aggregate):
         return f"ApiKey(id={self.id}, workspace_id={self.workspace_id}, version={self.version})"
 
     # --- derived state ----------------------------------------------------
+
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        return parse_meta(self.meta_json)
 
     @property
     def is_revoked(self) -> bool:
@@ -288,6 +334,8 @@ class ApiKey(Aggregate):
             revoked_at=self.revoked_at,
             rotation_due=self.rotation_due(now),
             suspended_at=self.suspended_at,
+            meta=self.meta,
+            owner_id=self.owner_id,
         )
 
     def credentials(self, catalog: ScopeCatalog) -> KeyCredentials:
@@ -368,6 +416,22 @@ class ApiKey(Aggregate):
         if self.suspended_at is None:
             return False
         self.trigger_event(self.KeyResumed, workspace_id=self.workspace_id, actor=actor)
+        return True
+
+    def change_details(self, changes: dict[str, Any], actor: str) -> bool:
+        """Change any of `name`, `meta`, `owner_id` (None clears the last two); False when nothing changes."""
+        unknown = changes.keys() - {"name", "meta", "owner_id"}
+        if unknown:
+            raise InvalidInput(f"only name, meta and owner_id can be changed, not {', '.join(sorted(unknown))}")
+        self._check_not_revoked()
+        name = check_name(changes["name"], "key name") if "name" in changes else self.name
+        meta = meta_text(changes["meta"]) if "meta" in changes else self.meta_json
+        owner_id = check_owner_id(changes["owner_id"]) if "owner_id" in changes else self.owner_id
+        if (name, meta, owner_id) == (self.name, self.meta_json, self.owner_id):
+            return False
+        self.trigger_event(
+            self.KeyDetailsChanged, workspace_id=self.workspace_id, name=name, meta=meta, owner_id=owner_id, actor=actor
+        )
         return True
 
     def revoke(self, reason: str | None, actor: str) -> None:

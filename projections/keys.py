@@ -29,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     Uuid,
     delete,
     select,
@@ -56,6 +57,8 @@ ATTRIBUTE_COLUMNS = {
     "suspended_at": "suspended_at",
     "suspended_reason": "suspended_reason",
     "issued_by": "issued_by",
+    "meta_json": "meta",
+    "owner_id": "owner_id",
 }
 _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
 _API_KEY_TOPIC = get_topic(ApiKey)
@@ -63,7 +66,7 @@ _API_KEY_TOPIC = get_topic(ApiKey)
 
 class KeysProjection(FoldingProjection["KeyChanges"]):
     name = "keys"
-    VERSION = 2  # 2: suspension (suspended_at, suspended_reason)
+    VERSION = 3  # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id
     event_types = (ApiKey.Event,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -84,6 +87,8 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("suspended_at", UTCDateTime),
             Column("suspended_reason", StorableText),
             Column("issued_by", StorableText(200), nullable=False),
+            Column("meta", Text),  # JSON text, as the key keeps it
+            Column("owner_id", StorableText(200), index=True),
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version
@@ -164,7 +169,11 @@ def select_key_ids(conn: Connection, tables: Tables) -> list[UUID]:
     return list(conn.execute(select(table.c.key_id)).scalars())
 
 
-def select_workspace_keys(conn: Connection, tables: Tables, workspace_id: UUID) -> list[ApiKey]:
+def select_workspace_keys(
+    conn: Connection, tables: Tables, workspace_id: UUID, owner_id: str | None = None
+) -> list[ApiKey]:
     table = tables["keys"]
     query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)
+    if owner_id is not None:
+        query = query.where(table.c.owner_id == owner_id)
     return [key_from_row(row) for row in conn.execute(query).mappings()]

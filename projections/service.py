@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from domain.application import KeyLedger
 from domain.errors import InvalidInput
+from domain.keyinfo import check_owner_id
 from domain.keys import KEY_STATUSES, KeyState
 from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
 from projections.base import Projection, Tables
@@ -448,10 +449,12 @@ class ReadModels:
         now: datetime,
         status: str | None = None,
         rotation_due: bool | None = None,
+        owner_id: str | None = None,
     ) -> list[KeyState]:
         if status is not None and status not in KEY_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(KEY_STATUSES)}")
-        keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id))
+        owner_id = check_owner_id(owner_id)
+        keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id, owner_id))
         states = [key.state(now, self.catalog) for key in keys]
         return [
             s

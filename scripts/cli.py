@@ -7,6 +7,7 @@ Bad input prints one line on stderr and exits with status 2, changing nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from enum import StrEnum
 from typing import Annotated, Any
@@ -47,6 +48,13 @@ def _uuid(text: str, what: str) -> UUID:
         return UUID(text)
     except ValueError:
         raise InvalidInput(f"{what} {text!r} is not a UUID") from None
+
+
+def _json_object(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidInput(f'{what} must be JSON text, e.g. \'{{"team": "data"}}\'') from None
 
 
 def _key_json(ledger: KeyLedger, key: ApiKey) -> dict[str, Any]:
@@ -113,11 +121,46 @@ def key_issue(
     name: Annotated[str, typer.Option(help="what the key is for")],
     scope: Annotated[list[str] | None, typer.Option(help="a scope to grant; repeat for more")] = None,
     expires_at: Annotated[str | None, typer.Option(help="RFC 3339 expiry time")] = None,
+    meta: Annotated[str | None, typer.Option(help="a JSON object (at most 4 KiB) to keep with the key")] = None,
+    owner_id: Annotated[str | None, typer.Option(help="your own user or customer id (1-200 characters)")] = None,
 ) -> None:
     """Issue a key; prints its secret once."""
     ledger = _ledger()
     expiry = parse_rfc3339(expires_at, "expires_at") if expires_at else None
-    _emit_secret(ledger, ledger.issue_key(_uuid(workspace, "workspace"), name, scope or [], OPERATOR, expiry))
+    issued = ledger.issue_key(
+        _uuid(workspace, "workspace"),
+        name,
+        scope or [],
+        OPERATOR,
+        expiry,
+        meta=_json_object(meta, "meta") if meta is not None else None,
+        owner_id=owner_id,
+    )
+    _emit_secret(ledger, issued)
+
+
+@key_app.command("update")
+def key_update(
+    key: str,
+    name: Annotated[str | None, typer.Option(help="a new name")] = None,
+    meta: Annotated[str | None, typer.Option(help="a new JSON object for meta")] = None,
+    owner_id: Annotated[str | None, typer.Option(help="a new owner id")] = None,
+    clear_meta: Annotated[bool, typer.Option("--clear-meta", help="remove meta")] = False,
+    clear_owner: Annotated[bool, typer.Option("--clear-owner", help="remove the owner id")] = False,
+) -> None:
+    """Change a key's name, meta or owner id (the options given), in one event."""
+    if (meta is not None and clear_meta) or (owner_id is not None and clear_owner):
+        raise InvalidInput("give a new value or clear it, not both")
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if meta is not None or clear_meta:
+        changes["meta"] = _json_object(meta, "meta") if meta is not None else None
+    if owner_id is not None or clear_owner:
+        changes["owner_id"] = owner_id
+    ledger = _ledger()
+    update = ledger.change_details(_uuid(key, "key"), changes, OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
 @key_app.command("grant")

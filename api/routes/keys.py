@@ -9,7 +9,19 @@ from fastapi import APIRouter, Path, Query
 
 from api.context import Services
 from api.deps import AdminCaller, ServicesDep
-from api.schemas import KeyIssue, KeyList, KeyPublic, KeyWithSecret, Revoke, Rotate, Scope, ScopeGrant, Suspend
+from api.schemas import (
+    KeyIssue,
+    KeyList,
+    KeyPatch,
+    KeyPublic,
+    KeyWithSecret,
+    OwnerId,
+    Revoke,
+    Rotate,
+    Scope,
+    ScopeGrant,
+    Suspend,
+)
 from domain.errors import KeyNotFound
 from domain.keys import ApiKey
 
@@ -22,7 +34,9 @@ def _public(services: Services, key: ApiKey) -> KeyPublic:
 
 @router.post("", status_code=201, response_model=KeyWithSecret)
 def issue_key(ws: UUID, body: KeyIssue, services: ServicesDep, caller: AdminCaller) -> KeyWithSecret:
-    issued = services.ledger.issue_key(ws, body.name, body.scopes, caller.actor, body.expires_at)
+    issued = services.ledger.issue_key(
+        ws, body.name, body.scopes, caller.actor, body.expires_at, meta=body.meta, owner_id=body.owner_id
+    )
     return KeyWithSecret(key=_public(services, issued.key), secret=issued.secret)
 
 
@@ -33,8 +47,9 @@ def list_keys(
     caller: AdminCaller,
     status: Literal["active", "suspended", "expired", "revoked"] | None = None,
     rotation_due: Annotated[bool | None, Query()] = None,
+    owner_id: Annotated[OwnerId | None, Query(max_length=200)] = None,
 ) -> KeyList:
-    states = services.read_models.list_keys(ws, services.ledger.clock(), status, rotation_due)
+    states = services.read_models.list_keys(ws, services.ledger.clock(), status, rotation_due, owner_id)
     return KeyList(items=[KeyPublic.of(s) for s in states])
 
 
@@ -44,6 +59,13 @@ def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> 
     if state is None:
         raise KeyNotFound(f"key {key} not found")
     return KeyPublic.of(state)
+
+
+@router.patch("/{key}", response_model=KeyPublic)
+def change_key(ws: UUID, key: UUID, body: KeyPatch, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
+    """Change the key's name, meta or owner_id: the fields given (`null` clears meta or owner_id), in one event."""
+    update = services.ledger.change_details(key, body.changes(), caller.actor, workspace_id=ws)
+    return _public(services, update.key)
 
 
 @router.post("/{key}/scopes", response_model=KeyPublic)

@@ -51,6 +51,9 @@ async def verify(body: VerifyRequest, request: Request) -> VerifyResponse:
         workspace_id=key.credentials.workspace_id if key else None,
         scopes=key.scopes if key else None,
         ratelimit=RateLimitInfo(limit=window.limit, remaining=window.remaining, reset=window.reset) if window else None,
+        name=key.name if key else None,
+        owner_id=key.owner_id if key else None,
+        meta=key.meta if key else None,
     )
 
 

@@ -143,3 +143,25 @@ def test_an_operator_sets_a_keys_exact_scopes(settings: Settings):
 
     assert exact["key"]["scopes"] == ["read:events", "read:nodes"]
     assert bad.returncode == 2 and ok(settings, "key", "show", key)["scopes"] == ["read:events", "read:nodes"]
+
+
+def test_an_operator_keeps_meta_and_an_owner_with_a_key(settings: Settings):
+    ws = ok(settings, "workspace", "create", "acme", "--plan", "pro")["workspace"]["id"]
+    issued = ok(settings, "key", "issue", ws, "--name", "ci", "--meta", '{"team": "data"}', "--owner-id", "u1")
+    key = issued["key"]["id"]
+
+    renamed = ok(settings, "key", "update", key, "--name", "ci2", "--owner-id", "u2")
+    cleared = ok(settings, "key", "update", key, "--clear-meta")
+    bad_meta = run(settings, "key", "update", key, "--meta", "[1]")
+    not_json = run(settings, "key", "update", key, "--meta", "{team")
+    both = run(settings, "key", "update", key, "--owner-id", "u3", "--clear-owner")
+    shown = ok(settings, "key", "show", key)
+    replay = run(settings, "audit", "replay", key)
+
+    assert issued["key"]["meta"] == {"team": "data"} and issued["key"]["owner_id"] == "u1"
+    assert renamed["key"]["name"] == "ci2" and renamed["key"]["owner_id"] == "u2"
+    assert renamed["key"]["meta"] == {"team": "data"} and cleared["key"]["meta"] is None
+    assert bad_meta.returncode == 2 and "meta must be a JSON object" in bad_meta.stderr
+    assert not_json.returncode == 2 and "JSON" in not_json.stderr and both.returncode == 2
+    assert shown["name"] == "ci2" and shown["owner_id"] == "u2" and shown["meta"] is None
+    assert replay.returncode == 0 and replay.stdout.count("KeyDetailsChanged") == 2

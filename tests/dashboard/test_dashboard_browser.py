@@ -226,3 +226,31 @@ def test_an_admin_suspends_and_resumes_a_key_behind_a_confirmation(server: Serve
 
     assert suspended == "SUSPENDED"
     assert verify(server, reader["secret"])["code"] == "VALID"
+
+
+def test_an_admin_edits_a_keys_name_owner_and_meta(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    reader = issue(server, admin, ["read:nodes"], name="web", owner_id="cust_1")
+    reader_id = reader["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+    assert dashboard.key_cell(reader_id, "details") == "owner: cust_1"
+
+    dashboard.click_action(reader_id, "edit")
+    page.fill("#edit-name", "web (prod)")
+    page.fill("#edit-owner", "cust_2")
+    page.fill("#edit-meta", '{"plan": "gold"}')
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-detail="meta"]')
+    details = dashboard.key_cell(reader_id, "details")
+    dashboard.click_action(reader_id, "edit")
+    page.fill("#edit-meta", "[1]")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#banner:not([hidden])")
+
+    assert details.splitlines() == ["owner: cust_2", 'meta: {"plan":"gold"}']
+    assert "meta must be a JSON object" in page.inner_text("#banner")
+    answer = verify(server, reader["secret"])
+    assert answer["name"] == "web (prod)" and answer["owner_id"] == "cust_2" and answer["meta"] == {"plan": "gold"}
+    assert dashboard.errors == []

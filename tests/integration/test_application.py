@@ -141,7 +141,10 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
     created = ledger.create_workspace("acme", "starter")
     ws_id = created.workspace.id
     ledger.change_plan(ws_id, "enterprise", requests_per_minute=1000, requests_per_day=50_000)
-    issued = ledger.issue_key(ws_id, "ci", ["read:nodes"], expires_at=datetime.now(UTC) + timedelta(days=3))
+    issued = ledger.issue_key(
+        ws_id, "ci", ["read:nodes"], expires_at=datetime.now(UTC) + timedelta(days=3), meta={"a": [1]}, owner_id="u1"
+    )
+    ledger.change_details(issued.key.id, {"name": "ci2", "meta": {"b": {"_type_": "x", "_data_": 2}}})
     ledger.grant_scopes(issued.key.id, ["write:edges", "read:events"])
     ledger.revoke_scopes(issued.key.id, ["read:events"])
     ledger.set_scopes(issued.key.id, ["read:nodes", "read:edges"])

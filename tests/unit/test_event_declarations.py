@@ -53,5 +53,6 @@ def test_the_credential_changing_events_are_the_lifecycle_and_plan_changes():  #
         ApiKey.ScopesSet,
         ApiKey.KeySuspended,
         ApiKey.KeyResumed,
+        ApiKey.KeyDetailsChanged,
         Workspace.PlanChanged,
     }

@@ -366,20 +366,44 @@ function renderKeys() {
       const live = key.status === "active";
       const suspended = key.status === "suspended";
       actions.append(
+        actionButton("Edit", "edit", live || suspended, () => editDetails(key)),
         actionButton("Rotate", "rotate", live, () => rotate(key)),
         suspended
           ? actionButton("Resume", "resume", true, () => suspendOrResume(key, "resume"))
           : actionButton("Suspend", "suspend", live, () => suspendOrResume(key, "suspend")),
         actionButton("Revoke", "revoke danger", live || suspended, () => revoke(key)),
       );
-      const cells = [keyCell(key), status, scopes, age, due, actions];
-      ["key", "status", "scopes", "age", "rotation-due", "actions"].forEach((f, i) => {
+      const cells = [keyCell(key), status, scopes, detailsCell(key), age, due, actions];
+      ["key", "status", "scopes", "details", "age", "rotation-due", "actions"].forEach((f, i) => {
         cells[i].dataset.field = f;
       });
       tr.append(...cells);
       return tr;
     }),
   );
+}
+
+/** What the key's owner said about it and what bounds it: owner, meta, own limits, credits, origin. */
+function detailsCell(key) {
+  const td = document.createElement("td");
+  const lines = [];
+  const line = (name, value) => {
+    const div = document.createElement("div");
+    div.dataset.detail = name;
+    const label = document.createElement("span");
+    label.className = "muted";
+    label.textContent = `${name}: `;
+    const text = document.createElement("span");
+    text.className = "mono";
+    text.textContent = value;
+    div.append(label, text);
+    lines.push(div);
+  };
+  if (key.owner_id) line("owner", key.owner_id);
+  if (key.meta) line("meta", JSON.stringify(key.meta));
+  td.append(...lines);
+  if (!lines.length) td.textContent = "—";
+  return td;
 }
 
 function actionButton(label, className, enabled, onClick) {
@@ -536,6 +560,60 @@ async function suspendOrResume(key, action) {
   if (!confirmed) return;
   try {
     await api("POST", wsPath(`/keys/${encodeURIComponent(key.id)}/${action}`), suspending ? {} : undefined);
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  await reload();
+}
+
+function textInput(id, value, maxLength) {
+  const input = document.createElement("input");
+  input.id = id;
+  input.value = value ?? "";
+  input.maxLength = maxLength;
+  input.autocomplete = "off";
+  return input;
+}
+
+async function editDetails(key) {
+  const name = textInput("edit-name", key.name, 100);
+  const owner = textInput("edit-owner", key.owner_id, 200);
+  const meta = document.createElement("textarea");
+  meta.id = "edit-meta";
+  meta.rows = 4;
+  meta.value = key.meta ? JSON.stringify(key.meta, null, 2) : "";
+  const form = document.createElement("div");
+  form.append(
+    labelled("Name ", name),
+    labelled("Owner id (your user or customer id; empty: none) ", owner),
+    labelled("Meta (a JSON object, at most 4 KiB; empty: none) ", meta),
+  );
+  const confirmed = await confirmAction({
+    title: `Edit key “${keyLabel(key)}”`,
+    text: "Verify answers show the name, owner id and meta of the key.",
+    confirmLabel: "Save",
+    extra: form,
+  });
+  if (!confirmed) return;
+  let parsed = null;
+  if (meta.value.trim()) {
+    try {
+      parsed = JSON.parse(meta.value);
+    } catch {
+      parsed = undefined;
+    }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      failed(new ApiError(422, { title: "Invalid meta", detail: 'meta must be a JSON object, e.g. {"team": "data"}' }));
+      return;
+    }
+  }
+  try {
+    await api("PATCH", wsPath(`/keys/${encodeURIComponent(key.id)}`), {
+      name: name.value,
+      owner_id: owner.value.trim() || null,
+      meta: parsed,
+    });
   } catch (error) {
     failed(error);
     return;
