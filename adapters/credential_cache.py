@@ -114,11 +114,12 @@ class CredentialCache:
                 workspace = self.ledger.get_workspace(key.workspace_id)
             except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
                 return None
+            limits = key.limits(workspace.limits)  # the lower of the key's own and its plan's
             cached = CachedKey(
                 credentials=key.credentials(self.ledger.catalog),
                 scopes=list(key.scopes),
-                requests_per_minute=workspace.requests_per_minute,
-                requests_per_day=workspace.requests_per_day,
+                requests_per_minute=limits.requests_per_minute,
+                requests_per_day=limits.requests_per_day,
                 name=key.name,
                 owner_id=key.owner_id,
                 meta=key.meta,

@@ -73,6 +73,8 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     },
     ("POST", "/v1/workspaces/{ws}/keys/{key}/resume"): {409: "the key is revoked"},
     ("PATCH", "/v1/workspaces/{ws}/keys/{key}"): {409: "the key is revoked"},
+    ("PUT", "/v1/workspaces/{ws}/keys/{key}/limits"): {409: "the key is revoked"},
+    ("DELETE", "/v1/workspaces/{ws}/keys/{key}/limits"): {409: "the key is revoked"},
     ("GET", "/readyz"): {503: "starting: the store is being opened, or the read models are catching up"},
     ("POST", "/v1/verify"): {429: "too many unknown keys came from this address this minute"},
     ("GET", "/v1/auth"): {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import (
@@ -197,6 +197,12 @@ class WorkspacePublic(BaseModel):
         )
 
 
+class KeyLimitsPublic(BaseModel):
+    requests_per_minute: int
+    requests_per_day: int
+    source: Literal["plan", "key"] = Field(description="`key` while the key has limits of its own")
+
+
 class KeyPublic(BaseModel):
     id: UUID
     workspace_id: UUID
@@ -213,6 +219,7 @@ class KeyPublic(BaseModel):
     suspended_at: datetime | None = None
     meta: dict[str, Any] | None = None
     owner_id: str | None = None
+    limits: KeyLimitsPublic | None = None
 
     @classmethod
     def of(cls, state: KeyState) -> KeyPublic:
@@ -258,6 +265,17 @@ class KeyPatch(RequestBody):
 
     def changes(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in self.model_fields_set}
+
+
+class KeyLimitsBody(RequestBody):
+    """At least one; each at most the plan's (a number left out: the plan's for that window)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["requests_per_minute"]}, {"required": ["requests_per_day"]}]}
+    )
+
+    requests_per_minute: Limit | None = None
+    requests_per_day: Limit | None = None
 
 
 class ScopeGrant(RequestBody):

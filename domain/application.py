@@ -301,6 +301,32 @@ class KeyLedger(Application[UUID]):
 
         return self._retrying(attempt)
 
+    def set_key_limits(
+        self,
+        key_id: UUID,
+        requests_per_minute: int | None,
+        requests_per_day: int | None,
+        actor: str = OPERATOR,
+        workspace_id: UUID | None = None,
+    ) -> KeyUpdate:
+        """Limit a key below its workspace's plan; the lower of the two is enforced."""
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            plan = self.get_workspace(key.workspace_id).limits
+            key.set_limits(requests_per_minute, requests_per_day, plan, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def clear_key_limits(self, key_id: UUID, actor: str = OPERATOR, workspace_id: UUID | None = None) -> KeyUpdate:
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.clear_limits(actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
     def rotate_key(
         self,
         key_id: UUID,

@@ -69,6 +69,10 @@ class InvalidOwner(InvalidInput):
     title = "Invalid owner id"
 
 
+class InvalidLimits(InvalidInput):
+    title = "Invalid limits"
+
+
 class MalformedSecret(InvalidInput):
     """A presented secret failed the format or checksum check (no lookup made)."""
 

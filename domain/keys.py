@@ -24,6 +24,8 @@ from domain.errors import (
     TooManyScopes,
 )
 from domain.keyinfo import check_owner_id, meta_text, parse_meta
+from domain.keylimits import KeyLimits, check_key_limits, effective_limits
+from domain.plans import Limits
 from domain.scopes import ADMIN, MAX_SCOPES_PER_KEY, ScopeCatalog
 from domain.text import MAX_REASON_LENGTH, check_text
 from domain.timefmt import check_time
@@ -82,6 +84,7 @@ class KeyState:
     suspended_at: datetime | None = None
     meta: dict[str, Any] | None = None
     owner_id: str | None = None
+    limits: KeyLimits | None = None  # when the plan was known to whoever asked
 
 
 class ApiKey(Aggregate):
@@ -90,7 +93,14 @@ class ApiKey(Aggregate):
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
-        for attribute in ("suspended_at", "suspended_reason", "meta_json", "owner_id"):
+        for attribute in (
+            "suspended_at",
+            "suspended_reason",
+            "meta_json",
+            "owner_id",
+            "limit_per_minute",
+            "limit_per_day",
+        ):
             state.setdefault(attribute, None)
 
     class Event(Aggregate.Event):
@@ -216,6 +226,30 @@ class ApiKey(Aggregate):
             key.owner_id = self.owner_id
 
     @credentials(changes=True)
+    class KeyLimitsSet(Event):
+        """The key's own limits below its plan's (None: the plan's for that window)."""
+
+        class_version = 1
+        requests_per_minute: int | None
+        requests_per_day: int | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.limit_per_minute = self.requests_per_minute
+            key.limit_per_day = self.requests_per_day
+
+    @credentials(changes=True)
+    class KeyLimitsCleared(Event):
+        """The key is back to its plan's limits."""
+
+        class_version = 1
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.limit_per_minute = None
+            key.limit_per_day = None
+
+    @credentials(changes=True)
     class KeyRevoked(Event):
         reason: str | None
         actor: str
@@ -250,6 +284,8 @@ class ApiKey(Aggregate):
         self.issued_by = actor
         self.meta_json = meta  # text, in snapshots too (domain.keyinfo)
         self.owner_id = owner_id
+        self.limit_per_minute: int | None = None
+        self.limit_per_day: int | None = None
 
     @classmethod
     def issue(
@@ -319,7 +355,10 @@ class ApiKey(Aggregate):
             return self.previous_valid_until
         return None
 
-    def state(self, now: datetime, catalog: ScopeCatalog) -> KeyState:
+    def limits(self, plan: Limits) -> KeyLimits:
+        return effective_limits(plan, self.limit_per_minute, self.limit_per_day)
+
+    def state(self, now: datetime, catalog: ScopeCatalog, plan: Limits | None = None) -> KeyState:
         return KeyState(
             id=self.id,
             workspace_id=self.workspace_id,
@@ -336,6 +375,7 @@ class ApiKey(Aggregate):
             suspended_at=self.suspended_at,
             meta=self.meta,
             owner_id=self.owner_id,
+            limits=self.limits(plan) if plan is not None else None,
         )
 
     def credentials(self, catalog: ScopeCatalog) -> KeyCredentials:
@@ -432,6 +472,31 @@ class ApiKey(Aggregate):
         self.trigger_event(
             self.KeyDetailsChanged, workspace_id=self.workspace_id, name=name, meta=meta, owner_id=owner_id, actor=actor
         )
+        return True
+
+    def set_limits(
+        self, requests_per_minute: int | None, requests_per_day: int | None, plan: Limits, actor: str
+    ) -> bool:
+        """Limit the key below its plan (each number 1 to the plan's); False when they are so already."""
+        self._check_not_revoked()
+        check_key_limits(requests_per_minute, requests_per_day, plan)
+        if (requests_per_minute, requests_per_day) == (self.limit_per_minute, self.limit_per_day):
+            return False
+        self.trigger_event(
+            self.KeyLimitsSet,
+            workspace_id=self.workspace_id,
+            requests_per_minute=requests_per_minute,
+            requests_per_day=requests_per_day,
+            actor=actor,
+        )
+        return True
+
+    def clear_limits(self, actor: str) -> bool:
+        """Back to the plan's limits; False when the key has none of its own."""
+        self._check_not_revoked()
+        if self.limit_per_minute is None and self.limit_per_day is None:
+            return False
+        self.trigger_event(self.KeyLimitsCleared, workspace_id=self.workspace_id, actor=actor)
         return True
 
     def revoke(self, reason: str | None, actor: str) -> None:

@@ -59,6 +59,8 @@ ATTRIBUTE_COLUMNS = {
     "issued_by": "issued_by",
     "meta_json": "meta",
     "owner_id": "owner_id",
+    "limit_per_minute": "limit_per_minute",
+    "limit_per_day": "limit_per_day",
 }
 _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
 _API_KEY_TOPIC = get_topic(ApiKey)
@@ -66,7 +68,7 @@ _API_KEY_TOPIC = get_topic(ApiKey)
 
 class KeysProjection(FoldingProjection["KeyChanges"]):
     name = "keys"
-    VERSION = 3  # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id
+    VERSION = 4  # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id; 4: per-key limits
     event_types = (ApiKey.Event,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -89,6 +91,8 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("issued_by", StorableText(200), nullable=False),
             Column("meta", Text),  # JSON text, as the key keeps it
             Column("owner_id", StorableText(200), index=True),
+            Column("limit_per_minute", BigInteger),  # the key's own limits; None: its plan's
+            Column("limit_per_day", BigInteger),
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version

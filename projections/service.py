@@ -27,6 +27,7 @@ from domain.application import KeyLedger
 from domain.errors import InvalidInput
 from domain.keyinfo import check_owner_id
 from domain.keys import KEY_STATUSES, KeyState
+from domain.plans import Limits
 from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
 from projections.base import Projection, Tables
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
@@ -437,11 +438,11 @@ class ReadModels:
         """Every key's id (keys are never deleted): what a verifier knows to exist."""
         return self._read("keys", select_key_ids)
 
-    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime) -> KeyState | None:
+    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime, plan: Limits | None = None) -> KeyState | None:
         key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))
         if key is None or key.workspace_id != workspace_id:
             return None
-        return key.state(now, self.catalog)
+        return key.state(now, self.catalog, plan)
 
     def list_keys(
         self,
@@ -450,12 +451,13 @@ class ReadModels:
         status: str | None = None,
         rotation_due: bool | None = None,
         owner_id: str | None = None,
+        plan: Limits | None = None,
     ) -> list[KeyState]:
         if status is not None and status not in KEY_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(KEY_STATUSES)}")
         owner_id = check_owner_id(owner_id)
         keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id, owner_id))
-        states = [key.state(now, self.catalog) for key in keys]
+        states = [key.state(now, self.catalog, plan) for key in keys]
         return [
             s
             for s in states

@@ -58,7 +58,8 @@ def _json_object(text: str, what: str) -> Any:
 
 
 def _key_json(ledger: KeyLedger, key: ApiKey) -> dict[str, Any]:
-    return dataclasses.asdict(key.state(ledger.clock(), ledger.catalog))
+    plan = ledger.get_workspace(key.workspace_id).limits
+    return dataclasses.asdict(key.state(ledger.clock(), ledger.catalog, plan))
 
 
 def _workspace_json(workspace: Workspace) -> dict[str, Any]:
@@ -204,6 +205,26 @@ def key_set_scopes(key: str, scopes: Annotated[list[str] | None, typer.Argument(
     """Make the key's granted scopes exactly these (none: no scope), in one change."""
     ledger = _ledger()
     update = ledger.set_scopes(_uuid(key, "key"), scopes or [], OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("set-limits")
+def key_set_limits(
+    key: str,
+    requests_per_minute: Annotated[int | None, typer.Option("--rpm", help="at most the plan's per minute")] = None,
+    requests_per_day: Annotated[int | None, typer.Option("--rpd", help="at most the plan's per day")] = None,
+) -> None:
+    """Limit a key below its plan (a window left out keeps the plan's); the lower limit is enforced."""
+    ledger = _ledger()
+    update = ledger.set_key_limits(_uuid(key, "key"), requests_per_minute, requests_per_day, OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("clear-limits")
+def key_clear_limits(key: str) -> None:
+    """Return a key to its plan's limits."""
+    ledger = _ledger()
+    update = ledger.clear_key_limits(_uuid(key, "key"), OPERATOR)
     emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 

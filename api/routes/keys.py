@@ -11,6 +11,7 @@ from api.context import Services
 from api.deps import AdminCaller, ServicesDep
 from api.schemas import (
     KeyIssue,
+    KeyLimitsBody,
     KeyList,
     KeyPatch,
     KeyPublic,
@@ -24,12 +25,18 @@ from api.schemas import (
 )
 from domain.errors import KeyNotFound
 from domain.keys import ApiKey
+from domain.plans import Limits
 
 router = APIRouter(prefix="/v1/workspaces/{ws}/keys", tags=["keys"])
 
 
+def _plan(services: Services, ws: UUID) -> Limits:
+    return services.ledger.get_workspace(ws).limits
+
+
 def _public(services: Services, key: ApiKey) -> KeyPublic:
-    return KeyPublic.of(key.state(services.ledger.clock(), services.ledger.catalog))
+    ledger = services.ledger
+    return KeyPublic.of(key.state(ledger.clock(), ledger.catalog, _plan(services, key.workspace_id)))
 
 
 @router.post("", status_code=201, response_model=KeyWithSecret)
@@ -49,13 +56,15 @@ def list_keys(
     rotation_due: Annotated[bool | None, Query()] = None,
     owner_id: Annotated[OwnerId | None, Query(max_length=200)] = None,
 ) -> KeyList:
-    states = services.read_models.list_keys(ws, services.ledger.clock(), status, rotation_due, owner_id)
+    states = services.read_models.list_keys(
+        ws, services.ledger.clock(), status, rotation_due, owner_id, plan=_plan(services, ws)
+    )
     return KeyList(items=[KeyPublic.of(s) for s in states])
 
 
 @router.get("/{key}", response_model=KeyPublic)
 def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
-    state = services.read_models.get_key(ws, key, services.ledger.clock())
+    state = services.read_models.get_key(ws, key, services.ledger.clock(), _plan(services, ws))
     if state is None:
         raise KeyNotFound(f"key {key} not found")
     return KeyPublic.of(state)
@@ -90,6 +99,22 @@ def revoke_scope(
     caller: AdminCaller,
 ) -> KeyPublic:
     update = services.ledger.revoke_scopes(key, [scope], caller.actor, workspace_id=ws)
+    return _public(services, update.key)
+
+
+@router.put("/{key}/limits", response_model=KeyPublic)
+def set_limits(ws: UUID, key: UUID, body: KeyLimitsBody, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
+    """Limit the key below its plan: each number from 1 to the plan's; the lower of the two is enforced."""
+    update = services.ledger.set_key_limits(
+        key, body.requests_per_minute, body.requests_per_day, caller.actor, workspace_id=ws
+    )
+    return _public(services, update.key)
+
+
+@router.delete("/{key}/limits", response_model=KeyPublic)
+def clear_limits(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
+    """Back to the plan's limits."""
+    update = services.ledger.clear_key_limits(key, caller.actor, workspace_id=ws)
     return _public(services, update.key)
 
 

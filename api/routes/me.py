@@ -20,6 +20,6 @@ def me(services: ServicesDep, caller: KeyCaller) -> Me:
     key = ledger.get_key(caller.key_id, caller.workspace_id)
     workspace = ledger.get_workspace(caller.workspace_id)
     return Me(
-        key=KeyPublic.of(key.state(ledger.clock(), ledger.catalog)),
+        key=KeyPublic.of(key.state(ledger.clock(), ledger.catalog, workspace.limits)),
         workspace=WorkspaceRef(id=workspace.id, name=workspace.name),
     )

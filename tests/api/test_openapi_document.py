@@ -39,6 +39,8 @@ EXPECTED = {
     ("GET", "/v1/workspaces/{ws}/keys"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/keys/{key}"): {200} | KEY,
     ("PATCH", "/v1/workspaces/{ws}/keys/{key}"): {200} | COMMAND,
+    ("PUT", "/v1/workspaces/{ws}/keys/{key}/limits"): {200} | COMMAND,
+    ("DELETE", "/v1/workspaces/{ws}/keys/{key}/limits"): {200} | KEY | {409},
     ("POST", "/v1/workspaces/{ws}/keys/{key}/scopes"): {200} | COMMAND,
     ("DELETE", "/v1/workspaces/{ws}/keys/{key}/scopes/{scope}"): {200} | KEY | {409},
     ("POST", "/v1/workspaces/{ws}/keys/{key}/rotate"): {200} | COMMAND,

@@ -165,3 +165,20 @@ def test_an_operator_keeps_meta_and_an_owner_with_a_key(settings: Settings):
     assert not_json.returncode == 2 and "JSON" in not_json.stderr and both.returncode == 2
     assert shown["name"] == "ci2" and shown["owner_id"] == "u2" and shown["meta"] is None
     assert replay.returncode == 0 and replay.stdout.count("KeyDetailsChanged") == 2
+
+
+def test_an_operator_limits_a_key_below_its_plan(settings: Settings):
+    ws = ok(settings, "workspace", "create", "acme", "--plan", "starter")["workspace"]["id"]
+    key = ok(settings, "key", "issue", ws, "--name", "ci")["key"]["id"]
+
+    limited = ok(settings, "key", "set-limits", key, "--rpm", "5")
+    above = run(settings, "key", "set-limits", key, "--rpd", "10001")
+    none = run(settings, "key", "set-limits", key)
+    shown = ok(settings, "key", "show", key)
+    cleared = ok(settings, "key", "clear-limits", key)
+
+    assert limited["key"]["limits"] == {"requests_per_minute": 5, "requests_per_day": 10_000, "source": "key"}
+    assert above.returncode == 2 and "requests_per_day must be an integer from 1 to the plan's 10000" in above.stderr
+    assert none.returncode == 2 and "give requests_per_minute" in none.stderr
+    assert shown["limits"]["requests_per_minute"] == 5
+    assert cleared["key"]["limits"] == {"requests_per_minute": 60, "requests_per_day": 10_000, "source": "plan"}

@@ -254,3 +254,28 @@ def test_an_admin_edits_a_keys_name_owner_and_meta(server: Server, dashboard: Da
     answer = verify(server, reader["secret"])
     assert answer["name"] == "web (prod)" and answer["owner_id"] == "cust_2" and answer["meta"] == {"plan": "gold"}
     assert dashboard.errors == []
+
+
+def test_an_admin_limits_a_key_below_its_plan_and_returns_it_to_the_plan(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    reader = issue(server, admin, ["read:nodes"])
+    reader_id = reader["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    dashboard.click_action(reader_id, "limits")
+    page.fill("#limit-rpm", "7")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-detail="limits"]')
+    shown = dashboard.key_cell(reader_id, "details")
+    answer = verify(server, reader["secret"])
+    dashboard.click_action(reader_id, "limits")
+    page.fill("#limit-rpm", "")
+    page.fill("#limit-rpd", "")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-field="details"]:text-is("—")')
+
+    assert shown == "limits: 7/min, 10,000/day"
+    assert answer["ratelimit"]["limit"] == 7
+    assert dashboard.errors == []

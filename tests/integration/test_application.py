@@ -145,6 +145,8 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
         ws_id, "ci", ["read:nodes"], expires_at=datetime.now(UTC) + timedelta(days=3), meta={"a": [1]}, owner_id="u1"
     )
     ledger.change_details(issued.key.id, {"name": "ci2", "meta": {"b": {"_type_": "x", "_data_": 2}}})
+    ledger.set_key_limits(issued.key.id, 10, None)
+    ledger.clear_key_limits(issued.key.id)
     ledger.grant_scopes(issued.key.id, ["write:edges", "read:events"])
     ledger.revoke_scopes(issued.key.id, ["read:events"])
     ledger.set_scopes(issued.key.id, ["read:nodes", "read:edges"])

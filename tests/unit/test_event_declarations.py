@@ -54,5 +54,7 @@ def test_the_credential_changing_events_are_the_lifecycle_and_plan_changes():  #
         ApiKey.KeySuspended,
         ApiKey.KeyResumed,
         ApiKey.KeyDetailsChanged,
+        ApiKey.KeyLimitsSet,
+        ApiKey.KeyLimitsCleared,
         Workspace.PlanChanged,
     }

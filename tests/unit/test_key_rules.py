@@ -18,8 +18,9 @@ from domain.errors import (
     TooManyScopes,
 )
 from domain.keyinfo import MAX_META_BYTES
+from domain.keylimits import KeyLimits
 from domain.keys import ApiKey
-from domain.plans import Plan
+from domain.plans import Limits, Plan
 from domain.scopes import ScopeCatalog
 from domain.verification import VerifyCode, check_credentials
 from domain.workspace import MAX_LIVE_KEYS, Workspace
@@ -290,3 +291,31 @@ def test_a_snapshot_of_a_key_from_before_suspension_and_meta_loads():
     loaded = snapshot.mutate(None)
 
     assert isinstance(loaded, ApiKey) and loaded.meta is None and loaded.status(NOW) == "active"
+
+
+# --- per-key limits (SPEC 8.1) ---------------------------------------------------------------------------
+
+
+def test_a_key_gets_the_lower_of_its_own_and_its_plans_limits():
+    key, _ = new_key()
+    plan = Limits(60, 10_000)
+    assert key.limits(plan) == KeyLimits(60, 10_000, "plan")
+
+    key.set_limits(5, None, plan, "operator")
+
+    assert key.limits(plan) == KeyLimits(5, 10_000, "key")
+    assert key.limits(Limits(2, 100)) == KeyLimits(2, 100, "key")  # a plan lowered since wins
+    assert key.set_limits(5, None, plan, "operator") is False
+    assert key.clear_limits("operator") is True and key.limits(plan).source == "plan"
+    assert key.clear_limits("operator") is False
+
+
+@pytest.mark.parametrize("limits", [(None, None), (0, None), (61, None), (None, 10_001), (True, None), (5.0, None)])
+def test_limits_outside_1_to_the_plans_are_refused(limits):
+    key, _ = new_key()
+    key.collect_events()
+
+    with pytest.raises(InvalidInput):
+        key.set_limits(*limits, Limits(60, 10_000), "operator")
+
+    assert key.collect_events() == []

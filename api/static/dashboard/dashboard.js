@@ -367,6 +367,7 @@ function renderKeys() {
       const suspended = key.status === "suspended";
       actions.append(
         actionButton("Edit", "edit", live || suspended, () => editDetails(key)),
+        actionButton("Limits", "limits", live || suspended, () => editLimits(key)),
         actionButton("Rotate", "rotate", live, () => rotate(key)),
         suspended
           ? actionButton("Resume", "resume", true, () => suspendOrResume(key, "resume"))
@@ -401,6 +402,9 @@ function detailsCell(key) {
   };
   if (key.owner_id) line("owner", key.owner_id);
   if (key.meta) line("meta", JSON.stringify(key.meta));
+  if (key.limits?.source === "key") {
+    line("limits", `${count(key.limits.requests_per_minute)}/min, ${count(key.limits.requests_per_day)}/day`);
+  }
   td.append(...lines);
   if (!lines.length) td.textContent = "—";
   return td;
@@ -614,6 +618,47 @@ async function editDetails(key) {
       owner_id: owner.value.trim() || null,
       meta: parsed,
     });
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  await reload();
+}
+
+function numberInput(id, value, max) {
+  const input = document.createElement("input");
+  input.id = id;
+  input.type = "number";
+  input.min = "1";
+  input.max = String(max);
+  input.value = value ?? "";
+  return input;
+}
+
+/** Limit a key below its plan (empty fields keep the plan's), or return it to the plan when both are empty. */
+async function editLimits(key) {
+  const plan = state.workspace;
+  const own = key.limits?.source === "key";
+  const rpm = numberInput("limit-rpm", own ? key.limits.requests_per_minute : "", plan.requests_per_minute);
+  const rpd = numberInput("limit-rpd", own ? key.limits.requests_per_day : "", plan.requests_per_day);
+  const form = document.createElement("div");
+  form.append(
+    labelled(`Requests per minute (plan: ${count(plan.requests_per_minute)}) `, rpm),
+    labelled(`Requests per day (plan: ${count(plan.requests_per_day)}) `, rpd),
+  );
+  const confirmed = await confirmAction({
+    title: `Limits of key “${keyLabel(key)}”`,
+    text: "A key can be limited below its plan; the lower limit applies. Leave both empty to return to the plan.",
+    confirmLabel: "Save",
+    extra: form,
+  });
+  if (!confirmed) return;
+  const number = (input) => (input.value.trim() === "" ? null : Number(input.value));
+  const body = { requests_per_minute: number(rpm), requests_per_day: number(rpd) };
+  const path = wsPath(`/keys/${encodeURIComponent(key.id)}/limits`);
+  try {
+    if (body.requests_per_minute === null && body.requests_per_day === null) await api("DELETE", path);
+    else await api("PUT", path, body);
   } catch (error) {
     failed(error);
     return;
