@@ -74,6 +74,7 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("POST", "/v1/workspaces/{ws}/keys/{key}/resume"): {409: "the key is revoked"},
     ("PATCH", "/v1/workspaces/{ws}/keys/{key}"): {409: "the key is revoked"},
     ("PUT", "/v1/workspaces/{ws}/keys/{key}/limits"): {409: "the key is revoked"},
+    ("PUT", "/v1/workspaces/{ws}/keys/{key}/credits"): {409: "the key is revoked"},
     ("DELETE", "/v1/workspaces/{ws}/keys/{key}/limits"): {409: "the key is revoked"},
     ("GET", "/readyz"): {503: "starting: the store is being opened, or the read models are catching up"},
     ("POST", "/v1/verify"): {429: "too many unknown keys came from this address this minute"},
@@ -82,7 +83,8 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
         "would change it",
         401: BAD_KEY,
         403: "the key lacks the scope the forwarded request needs (401 where KEYLEDGER_INSUFFICIENT_SCOPE_STATUS=401)",
-        429: "the key used its requests of the minute or of the day, or too many unknown keys came from this address",
+        429: "the key used its requests of the minute or of the day (`RATE_LIMITED`), or its credits "
+        "(`USAGE_EXCEEDED`: `Retry-After` only when a refill is due), or too many unknown keys came from this address",
     },
 }
 # Routes whose Bearer scheme their handler reads itself (the hot path takes no dependency).
@@ -97,7 +99,9 @@ SUCCESS_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
 }
 # Extra headers of some error answers: a key over its limit also gets its limits (a guessing address does not).
 ERROR_HEADERS: dict[tuple[str, str, int], dict[str, Any]] = {
-    ("GET", "/v1/auth", 429): {name: {**header, "required": False} for name, header in RATE_LIMIT.items()},
+    ("GET", "/v1/auth", 429): {
+        name: {**header, "required": False} for name, header in (RATE_LIMIT | RETRY_AFTER).items()
+    },
 }
 FORWARDED_HEADERS = {
     "x-forwarded-method": (

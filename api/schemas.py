@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from domain.errors import InvalidInput
+from domain.keycredits import INTERVALS, MAX_CREDITS
 from domain.keyinfo import MAX_META_BYTES, MAX_OWNER_ID_LENGTH
 from domain.keys import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, KeyState
 from domain.plans import MAX_LIMIT, Plan
@@ -203,6 +204,16 @@ class KeyLimitsPublic(BaseModel):
     source: Literal["plan", "key"] = Field(description="`key` while the key has limits of its own")
 
 
+class RefillPublic(BaseModel):
+    amount: int
+    interval: Literal["day", "month"]
+
+
+class CreditsPublic(BaseModel):
+    remaining: int = Field(description="credits left in this period (each allowed answer spends one)")
+    refill: RefillPublic | None = Field(description="what remains is reset to `amount` each UTC day or month")
+
+
 class KeyPublic(BaseModel):
     id: UUID
     workspace_id: UUID
@@ -220,6 +231,7 @@ class KeyPublic(BaseModel):
     meta: dict[str, Any] | None = None
     owner_id: str | None = None
     limits: KeyLimitsPublic | None = None
+    credits: CreditsPublic | None = Field(default=None, description="usage-limited keys only")
 
     @classmethod
     def of(cls, state: KeyState) -> KeyPublic:
@@ -254,6 +266,25 @@ class KeyIssue(RequestBody):
     expires_at: TimeText | None = Field(default=None, description="in the future; none: the key never expires")
     meta: Meta | None = None
     owner_id: OwnerId | None = Field(default=None, description="the caller's own user or customer id")
+    credits: CreditsBody | None = Field(default=None, description="makes the key usage-limited")
+
+
+CreditCount = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_CREDITS})]
+
+
+class RefillBody(RequestBody):
+    amount: Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_CREDITS})]
+    interval: Annotated[str, WithJsonSchema({"type": "string", "enum": list(INTERVALS)})]
+
+
+class CreditsBody(RequestBody):
+    remaining: CreditCount = Field(description="credits the key may spend from now on (a fresh count)")
+    refill: RefillBody | None = Field(default=None, description="reset what remains to `amount` each UTC day or month")
+
+    def values(self) -> tuple[int, int | None, str | None]:
+        return (
+            (self.remaining, self.refill.amount, self.refill.interval) if self.refill else (self.remaining, None, None)
+        )
 
 
 class KeyPatch(RequestBody):
@@ -312,6 +343,10 @@ class RateLimitInfo(BaseModel):
     reset: int
 
 
+class VerifyCredits(BaseModel):
+    remaining: int
+
+
 class VerifyResponse(BaseModel):
     valid: bool
     code: str
@@ -322,6 +357,7 @@ class VerifyResponse(BaseModel):
     name: str | None = None
     owner_id: str | None = None
     meta: dict[str, Any] | None = None
+    credits: VerifyCredits | None = Field(default=None, description="usage-limited keys only")
 
 
 class EndpointCount(BaseModel):

@@ -14,6 +14,7 @@ from typing import Protocol
 from uuid import UUID
 
 from adapters.credential_cache import CachedKey, CredentialCache
+from adapters.credits import CreditDecision, CreditGate
 from adapters.quotas import QuotaDecision, QuotaGate
 from api.forwarded_path import normalise
 from api.guesses import GuessLimit
@@ -26,6 +27,14 @@ from domain.verification import VerifyCode, check_credentials
 class UsageSink(Protocol):
     def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime) -> None: ...
 
+    def spend(self, key_id: UUID, generation: int, period: str) -> None:
+        """A credit spent by an allowed answer (kept with the usage, to restore in-process counters)."""
+        ...
+
+    def refilled(self, key_id: UUID, generation: int, period: str) -> None:
+        """The first credit of a refilled period was spent: its refill is to be recorded as an event."""
+        ...
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -34,6 +43,8 @@ class Answer:
     needed_scope: str | None
     key: CachedKey | None = None
     quota: QuotaDecision | None = None
+    credits_remaining: int | None = None  # for usage-limited keys
+    credits_retry_after: int | None = None  # on USAGE_EXCEEDED: seconds to the next refill, if one is due
 
     @property
     def allowed(self) -> bool:
@@ -50,8 +61,10 @@ class VerificationService:
         clock: Callable[[], datetime],
         insufficient_scope_status: int = 403,
         guesses: GuessLimit | None = None,
+        credits: CreditGate | None = None,
     ) -> None:
         self.guesses = guesses or GuessLimit(0)
+        self.credits = credits or CreditGate(quotas.storage)
         self.cache = cache
         self.quotas = quotas
         self.usage = usage
@@ -65,6 +78,7 @@ class VerificationService:
             VerifyCode.EXPIRED: 401,
             VerifyCode.INSUFFICIENT_SCOPE: insufficient_scope_status,
             VerifyCode.RATE_LIMITED: 429,
+            VerifyCode.USAGE_EXCEEDED: 429,
         }
 
     @staticmethod
@@ -113,20 +127,48 @@ class VerificationService:
             # It named no key at all (a wrong secret of a real key is not counted).
             self.guesses.count(client, time.time())
         if answer.key is not None:
-            now = self.clock()
-            key = answer.key
-            rpm, rpd, key_id = key.requests_per_minute, key.requests_per_day, key.credentials.key_id
-            if answer.allowed:
-                decision = self.quotas.check(key_id, rpm, rpd, now)
-                code = VerifyCode.VALID if decision.allowed else VerifyCode.RATE_LIMITED
-                answer = Answer(code, self.statuses[code], needed_scope, key, decision)
-            else:
-                answer = Answer(answer.code, answer.status, needed_scope, key, self.quotas.peek(key_id, rpm, rpd, now))
+            answer = self._count(answer, needed_scope)
             if record_usage:
                 self.record(answer, endpoint, answer.status)
         self.metrics.verify_latency.observe(time.perf_counter() - started)
         self.metrics.answer(via, answer.code.value)
         return answer
+
+    def _count(self, answer: Answer, needed_scope: str | None) -> Answer:
+        """An answer about a found key with its quota and credits: an allowed one spends a credit, then quota.
+
+        A credit is spent first and given back when the quota refuses, so a refused answer spends neither.
+        """
+        now = self.clock()
+        key = answer.key
+        assert key is not None
+        rpm, rpd, key_id = key.requests_per_minute, key.requests_per_day, key.credentials.key_id
+        credits = key.credentials.credits
+        if not answer.allowed:
+            remaining = self.credits.remaining(key_id, credits, now) if credits is not None else None
+            quota = self.quotas.peek(key_id, rpm, rpd, now)
+            return Answer(answer.code, answer.status, needed_scope, key, quota, remaining)
+        spent: CreditDecision | None = None
+        if credits is not None:
+            spent = self.credits.spend(key_id, credits, now)
+            if not spent.allowed:
+                code = VerifyCode.USAGE_EXCEEDED
+                quota = self.quotas.peek(key_id, rpm, rpd, now)
+                return Answer(code, self.statuses[code], needed_scope, key, quota, 0, spent.retry_after)
+        decision = self.quotas.check(key_id, rpm, rpd, now)
+        if not decision.allowed:
+            remaining = None
+            if spent is not None and credits is not None:
+                self.credits.refund(key_id, credits, spent.period)
+                remaining = spent.remaining + 1
+            code = VerifyCode.RATE_LIMITED
+            return Answer(code, self.statuses[code], needed_scope, key, decision, remaining)
+        if spent is not None and credits is not None:
+            self.usage.spend(key_id, credits.generation, spent.period)
+            if spent.refilled:
+                self.usage.refilled(key_id, credits.generation, spent.period)
+        remaining = spent.remaining if spent is not None else None
+        return Answer(VerifyCode.VALID, self.statuses[VerifyCode.VALID], needed_scope, key, decision, remaining)
 
     def record(self, answer: Answer, endpoint: str, status: int) -> None:
         if answer.key is not None:

@@ -29,7 +29,7 @@ from domain.errors import ConcurrentModification, KeyNotFound, LastAdminKey, Wor
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.plans import parse_plan
 from domain.scopes import ADMIN, ScopeCatalog
-from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch, UsageCount
+from domain.usage import MAX_ENTRIES_PER_BATCH, CreditSpend, UsageBatch, UsageCount
 from domain.workspace import Workspace
 
 OPERATOR = "operator"
@@ -222,7 +222,9 @@ class KeyLedger(Application[UUID]):
         expires_at: datetime | None = None,
         meta: dict[str, Any] | None = None,
         owner_id: str | None = None,
+        credits: tuple[int, int | None, str | None] | None = None,
     ) -> IssuedSecret:
+        """Issue a key; `credits` (remaining, refill amount, refill interval) makes it usage-limited."""
         parsed = self.catalog.parse_all(scopes)
 
         def attempt() -> IssuedSecret:
@@ -240,6 +242,7 @@ class KeyLedger(Application[UUID]):
                 expires_at=expires_at,
                 meta=meta,
                 owner_id=owner_id,
+                credits=credits,
             )
             workspace.take_key_slot(key_id, actor)
             position = self._save(workspace, key)
@@ -327,6 +330,33 @@ class KeyLedger(Application[UUID]):
 
         return self._retrying(attempt)
 
+    def set_credits(
+        self,
+        key_id: UUID,
+        remaining: int,
+        refill_amount: int | None = None,
+        refill_interval: str | None = None,
+        actor: str = OPERATOR,
+        workspace_id: UUID | None = None,
+    ) -> KeyUpdate:
+        """Set what a key may still spend from now (a fresh count) and its refill."""
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.set_credits(remaining, refill_amount, refill_interval, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def record_refill(self, key_id: UUID, generation: int, period: str, actor: str) -> int | None:
+        """Record (once) that a key's credits were refilled for `period`; the position, or None."""
+
+        def attempt() -> int | None:
+            key = self.get_key(key_id)
+            return self._save(key) if key.record_refill(generation, period, actor) else None
+
+        return self._retrying(attempt)
+
     def rotate_key(
         self,
         key_id: UUID,
@@ -399,10 +429,11 @@ class KeyLedger(Application[UUID]):
 
     # --- usage ------------------------------------------------------------
 
-    def record_usage(self, counts: list[UsageCount], actor: str) -> int | None:
-        """Record buffered usage counts as UsageRecorded events; returns the last position."""
+    def record_usage(self, counts: list[UsageCount], actor: str, spends: list[CreditSpend] | None = None) -> int | None:
+        """Record buffered usage counts (and credits spent) as UsageRecorded events; returns the last position."""
+        spends = spends or []
         batches = [
-            UsageBatch.record(counts[i : i + MAX_ENTRIES_PER_BATCH], actor)
-            for i in range(0, len(counts), MAX_ENTRIES_PER_BATCH)
+            UsageBatch.record(counts[i : i + MAX_ENTRIES_PER_BATCH], actor, spends[i : i + MAX_ENTRIES_PER_BATCH])
+            for i in range(0, max(len(counts), len(spends)), MAX_ENTRIES_PER_BATCH)
         ]
         return self._save(*batches) if batches else None

@@ -73,6 +73,10 @@ class InvalidLimits(InvalidInput):
     title = "Invalid limits"
 
 
+class InvalidCredits(InvalidInput):
+    title = "Invalid credits"
+
+
 class MalformedSecret(InvalidInput):
     """A presented secret failed the format or checksum check (no lookup made)."""
 

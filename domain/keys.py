@@ -23,6 +23,7 @@ from domain.errors import (
     KeyAlreadyRevoked,
     TooManyScopes,
 )
+from domain.keycredits import Credits, Refill, check_credits
 from domain.keyinfo import check_owner_id, meta_text, parse_meta
 from domain.keylimits import KeyLimits, check_key_limits, effective_limits
 from domain.plans import Limits
@@ -85,6 +86,17 @@ class KeyState:
     meta: dict[str, Any] | None = None
     owner_id: str | None = None
     limits: KeyLimits | None = None  # when the plan was known to whoever asked
+    credits: CreditsState | None = None  # usage-limited keys only
+
+
+@dataclass(frozen=True)
+class CreditsState:
+    """What remains (the API fills it in from its counters; as set, elsewhere) and the refill."""
+
+    remaining: int
+    refill: Refill | None
+    generation: int  # which count the API's counters keep (domain.keycredits)
+    period: str
 
 
 class ApiKey(Aggregate):
@@ -100,6 +112,12 @@ class ApiKey(Aggregate):
             "owner_id",
             "limit_per_minute",
             "limit_per_day",
+            "credits_remaining",
+            "refill_amount",
+            "refill_interval",
+            "credits_set_at",
+            "credits_generation",
+            "last_refill",
         ):
             state.setdefault(attribute, None)
 
@@ -128,11 +146,14 @@ class ApiKey(Aggregate):
         actor: str
         meta: str | None
         owner_id: str | None
+        credits_remaining: int | None
+        refill_amount: int | None
+        refill_interval: str | None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
-            state.setdefault("meta", None)
-            state.setdefault("owner_id", None)
+            for field in ("meta", "owner_id", "credits_remaining", "refill_amount", "refill_interval"):
+                state.setdefault(field, None)
 
     @credentials(changes=True)
     class ScopesGranted(Event):
@@ -250,6 +271,36 @@ class ApiKey(Aggregate):
             key.limit_per_day = None
 
     @credentials(changes=True)
+    class CreditsSet(Event):
+        """`PUT .../credits`: what remains from now (a fresh count) and the refill, if any."""
+
+        class_version = 1
+        remaining: int
+        refill_amount: int | None
+        refill_interval: str | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.credits_remaining = self.remaining
+            key.refill_amount = self.refill_amount
+            key.refill_interval = self.refill_interval
+            key.credits_set_at = self.timestamp
+            key.credits_generation = self.originator_version
+            key.last_refill = None
+
+    @credentials(changes=False)  # computed by every verifier from the clock; this only records it
+    class CreditsRefilled(Event):
+        """The first allowed answer of a new day or month found the credits refilled (domain.keycredits)."""
+
+        class_version = 1
+        period: str
+        amount: int
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.last_refill = self.period
+
+    @credentials(changes=True)
     class KeyRevoked(Event):
         reason: str | None
         actor: str
@@ -268,6 +319,9 @@ class ApiKey(Aggregate):
         actor: str,
         meta: str | None = None,
         owner_id: str | None = None,
+        credits_remaining: int | None = None,
+        refill_amount: int | None = None,
+        refill_interval: str | None = None,
     ) -> None:
         self.workspace_id = workspace_id
         self.name = name
@@ -286,6 +340,12 @@ class ApiKey(Aggregate):
         self.owner_id = owner_id
         self.limit_per_minute: int | None = None
         self.limit_per_day: int | None = None
+        self.credits_remaining = credits_remaining
+        self.refill_amount = refill_amount
+        self.refill_interval = refill_interval
+        self.credits_set_at: datetime | None = None  # None: at issue (created_on)
+        self.credits_generation: int | None = 1 if credits_remaining is not None else None
+        self.last_refill: str | None = None
 
     @classmethod
     def issue(
@@ -300,9 +360,14 @@ class ApiKey(Aggregate):
         expires_at: datetime | None = None,
         meta: dict[str, Any] | None = None,
         owner_id: str | None = None,
+        credits: tuple[int, int | None, str | None] | None = None,
     ) -> ApiKey:
-        """Issue a key. `scopes` must already be parsed against the catalog."""
+        """Issue a key. `scopes` must already be parsed against the catalog; `credits`: remaining, refill amount
+        and interval."""
         check_scope_count(scopes)
+        if credits is not None:
+            check_credits(*credits)
+        remaining, refill_amount, refill_interval = credits or (None, None, None)
         return cls._create(
             cls.KeyIssued,
             id=key_id,
@@ -314,6 +379,9 @@ class ApiKey(Aggregate):
             actor=actor,
             meta=meta_text(meta),
             owner_id=check_owner_id(owner_id),
+            credits_remaining=remaining,
+            refill_amount=refill_amount,
+            refill_interval=refill_interval,
         )
 
     def __repr__(self) -> str:
@@ -355,6 +423,15 @@ class ApiKey(Aggregate):
             return self.previous_valid_until
         return None
 
+    @property
+    def credit_plan(self) -> Credits | None:
+        if self.credits_remaining is None or self.credits_generation is None:
+            return None
+        refill = (
+            Refill(self.refill_amount, self.refill_interval) if self.refill_amount and self.refill_interval else None
+        )
+        return Credits(self.credits_remaining, refill, self.credits_set_at or self.created_on, self.credits_generation)
+
     def limits(self, plan: Limits) -> KeyLimits:
         return effective_limits(plan, self.limit_per_minute, self.limit_per_day)
 
@@ -376,7 +453,15 @@ class ApiKey(Aggregate):
             meta=self.meta,
             owner_id=self.owner_id,
             limits=self.limits(plan) if plan is not None else None,
+            credits=self._credits_state(now),
         )
+
+    def _credits_state(self, now: datetime) -> CreditsState | None:
+        plan = self.credit_plan
+        if plan is None:
+            return None
+        period = plan.period(now)
+        return CreditsState(plan.allowance(period), plan.refill, plan.generation, period)
 
     def credentials(self, catalog: ScopeCatalog) -> KeyCredentials:
         return KeyCredentials(
@@ -389,6 +474,7 @@ class ApiKey(Aggregate):
             revoked=self.is_revoked,
             effective_scopes=catalog.effective(self.scopes),
             suspended=self.suspended_at is not None,
+            credits=self.credit_plan,
         )
 
     # --- commands ---------------------------------------------------------
@@ -497,6 +583,36 @@ class ApiKey(Aggregate):
         if self.limit_per_minute is None and self.limit_per_day is None:
             return False
         self.trigger_event(self.KeyLimitsCleared, workspace_id=self.workspace_id, actor=actor)
+        return True
+
+    def set_credits(self, remaining: int, refill_amount: int | None, refill_interval: str | None, actor: str) -> None:
+        """What remains from now on (a fresh count, whatever was spent) and the refill."""
+        self._check_not_revoked()
+        check_credits(remaining, refill_amount, refill_interval)
+        self.trigger_event(
+            self.CreditsSet,
+            workspace_id=self.workspace_id,
+            remaining=remaining,
+            refill_amount=refill_amount,
+            refill_interval=refill_interval,
+            actor=actor,
+        )
+
+    def record_refill(self, generation: int, period: str, actor: str) -> bool:
+        """Record that `period` began with the refill amount; False when recorded already or credits changed."""
+        plan = self.credit_plan
+        if (
+            plan is None
+            or plan.refill is None
+            or self.is_revoked
+            or plan.generation != generation
+            or not plan.is_refill(period)
+            or (self.last_refill is not None and self.last_refill >= period)
+        ):
+            return False
+        self.trigger_event(
+            self.CreditsRefilled, workspace_id=self.workspace_id, period=period, amount=plan.refill.amount, actor=actor
+        )
         return True
 
     def revoke(self, reason: str | None, actor: str) -> None:

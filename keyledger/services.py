@@ -182,6 +182,9 @@ class Services:
         minute, day = self.quotas.window_of(now)
         for key_id, (minute_used, day_used) in self.read_models.consumed_quota(minute, day).items():
             self.quotas.restore(key_id, minute_used, day_used, now)
+        credits = self.verification.credits
+        for key_id, generation, period, spent in self.read_models.credit_spends(credits.periods(now)):
+            credits.restore(key_id, generation, period, spent)
 
     def stop(self) -> None:
         self.stack.stop()

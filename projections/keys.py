@@ -61,6 +61,12 @@ ATTRIBUTE_COLUMNS = {
     "owner_id": "owner_id",
     "limit_per_minute": "limit_per_minute",
     "limit_per_day": "limit_per_day",
+    "credits_remaining": "credits_remaining",
+    "refill_amount": "refill_amount",
+    "refill_interval": "refill_interval",
+    "credits_set_at": "credits_set_at",
+    "credits_generation": "credits_generation",
+    "last_refill": "last_refill",
 }
 _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
 _API_KEY_TOPIC = get_topic(ApiKey)
@@ -68,7 +74,8 @@ _API_KEY_TOPIC = get_topic(ApiKey)
 
 class KeysProjection(FoldingProjection["KeyChanges"]):
     name = "keys"
-    VERSION = 4  # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id; 4: per-key limits
+    # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id; 4: per-key limits; 5: credits
+    VERSION = 5
     event_types = (ApiKey.Event,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -93,6 +100,12 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("owner_id", StorableText(200), index=True),
             Column("limit_per_minute", BigInteger),  # the key's own limits; None: its plan's
             Column("limit_per_day", BigInteger),
+            Column("credits_remaining", BigInteger),  # credits as last set (what remains is counted by the API)
+            Column("refill_amount", BigInteger),
+            Column("refill_interval", String(8)),
+            Column("credits_set_at", UTCDateTime),
+            Column("credits_generation", Integer),
+            Column("last_refill", String(16)),
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version

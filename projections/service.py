@@ -35,7 +35,7 @@ from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInPr
 from projections.keys import KeysProjection, select_key, select_key_ids, select_workspace_keys
 from projections.runner import Progress, Runner, Step, describe_error
 from projections.tracking import STATE, Generation
-from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
+from projections.usage import KeyUsage, UsageProjection, select_consumed, select_credit_spends, select_usage
 from projections.workers import MIN_EVENTS, Workers
 
 log = logging.getLogger(__name__)
@@ -477,6 +477,10 @@ class ReadModels:
     def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
         """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
         return self._read("usage", lambda conn, tables: select_consumed(conn, tables, minute, day))
+
+    def credit_spends(self, periods: Sequence[str]) -> list[tuple[UUID, int, str, int]]:
+        """Credits spent per key and credits generation in these periods, as the usage events recorded them."""
+        return self._read("usage", lambda conn, tables: select_credit_spends(conn, tables, periods))
 
     def audit(
         self,

@@ -124,6 +124,9 @@ def key_issue(
     expires_at: Annotated[str | None, typer.Option(help="RFC 3339 expiry time")] = None,
     meta: Annotated[str | None, typer.Option(help="a JSON object (at most 4 KiB) to keep with the key")] = None,
     owner_id: Annotated[str | None, typer.Option(help="your own user or customer id (1-200 characters)")] = None,
+    credits: Annotated[int | None, typer.Option(help="make it usage-limited: the credits it may spend")] = None,
+    refill_amount: Annotated[int | None, typer.Option(help="reset what remains to this each interval")] = None,
+    refill_interval: Annotated[str | None, typer.Option(help="day or month (UTC)")] = None,
 ) -> None:
     """Issue a key; prints its secret once."""
     ledger = _ledger()
@@ -136,8 +139,32 @@ def key_issue(
         expiry,
         meta=_json_object(meta, "meta") if meta is not None else None,
         owner_id=owner_id,
+        credits=_credits(credits, refill_amount, refill_interval),
     )
     _emit_secret(ledger, issued)
+
+
+def _credits(
+    remaining: int | None, refill_amount: int | None, refill_interval: str | None
+) -> tuple[int, int | None, str | None] | None:
+    if remaining is None:
+        if refill_amount is not None or refill_interval is not None:
+            raise InvalidInput("a refill needs --credits too")
+        return None
+    return remaining, refill_amount, refill_interval
+
+
+@key_app.command("set-credits")
+def key_set_credits(
+    key: str,
+    remaining: Annotated[int, typer.Argument(help="credits the key may spend from now on (a fresh count)")],
+    refill_amount: Annotated[int | None, typer.Option(help="reset what remains to this each interval")] = None,
+    refill_interval: Annotated[str | None, typer.Option(help="day or month (UTC)")] = None,
+) -> None:
+    """Make a key usage-limited: each allowed answer spends a credit; USAGE_EXCEEDED at zero."""
+    ledger = _ledger()
+    update = ledger.set_credits(_uuid(key, "key"), remaining, refill_amount, refill_interval, OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
 @key_app.command("update")

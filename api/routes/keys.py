@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query
 from api.context import Services
 from api.deps import AdminCaller, ServicesDep
 from api.schemas import (
+    CreditsBody,
     KeyIssue,
     KeyLimitsBody,
     KeyList,
@@ -24,7 +25,7 @@ from api.schemas import (
     Suspend,
 )
 from domain.errors import KeyNotFound
-from domain.keys import ApiKey
+from domain.keys import ApiKey, KeyState
 from domain.plans import Limits
 
 router = APIRouter(prefix="/v1/workspaces/{ws}/keys", tags=["keys"])
@@ -34,15 +35,31 @@ def _plan(services: Services, ws: UUID) -> Limits:
     return services.ledger.get_workspace(ws).limits
 
 
+def _shown(services: Services, state: KeyState) -> KeyPublic:
+    """The key shape, with what remains of a usage-limited key's credits read from the counters."""
+    public = KeyPublic.of(state)
+    if state.credits is not None and public.credits is not None:
+        c = state.credits
+        public.credits.remaining = services.verification.credits.left(state.id, c.generation, c.period, c.remaining)
+    return public
+
+
 def _public(services: Services, key: ApiKey) -> KeyPublic:
     ledger = services.ledger
-    return KeyPublic.of(key.state(ledger.clock(), ledger.catalog, _plan(services, key.workspace_id)))
+    return _shown(services, key.state(ledger.clock(), ledger.catalog, _plan(services, key.workspace_id)))
 
 
 @router.post("", status_code=201, response_model=KeyWithSecret)
 def issue_key(ws: UUID, body: KeyIssue, services: ServicesDep, caller: AdminCaller) -> KeyWithSecret:
     issued = services.ledger.issue_key(
-        ws, body.name, body.scopes, caller.actor, body.expires_at, meta=body.meta, owner_id=body.owner_id
+        ws,
+        body.name,
+        body.scopes,
+        caller.actor,
+        body.expires_at,
+        meta=body.meta,
+        owner_id=body.owner_id,
+        credits=body.credits.values() if body.credits else None,
     )
     return KeyWithSecret(key=_public(services, issued.key), secret=issued.secret)
 
@@ -59,7 +76,7 @@ def list_keys(
     states = services.read_models.list_keys(
         ws, services.ledger.clock(), status, rotation_due, owner_id, plan=_plan(services, ws)
     )
-    return KeyList(items=[KeyPublic.of(s) for s in states])
+    return KeyList(items=[_shown(services, s) for s in states])
 
 
 @router.get("/{key}", response_model=KeyPublic)
@@ -67,7 +84,7 @@ def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> 
     state = services.read_models.get_key(ws, key, services.ledger.clock(), _plan(services, ws))
     if state is None:
         raise KeyNotFound(f"key {key} not found")
-    return KeyPublic.of(state)
+    return _shown(services, state)
 
 
 @router.patch("/{key}", response_model=KeyPublic)
@@ -115,6 +132,13 @@ def set_limits(ws: UUID, key: UUID, body: KeyLimitsBody, services: ServicesDep, 
 def clear_limits(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
     """Back to the plan's limits."""
     update = services.ledger.clear_key_limits(key, caller.actor, workspace_id=ws)
+    return _public(services, update.key)
+
+
+@router.put("/{key}/credits", response_model=KeyPublic)
+def set_credits(ws: UUID, key: UUID, body: CreditsBody, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
+    """Make the key usage-limited: what it may spend from now on (a fresh count) and an optional refill."""
+    update = services.ledger.set_credits(key, *body.values(), actor=caller.actor, workspace_id=ws)
     return _public(services, update.key)
 
 

@@ -112,6 +112,7 @@ def test_missing_malformed_or_mistyped_keys_are_not_found(server: Server, presen
             "name": None,
             "owner_id": None,
             "meta": None,
+            "credits": None,
         }
 
 

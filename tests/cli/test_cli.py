@@ -182,3 +182,23 @@ def test_an_operator_limits_a_key_below_its_plan(settings: Settings):
     assert none.returncode == 2 and "give requests_per_minute" in none.stderr
     assert shown["limits"]["requests_per_minute"] == 5
     assert cleared["key"]["limits"] == {"requests_per_minute": 60, "requests_per_day": 10_000, "source": "plan"}
+
+
+def test_an_operator_gives_a_key_credits(settings: Settings):
+    ws = ok(settings, "workspace", "create", "acme", "--plan", "pro")["workspace"]["id"]
+    issued = ok(settings, "key", "issue", ws, "--name", "metered", "--credits", "100")
+    key = issued["key"]["id"]
+
+    refilled = ok(settings, "key", "set-credits", key, "5", "--refill-amount", "50", "--refill-interval", "month")
+    negative = run(settings, "key", "set-credits", key, "--", "-1")
+    weekly = run(settings, "key", "set-credits", key, "5", "--refill-amount", "5", "--refill-interval", "week")
+    lone_refill = run(settings, "key", "issue", ws, "--name", "x", "--refill-amount", "5")
+    replay = run(settings, "audit", "replay", key)
+
+    assert issued["key"]["credits"]["remaining"] == 100 and issued["key"]["credits"]["refill"] is None
+    assert refilled["key"]["credits"]["remaining"] == 5
+    assert refilled["key"]["credits"]["refill"] == {"amount": 50, "interval": "month"}
+    assert negative.returncode == 2 and "credits remaining must be an integer" in negative.stderr
+    assert weekly.returncode == 2 and "interval must be one of day, month" in weekly.stderr
+    assert lone_refill.returncode == 2 and "--credits" in lone_refill.stderr
+    assert replay.returncode == 0 and "CreditsSet" in replay.stdout

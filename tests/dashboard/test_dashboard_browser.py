@@ -279,3 +279,25 @@ def test_an_admin_limits_a_key_below_its_plan_and_returns_it_to_the_plan(server:
     assert shown == "limits: 7/min, 10,000/day"
     assert answer["ratelimit"]["limit"] == 7
     assert dashboard.errors == []
+
+
+def test_an_admin_gives_a_key_credits_with_a_refill(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    reader = issue(server, admin, ["read:nodes"])
+    reader_id = reader["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    dashboard.click_action(reader_id, "credits")
+    page.fill("#credits-remaining", "2")
+    page.fill("#credits-refill-amount", "10")
+    page.select_option("#credits-refill-interval", "day")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-detail="credits"]')
+    shown = dashboard.key_cell(reader_id, "details")
+    codes = [verify(server, reader["secret"])["code"] for _ in range(3)]
+
+    assert shown == "credits: 2 left, refilled to 10 each day"
+    assert codes == ["VALID", "VALID", "USAGE_EXCEEDED"]
+    assert dashboard.errors == []

@@ -146,6 +146,10 @@ def test_every_event_type_reads_back_equal_to_what_was_saved(ledger: KeyLedger):
     )
     ledger.change_details(issued.key.id, {"name": "ci2", "meta": {"b": {"_type_": "x", "_data_": 2}}})
     ledger.set_key_limits(issued.key.id, 10, None)
+    ledger.set_credits(issued.key.id, 5, 3, "day")
+    generation = ledger.get_key(issued.key.id).version
+    assert ledger.record_refill(issued.key.id, generation, "d2999-01-01", "api:test") is not None
+    assert ledger.record_refill(issued.key.id, generation, "d2999-01-01", "api:test") is None  # once
     ledger.clear_key_limits(issued.key.id)
     ledger.grant_scopes(issued.key.id, ["write:edges", "read:events"])
     ledger.revoke_scopes(issued.key.id, ["read:events"])

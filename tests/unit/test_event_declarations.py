@@ -56,5 +56,6 @@ def test_the_credential_changing_events_are_the_lifecycle_and_plan_changes():  #
         ApiKey.KeyDetailsChanged,
         ApiKey.KeyLimitsSet,
         ApiKey.KeyLimitsCleared,
+        ApiKey.CreditsSet,
         Workspace.PlanChanged,
     }

@@ -368,6 +368,7 @@ function renderKeys() {
       actions.append(
         actionButton("Edit", "edit", live || suspended, () => editDetails(key)),
         actionButton("Limits", "limits", live || suspended, () => editLimits(key)),
+        actionButton("Credits", "credits", live || suspended, () => editCredits(key)),
         actionButton("Rotate", "rotate", live, () => rotate(key)),
         suspended
           ? actionButton("Resume", "resume", true, () => suspendOrResume(key, "resume"))
@@ -404,6 +405,10 @@ function detailsCell(key) {
   if (key.meta) line("meta", JSON.stringify(key.meta));
   if (key.limits?.source === "key") {
     line("limits", `${count(key.limits.requests_per_minute)}/min, ${count(key.limits.requests_per_day)}/day`);
+  }
+  if (key.credits) {
+    const refill = key.credits.refill;
+    line("credits", `${count(key.credits.remaining)} left` + (refill ? `, refilled to ${count(refill.amount)} each ${refill.interval}` : ""));
   }
   td.append(...lines);
   if (!lines.length) td.textContent = "—";
@@ -659,6 +664,41 @@ async function editLimits(key) {
   try {
     if (body.requests_per_minute === null && body.requests_per_day === null) await api("DELETE", path);
     else await api("PUT", path, body);
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  await reload();
+}
+
+/** Make a key usage-limited: what it may spend from now on, and an optional daily or monthly refill. */
+async function editCredits(key) {
+  const remaining = numberInput("credits-remaining", key.credits?.remaining ?? "", 1e12);
+  remaining.min = "0";
+  const amount = numberInput("credits-refill-amount", key.credits?.refill?.amount ?? "", 1e12);
+  const interval = document.createElement("select");
+  interval.id = "credits-refill-interval";
+  for (const [label, value] of [["no refill", ""], ["each UTC day", "day"], ["each UTC month", "month"]]) {
+    interval.append(new Option(label, value));
+  }
+  interval.value = key.credits?.refill?.interval ?? "";
+  const form = document.createElement("div");
+  form.append(
+    labelled("Credits it may spend from now on ", remaining),
+    labelled("Refill to ", amount),
+    labelled("Refill ", interval),
+  );
+  const confirmed = await confirmAction({
+    title: `Credits of key “${keyLabel(key)}”`,
+    text: "Each allowed request spends one credit; at zero the key is refused (USAGE_EXCEEDED) until a refill.",
+    confirmLabel: "Save",
+    extra: form,
+  });
+  if (!confirmed) return;
+  const body = { remaining: Number(remaining.value) };
+  if (interval.value) body.refill = { amount: Number(amount.value), interval: interval.value };
+  try {
+    await api("PUT", wsPath(`/keys/${encodeURIComponent(key.id)}/credits`), body);
   } catch (error) {
     failed(error);
     return;
