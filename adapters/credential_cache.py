@@ -22,6 +22,7 @@ from eventsourcing.utils import get_topic
 from adapters.change_feed import ChangeFeed, FeedUnavailable
 from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
+from domain.imports import claim_id
 from domain.keys import ApiKey
 from domain.verification import KeyCredentials
 
@@ -62,6 +63,10 @@ class CredentialCache:
         self._entries: OrderedDict[UUID, _Entry] = OrderedDict()  # found keys
         self._missing: OrderedDict[UUID, _Entry] = OrderedDict()  # ids found missing (value None)
         self._known: set[UUID] = set()  # ids of keys known to exist: about 100 bytes per key
+        # Imported keys by digest (a digest's key never changes: kept for good), and digests known to name
+        # none, with the marker of their claim then (a claim made since changes it).
+        self._digests: dict[str, UUID] = {}
+        self._unclaimed: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -93,6 +98,44 @@ class CredentialCache:
             if key_marker == entry.key_marker and workspace_marker == entry.workspace_marker:
                 return entry.value
         return self._load(key_id)
+
+    def holds_digest(self, digest: str) -> bool:
+        """Whether an imported key with this digest is known to exist."""
+        return digest in self._digests
+
+    def imported(self, digest: str) -> UUID | None:
+        """The imported key a presented secret's digest names, or None; the store is read on a change only."""
+        key_id = self._digests.get(digest)
+        if key_id is not None:
+            return key_id
+        claim = claim_id(digest)
+        marker = self._unclaimed.get(digest)
+        if marker is not None:
+            try:
+                (current,) = self.feed.markers([claim])
+            except FeedUnavailable:  # Redis is down: as remembered
+                return None
+            if current == marker:
+                return None
+        marker = self._marker(claim)  # before the store: a claim published after this read is seen next time
+        self.loads += 1
+        key_id = self.ledger.claimed_key(digest)
+        with self._lock:
+            if key_id is None and marker > 0:
+                # A claim was published, yet the store has none: Redis outlived the store it served (reset).
+                # Claims are never removed, so this store will publish anew: remember nothing meanwhile.
+                pass
+            elif key_id is None:
+                self._unclaimed[digest] = marker
+                self._unclaimed.move_to_end(digest)
+                while len(self._unclaimed) > self.max_missing:
+                    self._unclaimed.popitem(last=False)
+            else:
+                self._unclaimed.pop(digest, None)
+                if len(self._digests) >= self.max_entries:
+                    self._digests.pop(next(iter(self._digests)))
+                self._digests[digest] = key_id
+        return key_id
 
     def _load(self, key_id: UUID) -> CachedKey | None:
         # Read the markers before the store: a change published after this read is seen next time.

@@ -57,6 +57,9 @@ INVALID = "the request is not valid (`errors` says where), or a rule of the doma
 ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("PUT", "/v1/workspaces/{ws}/plan"): {409: "concurrent changes to the workspace"},
     ("POST", "/v1/workspaces/{ws}/keys"): {409: "the workspace holds 50 live keys already"},
+    ("POST", "/v1/workspaces/{ws}/keys/import"): {
+        409: "a key holds this secret already, or the workspace holds 50 live keys already"
+    },
     ("POST", "/v1/workspaces/{ws}/keys/{key}/scopes"): {409: "the key is revoked"},
     ("PUT", "/v1/workspaces/{ws}/keys/{key}/scopes"): {
         409: "the key is revoked, or the set drops `admin` from the workspace's last active admin key"

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from domain.errors import InvalidInput
+from domain.imports import MAX_SECRET_LENGTH, MIN_SECRET_LENGTH
 from domain.keycredits import INTERVALS, MAX_CREDITS
 from domain.keyinfo import MAX_META_BYTES, MAX_OWNER_ID_LENGTH
 from domain.keys import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, KeyState
@@ -232,6 +233,7 @@ class KeyPublic(BaseModel):
     owner_id: str | None = None
     limits: KeyLimitsPublic | None = None
     credits: CreditsPublic | None = Field(default=None, description="usage-limited keys only")
+    imported: bool = Field(default=False, description="its first secret was imported (found by its digest)")
 
     @classmethod
     def of(cls, state: KeyState) -> KeyPublic:
@@ -285,6 +287,31 @@ class CreditsBody(RequestBody):
         return (
             (self.remaining, self.refill.amount, self.refill.interval) if self.refill else (self.remaining, None, None)
         )
+
+
+_IMPORT_SECRET_SCHEMA = {
+    "type": "string",
+    "pattern": f"^(?!kl_)[\\x20-\\x7e]{{{MIN_SECRET_LENGTH},{MAX_SECRET_LENGTH}}}$",
+    "description": "the secret as the other system issued it: printable ASCII, not starting with `kl_`",
+}
+
+
+class KeyImport(RequestBody):
+    """A key whose secret was issued elsewhere: its `secret` or the `sha256` (hex) of it, never both."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["secret"]}, {"required": ["sha256"]}]})
+
+    name: Name
+    scopes: list[Scope] = Field(default_factory=list, description="at most 10 distinct scopes")
+    secret: Annotated[str, WithJsonSchema(_IMPORT_SECRET_SCHEMA)] | None = None
+    sha256: Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"})] | None = None
+    expires_at: TimeText | None = Field(default=None, description="in the future; none: the key never expires")
+    meta: Meta | None = None
+    owner_id: OwnerId | None = Field(default=None, description="the caller's own user or customer id")
+
+
+class KeyImported(BaseModel):
+    key: KeyPublic
 
 
 class KeyPatch(RequestBody):

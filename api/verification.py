@@ -21,6 +21,7 @@ from api.guesses import GuessLimit
 from api.metrics import Metrics
 from domain import credentials
 from domain.errors import MalformedSecret
+from domain.imports import importable
 from domain.verification import VerifyCode, check_credentials
 
 
@@ -82,14 +83,20 @@ class VerificationService:
         }
 
     @staticmethod
-    def _key_id(secret: str | None) -> UUID | None:
-        """The key id a presented secret names; None when missing or malformed (no lookup needed)."""
+    def _parse(secret: str | None) -> tuple[UUID | None, str | None]:
+        """The key id a keyledger secret names, or the digest to look an imported key up by; (None, None) when
+        the secret is missing or can be neither (no lookup needed)."""
         if not secret:
-            return None
+            return None, None
         try:
-            return credentials.key_id_of(secret)
+            return credentials.key_id_of(secret), None
         except MalformedSecret:
-            return None
+            pass
+        return None, (credentials.digest(secret) if importable(secret) else None)
+
+    def _key_id(self, secret: str | None) -> UUID | None:
+        key_id, digest = self._parse(secret)
+        return self.cache.imported(digest) if digest is not None else key_id
 
     def judge(self, secret: str | None, needed_scope: str | None) -> Answer:
         """The key rules alone: no quota, no usage (for management endpoints)."""
@@ -117,13 +124,18 @@ class VerificationService:
         (GuessingThrottled) for ids no key is known to have.
         """
         started = time.perf_counter()
-        key_id = self._key_id(secret)  # parsed once: the throttle and the lookup share it
+        key_id, digest = self._parse(secret)  # parsed once: the throttle and the lookup share it
         guessing = client is not None and self.guesses.per_minute > 0
         guessed = key_id if guessing and key_id is not None and not self.cache.holds(key_id) else None
-        if guessed is not None:  # an id no key is known to have: throttled once the address guessed too often
+        unknown_digest = guessing and digest is not None and not self.cache.holds_digest(digest)
+        if guessed is not None or unknown_digest:  # no key is known to have it: throttled after too many guesses
             self.guesses.check(client, time.time())
+        if digest is not None:
+            key_id = self.cache.imported(digest)
         answer = self._judge(secret, key_id, needed_scope)
-        if guessed is not None and answer.key is None and not self.cache.holds(guessed):
+        if answer.key is None and (
+            (guessed is not None and not self.cache.holds(guessed)) or (unknown_digest and key_id is None)
+        ):
             # It named no key at all (a wrong secret of a real key is not counted).
             self.guesses.count(client, time.time())
         if answer.key is not None:

@@ -25,7 +25,14 @@ from eventsourcing.utils import EnvType
 
 from domain import credentials
 from domain.effects import changes_credentials, declared, event_classes
-from domain.errors import ConcurrentModification, KeyNotFound, LastAdminKey, WorkspaceNotFound
+from domain.errors import (
+    ConcurrentModification,
+    KeyNotFound,
+    LastAdminKey,
+    SecretAlreadyImported,
+    WorkspaceNotFound,
+)
+from domain.imports import SecretClaim, claim_id
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.plans import parse_plan
 from domain.scopes import ADMIN, ScopeCatalog
@@ -86,7 +93,7 @@ class Saved:
 
 AfterSave = Callable[[Saved], None]
 
-AGGREGATES = (Workspace, ApiKey, UsageBatch)
+AGGREGATES = (Workspace, ApiKey, UsageBatch, SecretClaim)
 EVENT_CLASSES = event_classes(AGGREGATES)
 CREDENTIAL_EVENTS = tuple(c for c in EVENT_CLASSES if declared(c))
 
@@ -250,6 +257,52 @@ class KeyLedger(Application[UUID]):
             return IssuedSecret(key, secret, position)
 
         return self._retrying(attempt)
+
+    def import_key(
+        self,
+        workspace_id: UUID,
+        name: str,
+        scopes: list[str],
+        secret_digest: str,
+        actor: str = OPERATOR,
+        expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+    ) -> KeyUpdate:
+        """Import a key by its secret's digest (`domain.imports.import_digest`); 409 if a key holds that digest."""
+        parsed = self.catalog.parse_all(scopes)
+
+        def attempt() -> KeyUpdate:
+            workspace = self.get_workspace(workspace_id)
+            key_id = uuid4()
+            key = ApiKey.import_(
+                key_id=key_id,
+                workspace_id=workspace_id,
+                name=name,
+                scopes=parsed,
+                secret_digest=secret_digest,
+                actor=actor,
+                now=self.clock(),
+                expires_at=expires_at,
+                meta=meta,
+                owner_id=owner_id,
+            )
+            if self.claimed_key(secret_digest) is not None:
+                raise SecretAlreadyImported("a key holds this secret already")
+            workspace.take_key_slot(key_id, actor)
+            claim = SecretClaim.claim(secret_digest, key_id, workspace_id, actor)
+            position = self._save(workspace, key, claim)  # a racing import of the digest conflicts: retried
+            return KeyUpdate(key, position)
+
+        return self._retrying(attempt)
+
+    def claimed_key(self, digest: str) -> UUID | None:
+        """The key an imported digest belongs to, read from its claim; None when no key was imported with it."""
+        try:
+            claim: object = self.repository.get(claim_id(digest))
+        except AggregateNotFoundError:
+            return None
+        return claim.key_id if isinstance(claim, SecretClaim) else None
 
     def grant_scopes(
         self, key_id: UUID, scopes: list[str], actor: str = OPERATOR, workspace_id: UUID | None = None

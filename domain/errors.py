@@ -77,6 +77,12 @@ class InvalidCredits(InvalidInput):
     title = "Invalid credits"
 
 
+class InvalidSecret(InvalidInput):
+    """A secret or digest offered for import is refused (its text is never echoed)."""
+
+    title = "Invalid secret"
+
+
 class MalformedSecret(InvalidInput):
     """A presented secret failed the format or checksum check (no lookup made)."""
 
@@ -103,6 +109,10 @@ class KeyLimitReached(Conflict):
 
 class KeyAlreadyRevoked(Conflict):
     title = "Key revoked"
+
+
+class SecretAlreadyImported(Conflict):
+    title = "Secret already imported"
 
 
 class LastAdminKey(Conflict):

@@ -87,6 +87,7 @@ class KeyState:
     owner_id: str | None = None
     limits: KeyLimits | None = None  # when the plan was known to whoever asked
     credits: CreditsState | None = None  # usage-limited keys only
+    imported: bool = False  # its first secret came from another system (found by digest)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class ApiKey(Aggregate):
             "credits_set_at",
             "credits_generation",
             "last_refill",
+            "imported_digest",
         ):
             state.setdefault(attribute, None)
 
@@ -154,6 +156,13 @@ class ApiKey(Aggregate):
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             for field in ("meta", "owner_id", "credits_remaining", "refill_amount", "refill_interval"):
                 state.setdefault(field, None)
+
+    @credentials(changes=True)
+    class KeyImported(KeyIssued):
+        """Issued with a secret from another system (its digest only): found through that digest."""
+
+        class_version = 1
+        imported: bool
 
     @credentials(changes=True)
     class ScopesGranted(Event):
@@ -322,6 +331,7 @@ class ApiKey(Aggregate):
         credits_remaining: int | None = None,
         refill_amount: int | None = None,
         refill_interval: str | None = None,
+        imported: bool = False,
     ) -> None:
         self.workspace_id = workspace_id
         self.name = name
@@ -346,6 +356,7 @@ class ApiKey(Aggregate):
         self.credits_set_at: datetime | None = None  # None: at issue (created_on)
         self.credits_generation: int | None = 1 if credits_remaining is not None else None
         self.last_refill: str | None = None
+        self.imported_digest = secret_digest if imported else None  # the verifier's index (domain.imports)
 
     @classmethod
     def issue(
@@ -382,6 +393,39 @@ class ApiKey(Aggregate):
             credits_remaining=remaining,
             refill_amount=refill_amount,
             refill_interval=refill_interval,
+        )
+
+    @classmethod
+    def import_(
+        cls,
+        key_id: UUID,
+        workspace_id: UUID,
+        name: str,
+        scopes: list[str],
+        secret_digest: str,
+        actor: str,
+        now: datetime,
+        expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+    ) -> ApiKey:
+        """A key whose secret was issued elsewhere: `secret_digest` is from `domain.imports.import_digest`."""
+        check_scope_count(scopes)
+        return cls._create(
+            cls.KeyImported,
+            id=key_id,
+            workspace_id=workspace_id,
+            name=check_name(name, "key name"),
+            scopes=sorted(scopes),
+            expires_at=check_expiry(expires_at, now),
+            secret_digest=secret_digest,
+            actor=actor,
+            meta=meta_text(meta),
+            owner_id=check_owner_id(owner_id),
+            credits_remaining=None,
+            refill_amount=None,
+            refill_interval=None,
+            imported=True,
         )
 
     def __repr__(self) -> str:
@@ -454,6 +498,7 @@ class ApiKey(Aggregate):
             owner_id=self.owner_id,
             limits=self.limits(plan) if plan is not None else None,
             credits=self._credits_state(now),
+            imported=self.imported_digest is not None,
         )
 
     def _credits_state(self, now: datetime) -> CreditsState | None:

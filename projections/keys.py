@@ -67,6 +67,7 @@ ATTRIBUTE_COLUMNS = {
     "credits_set_at": "credits_set_at",
     "credits_generation": "credits_generation",
     "last_refill": "last_refill",
+    "imported_digest": "imported_digest",
 }
 _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
 _API_KEY_TOPIC = get_topic(ApiKey)
@@ -74,8 +75,9 @@ _API_KEY_TOPIC = get_topic(ApiKey)
 
 class KeysProjection(FoldingProjection["KeyChanges"]):
     name = "keys"
-    # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id; 4: per-key limits; 5: credits
-    VERSION = 5
+    # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id; 4: per-key limits; 5: credits;
+    # 6: imported keys (the digest they were imported with)
+    VERSION = 6
     event_types = (ApiKey.Event,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -106,6 +108,7 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("credits_set_at", UTCDateTime),
             Column("credits_generation", Integer),
             Column("last_refill", String(16)),
+            Column("imported_digest", String(64)),
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version
@@ -179,6 +182,13 @@ def select_key(conn: Connection, tables: Tables, key_id: UUID) -> ApiKey | None:
     table = tables["keys"]
     row = conn.execute(select(table).where(table.c.key_id == key_id)).mappings().first()
     return key_from_row(row) if row is not None else None
+
+
+def digest_holders(conn: Connection, tables: Tables, digest: str) -> list[UUID]:
+    """Keys whose current or previous secret has this digest (native keys too)."""
+    table = tables["keys"]
+    query = select(table.c.key_id).where((table.c.secret_digest == digest) | (table.c.previous_digest == digest))
+    return list(conn.execute(query).scalars())
 
 
 def select_key_ids(conn: Connection, tables: Tables) -> list[UUID]:

@@ -19,6 +19,7 @@ from typer.exceptions import TyperException
 
 from domain.application import OPERATOR, IssuedSecret, KeyLedger
 from domain.errors import DomainError, InvalidInput
+from domain.imports import import_digest
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.timefmt import parse_rfc3339
 from domain.workspace import Workspace
@@ -165,6 +166,37 @@ def key_set_credits(
     ledger = _ledger()
     update = ledger.set_credits(_uuid(key, "key"), remaining, refill_amount, refill_interval, OPERATOR)
     emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("import")
+def key_import(
+    workspace: str,
+    name: Annotated[str, typer.Option(help="what the key is for")],
+    sha256: Annotated[str | None, typer.Option(help="the hex SHA-256 of the secret issued elsewhere")] = None,
+    secret_stdin: Annotated[
+        bool, typer.Option("--secret-stdin", help="read the secret itself from stdin (never from the command line)")
+    ] = False,
+    scope: Annotated[list[str] | None, typer.Option(help="a scope to grant; repeat for more")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="RFC 3339 expiry time")] = None,
+    meta: Annotated[str | None, typer.Option(help="a JSON object (at most 4 KiB) to keep with the key")] = None,
+    owner_id: Annotated[str | None, typer.Option(help="your own user or customer id (1-200 characters)")] = None,
+) -> None:
+    """Import a key issued by another system: its secret then verifies like a native key (only its digest is kept)."""
+    secret = sys.stdin.readline().rstrip("\r\n") if secret_stdin else None
+    digest = import_digest(secret, sha256)
+    ledger = _ledger()
+    expiry = parse_rfc3339(expires_at, "expires_at") if expires_at else None
+    imported = ledger.import_key(
+        _uuid(workspace, "workspace"),
+        name,
+        scope or [],
+        digest,
+        OPERATOR,
+        expiry,
+        meta=_json_object(meta, "meta") if meta is not None else None,
+        owner_id=owner_id,
+    )
+    emit({"key": _key_json(ledger, imported.key), "position": imported.position})
 
 
 @key_app.command("update")

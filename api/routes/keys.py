@@ -11,6 +11,8 @@ from api.context import Services
 from api.deps import AdminCaller, ServicesDep
 from api.schemas import (
     CreditsBody,
+    KeyImport,
+    KeyImported,
     KeyIssue,
     KeyLimitsBody,
     KeyList,
@@ -24,7 +26,8 @@ from api.schemas import (
     ScopeGrant,
     Suspend,
 )
-from domain.errors import KeyNotFound
+from domain.errors import KeyNotFound, SecretAlreadyImported
+from domain.imports import import_digest
 from domain.keys import ApiKey, KeyState
 from domain.plans import Limits
 
@@ -62,6 +65,29 @@ def issue_key(ws: UUID, body: KeyIssue, services: ServicesDep, caller: AdminCall
         credits=body.credits.values() if body.credits else None,
     )
     return KeyWithSecret(key=_public(services, issued.key), secret=issued.secret)
+
+
+@router.post("/import", status_code=201, response_model=KeyImported)
+def import_key(ws: UUID, body: KeyImport, services: ServicesDep, caller: AdminCaller) -> KeyImported:
+    """Import a key issued by another system, by its secret or the secret's SHA-256; the answer holds no secret.
+
+    The secret then verifies like a native key, found through its digest (only the digest is kept).
+    """
+    digest = import_digest(body.secret, body.sha256)
+    services.ledger.catalog.parse_all(body.scopes)  # bad input first: 422 before 409
+    if services.read_models.digest_held(digest):  # a native key's (an import's own claim is checked atomically)
+        raise SecretAlreadyImported("a key holds this secret already")
+    imported = services.ledger.import_key(
+        ws,
+        body.name,
+        body.scopes,
+        digest,
+        caller.actor,
+        body.expires_at,
+        meta=body.meta,
+        owner_id=body.owner_id,
+    )
+    return KeyImported(key=_public(services, imported.key))
 
 
 @router.get("", response_model=KeyList)

@@ -36,6 +36,7 @@ EXPECTED = {
     ("PUT", "/v1/workspaces/{ws}/plan"): {200} | OPERATOR | {400, 404, 409},
     ("GET", "/v1/workspaces/{ws}"): {200} | KEY,
     ("POST", "/v1/workspaces/{ws}/keys"): {201} | COMMAND,
+    ("POST", "/v1/workspaces/{ws}/keys/import"): {201} | COMMAND,
     ("GET", "/v1/workspaces/{ws}/keys"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/keys/{key}"): {200} | KEY,
     ("PATCH", "/v1/workspaces/{ws}/keys/{key}"): {200} | COMMAND,

@@ -138,3 +138,20 @@ def test_eight_threads_over_both_processes_spend_exactly_a_keys_hundred_credits_
     assert spent_other == ["VALID"] * 12
     assert after["code"] == "USAGE_EXCEEDED"
     assert after_other["code"] == "VALID" and after_other["credits"] == {"remaining": 17}
+
+
+def test_a_key_imported_through_one_process_verifies_through_the_other_at_once(pair):
+    a, b = pair
+    admin = create_workspace(a)["admin_key"]
+    ws = admin["key"]["workspace_id"]
+    original = "legacy-two-processes-0123456789"
+    unknown = verify(b, original)  # b now remembers the digest names no key
+
+    with a.client(admin["secret"]) as client:
+        imported = client.post(
+            f"/v1/workspaces/{ws}/keys/import", json={"name": "old", "scopes": ["read:nodes"], "secret": original}
+        )
+
+    answer = verify(b, original)
+    assert unknown["code"] == "NOT_FOUND" and imported.status_code == 201
+    assert answer["code"] == "VALID" and answer["key_id"] == imported.json()["key"]["id"]

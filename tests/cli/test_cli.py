@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,18 +12,25 @@ from typing import Any
 
 import pytest
 
+from domain import credentials
+from domain.verification import VerifyCode
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
+from tests.verdicts import store_verdict
 
 KEYLEDGER = str(Path(sys.executable).parent / "keyledger")
 
 
-def run(settings: Settings, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    settings: Settings, *args: str, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
     env["KEYLEDGER_DATABASE_URL"] = settings.database_url
     if settings.database_schema:
         env["KEYLEDGER_DATABASE_SCHEMA"] = settings.database_schema
-    return subprocess.run([KEYLEDGER, *args], capture_output=True, text=True, env=env, timeout=60, cwd=cwd, check=False)
+    return subprocess.run(
+        [KEYLEDGER, *args], capture_output=True, text=True, env=env, timeout=60, cwd=cwd, check=False, input=stdin
+    )
 
 
 def ok(settings: Settings, *args: str) -> Any:
@@ -202,3 +210,40 @@ def test_an_operator_gives_a_key_credits(settings: Settings):
     assert weekly.returncode == 2 and "interval must be one of day, month" in weekly.stderr
     assert lone_refill.returncode == 2 and "--credits" in lone_refill.stderr
     assert replay.returncode == 0 and "CreditsSet" in replay.stdout
+
+
+def test_an_operator_imports_keys_by_secret_and_by_sha256(settings: Settings):
+    ws = ok(settings, "workspace", "create", "acme", "--plan", "pro")["workspace"]["id"]
+    by_secret = run(
+        settings,
+        "key",
+        "import",
+        ws,
+        "--name",
+        "a",
+        "--scope",
+        "read:nodes",
+        "--secret-stdin",
+        stdin="legacy-cli-secret-0123456789\n",
+    )
+    digest = hashlib.sha256(b"legacy-cli-hashed-0123456789").hexdigest()
+    by_digest = ok(settings, "key", "import", ws, "--name", "b", "--sha256", digest, "--owner-id", "c1")
+    again = run(settings, "key", "import", ws, "--name", "c", "--sha256", digest)
+    native = run(settings, "key", "import", ws, "--name", "d", "--secret-stdin", stdin="kl_" + "a" * 30 + "\n")
+    neither = run(settings, "key", "import", ws, "--name", "e")
+    rotated = ok(settings, "key", "rotate", by_digest["key"]["id"], "--grace", "0")
+
+    assert by_secret.returncode == 0, by_secret.stderr
+    assert "legacy-cli-secret" not in by_secret.stdout + by_secret.stderr
+    assert json.loads(by_secret.stdout)["key"]["imported"] is True
+    assert by_digest["key"]["imported"] is True and by_digest["key"]["owner_id"] == "c1"
+    assert again.returncode == 2 and "a key holds this secret already" in again.stderr
+    assert native.returncode == 2 and "issue a key instead" in native.stderr
+    assert neither.returncode == 2 and "exactly one of secret and sha256" in neither.stderr
+    assert rotated["secret"].startswith("kl_")
+    ledger = open_ledger(settings)
+    try:
+        assert ledger.claimed_key(credentials.digest("legacy-cli-secret-0123456789")) is not None
+        assert store_verdict(ledger, rotated["secret"], "read:nodes") is VerifyCode.INSUFFICIENT_SCOPE
+    finally:
+        ledger.close()

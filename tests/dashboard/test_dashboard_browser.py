@@ -301,3 +301,17 @@ def test_an_admin_gives_a_key_credits_with_a_refill(server: Server, dashboard: D
     assert shown == "credits: 2 left, refilled to 10 each day"
     assert codes == ["VALID", "VALID", "USAGE_EXCEEDED"]
     assert dashboard.errors == []
+
+
+def test_an_imported_key_is_shown_as_imported(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    ws = admin["key"]["workspace_id"]
+    with server.client(admin["secret"]) as client:
+        body = {"name": "legacy", "scopes": ["read:nodes"], "secret": "legacy-dashboard-0123456789"}
+        imported = client.post(f"/v1/workspaces/{ws}/keys/import", json=body).json()["key"]
+    dashboard.open().sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    assert dashboard.key_cell(imported["id"], "details") == "origin: imported (found by its secret's digest)"
+    assert verify(server, "legacy-dashboard-0123456789")["code"] == "VALID"
+    assert dashboard.errors == []

@@ -401,6 +401,7 @@ function detailsCell(key) {
     div.append(label, text);
     lines.push(div);
   };
+  if (key.imported) line("origin", "imported (found by its secret's digest)");
   if (key.owner_id) line("owner", key.owner_id);
   if (key.meta) line("meta", JSON.stringify(key.meta));
   if (key.limits?.source === "key") {
