@@ -303,8 +303,11 @@ class KeyImport(RequestBody):
 
     name: Name
     scopes: list[Scope] = Field(default_factory=list, description="at most 10 distinct scopes")
-    secret: Annotated[str, WithJsonSchema(_IMPORT_SECRET_SCHEMA)] | None = None
-    sha256: Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"})] | None = None
+    # Absent, never null: exactly one of the two is given (the domain checks it; the document's `oneOf` says it).
+    secret: Annotated[str, WithJsonSchema(_IMPORT_SECRET_SCHEMA)] = Field(default=None)  # type: ignore[assignment]
+    sha256: Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"})] = Field(
+        default=None  # type: ignore[assignment]
+    )
     expires_at: TimeText | None = Field(default=None, description="in the future; none: the key never expires")
     meta: Meta | None = None
     owner_id: OwnerId | None = Field(default=None, description="the caller's own user or customer id")
@@ -332,8 +335,9 @@ class KeyLimitsBody(RequestBody):
         json_schema_extra={"anyOf": [{"required": ["requests_per_minute"]}, {"required": ["requests_per_day"]}]}
     )
 
-    requests_per_minute: Limit | None = None
-    requests_per_day: Limit | None = None
+    # Absent, never null: a window left out keeps the plan's.
+    requests_per_minute: Limit = Field(default=None)  # type: ignore[assignment]
+    requests_per_day: Limit = Field(default=None)  # type: ignore[assignment]
 
 
 class ScopeGrant(RequestBody):

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query
+from starlette.convertors import Convertor, register_url_convertor
 
 from api.context import Services
 from api.deps import AdminCaller, ServicesDep
@@ -30,6 +31,22 @@ from domain.errors import KeyNotFound, SecretAlreadyImported
 from domain.imports import import_digest
 from domain.keys import ApiKey, KeyState
 from domain.plans import Limits
+
+
+class KeyIdConvertor(Convertor[str]):
+    """A path segment naming a key: anything but `import`, so `GET .../keys/import` is 405 (only POST), not a
+    malformed key id (422). The value is still checked as a UUID by the route's parameter."""
+
+    regex = "(?!import$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("keyid", KeyIdConvertor())
 
 router = APIRouter(prefix="/v1/workspaces/{ws}/keys", tags=["keys"])
 
@@ -105,7 +122,7 @@ def list_keys(
     return KeyList(items=[_shown(services, s) for s in states])
 
 
-@router.get("/{key}", response_model=KeyPublic)
+@router.get("/{key:keyid}", response_model=KeyPublic)
 def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
     state = services.read_models.get_key(ws, key, services.ledger.clock(), _plan(services, ws))
     if state is None:
@@ -113,7 +130,7 @@ def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> 
     return _shown(services, state)
 
 
-@router.patch("/{key}", response_model=KeyPublic)
+@router.patch("/{key:keyid}", response_model=KeyPublic)
 def change_key(ws: UUID, key: UUID, body: KeyPatch, services: ServicesDep, caller: AdminCaller) -> KeyPublic:
     """Change the key's name, meta or owner_id: the fields given (`null` clears meta or owner_id), in one event."""
     update = services.ledger.change_details(key, body.changes(), caller.actor, workspace_id=ws)

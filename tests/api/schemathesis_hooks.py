@@ -1,9 +1,10 @@
-"""Schemathesis hooks of `test_openapi_conformance`: the two rules JSON Schema cannot state.
+"""Schemathesis hooks of `test_openapi_conformance`: the three rules JSON Schema cannot state.
 
-Schemathesis checks that every request the OpenAPI document calls valid is accepted. Two rules of
-the domain compare a value with another one or with the clock, which a schema cannot express (the
-document says them in words): an enterprise plan's `requests_per_minute` may not exceed its
-`requests_per_day`, and a key's `expires_at` lies in the future. Cases generated as valid are
+Schemathesis checks that every request the OpenAPI document calls valid is accepted. Three rules of
+the domain compare a value with another one, with stored state or with the clock, which a schema
+cannot express (the document says them in words): an enterprise plan's `requests_per_minute` may not
+exceed its `requests_per_day`, a key's own limits may not exceed its plan's (valid cases ask for 1),
+and a key's `expires_at` lies in the future. Cases generated as valid are
 changed, just before they are sent, into requests that keep those rules; cases generated as invalid
 are left as they are.
 """
@@ -45,5 +46,9 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
     minute, day = body.get("requests_per_minute"), body.get("requests_per_day")
     if body.get("plan") == "enterprise" and _number(minute) and _number(day) and minute > day:
         body["requests_per_minute"], body["requests_per_day"] = day, minute
+    if case.operation.path.endswith("/keys/{key}/limits"):
+        for name in ("requests_per_minute", "requests_per_day"):
+            if _number(body.get(name)) and body[name] > 1:
+                body[name] = 1
     if _past(body.get("expires_at")):
         body["expires_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()

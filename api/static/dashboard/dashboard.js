@@ -659,11 +659,12 @@ async function editLimits(key) {
     extra: form,
   });
   if (!confirmed) return;
-  const number = (input) => (input.value.trim() === "" ? null : Number(input.value));
-  const body = { requests_per_minute: number(rpm), requests_per_day: number(rpd) };
+  const body = {}; // a window left empty keeps the plan's
+  if (rpm.value.trim() !== "") body.requests_per_minute = Number(rpm.value);
+  if (rpd.value.trim() !== "") body.requests_per_day = Number(rpd.value);
   const path = wsPath(`/keys/${encodeURIComponent(key.id)}/limits`);
   try {
-    if (body.requests_per_minute === null && body.requests_per_day === null) await api("DELETE", path);
+    if (!Object.keys(body).length) await api("DELETE", path);
     else await api("PUT", path, body);
   } catch (error) {
     failed(error);
