@@ -67,6 +67,7 @@ class CredentialCache:
         # none, with the marker of their claim then (a claim made since changes it).
         self._digests: dict[str, UUID] = {}
         self._unclaimed: OrderedDict[str, int] = OrderedDict()
+        self._claims: dict[UUID, str] = {}  # claim id -> digest, of the digests remembered as unclaimed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -128,8 +129,9 @@ class CredentialCache:
             elif key_id is None:
                 self._unclaimed[digest] = marker
                 self._unclaimed.move_to_end(digest)
+                self._claims[claim] = digest
                 while len(self._unclaimed) > self.max_missing:
-                    self._unclaimed.popitem(last=False)
+                    self._claims.pop(claim_id(self._unclaimed.popitem(last=False)[0]), None)
             else:
                 self._unclaimed.pop(digest, None)
                 if len(self._digests) >= self.max_entries:
@@ -190,6 +192,9 @@ class CredentialCache:
             for item in ids:
                 self._entries.pop(item, None)
                 self._missing.pop(item, None)
+                digest = self._claims.pop(item, None)  # a claim made by a writer that publishes no marker
+                if digest is not None:
+                    self._unclaimed.pop(digest, None)
             stale = [k for k, e in self._entries.items() if e.workspace_id in ids]
             for key_id in stale:
                 self._entries.pop(key_id, None)

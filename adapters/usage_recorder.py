@@ -48,7 +48,7 @@ class UsageRecorder:
         self.flush_every = flush_every
         self.on_flush = on_flush
         self._counts: Counter[_Slot] = Counter()
-        self._spends: Counter[tuple[UUID, int, str]] = Counter()  # key, credits generation, period
+        self._spends: Counter[tuple[UUID, UUID, int, str]] = Counter()  # key, workspace, credits generation, period
         self._refills: set[tuple[UUID, int, str]] = set()
         self._answers = 0
         self._lock = threading.Lock()
@@ -69,10 +69,10 @@ class UsageRecorder:
         if full:
             self._wake.set()
 
-    def spend(self, key_id: UUID, generation: int, period: str) -> None:
+    def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """Count one credit spent (recorded with the usage, so in-process counters can be restored)."""
         with self._lock:
-            self._spends[key_id, generation, period] += 1
+            self._spends[key_id, workspace_id, generation, period] += 1
 
     def refilled(self, key_id: UUID, generation: int, period: str) -> None:
         """Record at the next flush that this period began with the key's refill amount."""
@@ -98,7 +98,7 @@ class UsageRecorder:
                 refills, self._refills = self._refills, set()
                 self._answers = 0
             counts = [UsageCount(k, w, m, e, s, n) for (k, w, m, e, s), n in taken.items()]
-            spends = [CreditSpend(k, g, p, n) for (k, g, p), n in spent.items()]
+            spends = [CreditSpend(k, w, g, p, n) for (k, w, g, p), n in spent.items()]
             position = None
             for start in range(0, max(len(counts), len(spends)), MAX_ENTRIES_PER_BATCH):
                 chunk = counts[start : start + MAX_ENTRIES_PER_BATCH]
@@ -126,7 +126,7 @@ class UsageRecorder:
                 self._counts[c.key_id, c.workspace_id, c.minute, c.endpoint, c.status] += c.count
                 self._answers += c.count
             for s in spends:
-                self._spends[s.key_id, s.generation, s.period] += s.count
+                self._spends[s.key_id, s.workspace_id, s.generation, s.period] += s.count
             self._refills |= refills
 
     def start(self) -> None:

@@ -28,7 +28,7 @@ from domain.verification import VerifyCode, check_credentials
 class UsageSink(Protocol):
     def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime) -> None: ...
 
-    def spend(self, key_id: UUID, generation: int, period: str) -> None:
+    def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """A credit spent by an allowed answer (kept with the usage, to restore in-process counters)."""
         ...
 
@@ -176,7 +176,7 @@ class VerificationService:
             code = VerifyCode.RATE_LIMITED
             return Answer(code, self.statuses[code], needed_scope, key, decision, remaining)
         if spent is not None and credits is not None:
-            self.usage.spend(key_id, credits.generation, spent.period)
+            self.usage.spend(key_id, key.credentials.workspace_id, credits.generation, spent.period)
             if spent.refilled:
                 self.usage.refilled(key_id, credits.generation, spent.period)
         remaining = spent.remaining if spent is not None else None

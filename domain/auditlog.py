@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from domain.credentials import fingerprint
+from domain.imports import SecretClaim
 from domain.keyinfo import parse_meta
 from domain.keys import ApiKey
 from domain.timefmt import to_rfc3339
@@ -43,6 +44,8 @@ def describe(event: Any) -> EventInfo:
     elif isinstance(event, Workspace.Event):
         workspace_id = event.originator_id
         key_id = getattr(event, "key_id", None)  # slot taken or released
+    elif isinstance(event, SecretClaim.SecretClaimed):  # an imported digest's claim: never the digest itself
+        workspace_id, key_id = event.workspace_id, event.key_id
     return EventInfo(
         type=type(event).__name__,
         version=event.originator_version,

@@ -59,12 +59,19 @@ class CreditSpend:
     """Credits spent by allowed answers of a usage-limited key, in one credits generation and period."""
 
     key_id: UUID
+    workspace_id: UUID
     generation: int
     period: str
     count: int
 
     def to_entry(self) -> dict[str, Any]:
-        return {"key_id": str(self.key_id), "generation": self.generation, "period": self.period, "count": self.count}
+        return {
+            "key_id": str(self.key_id),
+            "workspace_id": str(self.workspace_id),
+            "generation": self.generation,
+            "period": self.period,
+            "count": self.count,
+        }
 
 
 class UsageBatch(Aggregate):

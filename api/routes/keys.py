@@ -55,7 +55,7 @@ def _plan(services: Services, ws: UUID) -> Limits:
     return services.ledger.get_workspace(ws).limits
 
 
-def _shown(services: Services, state: KeyState) -> KeyPublic:
+def key_shape(services: Services, state: KeyState) -> KeyPublic:
     """The key shape, with what remains of a usage-limited key's credits read from the counters."""
     public = KeyPublic.of(state)
     if state.credits is not None and public.credits is not None:
@@ -66,7 +66,7 @@ def _shown(services: Services, state: KeyState) -> KeyPublic:
 
 def _public(services: Services, key: ApiKey) -> KeyPublic:
     ledger = services.ledger
-    return _shown(services, key.state(ledger.clock(), ledger.catalog, _plan(services, key.workspace_id)))
+    return key_shape(services, key.state(ledger.clock(), ledger.catalog, _plan(services, key.workspace_id)))
 
 
 @router.post("", status_code=201, response_model=KeyWithSecret)
@@ -119,7 +119,7 @@ def list_keys(
     states = services.read_models.list_keys(
         ws, services.ledger.clock(), status, rotation_due, owner_id, plan=_plan(services, ws)
     )
-    return KeyList(items=[_shown(services, s) for s in states])
+    return KeyList(items=[key_shape(services, s) for s in states])
 
 
 @router.get("/{key:keyid}", response_model=KeyPublic)
@@ -127,7 +127,7 @@ def get_key(ws: UUID, key: UUID, services: ServicesDep, caller: AdminCaller) -> 
     state = services.read_models.get_key(ws, key, services.ledger.clock(), _plan(services, ws))
     if state is None:
         raise KeyNotFound(f"key {key} not found")
-    return _shown(services, state)
+    return key_shape(services, state)
 
 
 @router.patch("/{key:keyid}", response_model=KeyPublic)

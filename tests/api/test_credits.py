@@ -32,8 +32,11 @@ def test_a_key_spends_its_credits_then_is_refused_as_usage_exceeded(server: Serv
         shown = client.get(path).json()
         listed = client.get(f"/v1/workspaces/{ws}/keys").json()["items"]
         history = client.get(f"{path}/history").json()["items"]
+    with server.client(key["secret"]) as client:
+        me = client.get("/v1/me").json()["key"]  # management answers spend nothing and show what remains
 
     assert key["key"]["credits"] == {"remaining": 3, "refill": None}
+    assert me["credits"] == {"remaining": 0, "refill": None}
     assert [(a["code"], a["credits"]) for a in answers] == [("VALID", {"remaining": n}) for n in (2, 1, 0)]
     assert refused["code"] == "USAGE_EXCEEDED" and refused["valid"] is False and refused["credits"] == {"remaining": 0}
     assert refused_scope["code"] == "INSUFFICIENT_SCOPE"

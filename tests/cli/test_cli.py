@@ -7,15 +7,20 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
 from domain import credentials
+from domain.usage import CreditSpend
 from domain.verification import VerifyCode
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
+from tests.api.server import Server
+from tests.api.test_answers import verify
 from tests.verdicts import store_verdict
 
 KEYLEDGER = str(Path(sys.executable).parent / "keyledger")
@@ -247,3 +252,53 @@ def test_an_operator_imports_keys_by_secret_and_by_sha256(settings: Settings):
         assert store_verdict(ledger, rotated["secret"], "read:nodes") is VerifyCode.INSUFFICIENT_SCOPE
     finally:
         ledger.close()
+
+
+def test_a_workspace_export_holds_only_its_own_credits_spent(settings: Settings):
+    ledger = open_ledger(settings)
+    try:
+        ours = ledger.create_workspace("ours", "pro").workspace.id
+        theirs = ledger.create_workspace("theirs", "pro").workspace.id
+        a, b = uuid4(), uuid4()
+        ledger.record_usage([], "api:test", [CreditSpend(a, ours, 1, "", 3), CreditSpend(b, theirs, 1, "", 4)])
+    finally:
+        ledger.close()
+
+    exported = run(settings, "audit", "export", "--workspace", str(ours))
+
+    assert exported.returncode == 0, exported.stderr
+    usage = [json.loads(line) for line in exported.stdout.splitlines() if '"UsageRecorded"' in line]
+    assert [entry["data"]["credits"] for entry in usage] == [
+        [{"key_id": str(a), "workspace_id": str(ours), "generation": 1, "period": "", "count": 3}]
+    ]
+    assert str(b) not in exported.stdout
+
+
+def test_a_key_imported_from_the_command_line_reaches_an_api_without_redis(tmp_path: Path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'keyledger.db'}")
+    server = Server(settings, tmp_path / "server.log").start()
+    original = "legacy-cli-to-api-0123456789"
+    try:
+        ws = ok(settings, "workspace", "create", "acme", "--plan", "pro")["workspace"]["id"]
+        before = verify(server, original)["code"]  # the API remembers that no key has this digest
+        result = run(
+            settings,
+            "key",
+            "import",
+            ws,
+            "--name",
+            "old",
+            "--scope",
+            "read:nodes",
+            "--secret-stdin",
+            stdin=original + "\n",
+        )
+        assert result.returncode == 0, result.stderr
+        deadline, after = time.monotonic() + 3, "NOT_FOUND"
+        while after != "VALID" and time.monotonic() < deadline:  # its stream follower sees the claim
+            time.sleep(0.1)
+            after = verify(server, original)["code"]
+    finally:
+        server.stop()
+
+    assert before == "NOT_FOUND" and after == "VALID"
