@@ -100,6 +100,12 @@ class CredentialCache:
                 return entry.value
         return self._load(key_id)
 
+    def know_digests(self, digests: dict[str, UUID]) -> None:
+        """Imported keys by digest, known at start-up (the keys read model): a digest's key never changes."""
+        with self._lock:
+            self._digests.update(digests)
+            self._known.update(digests.values())
+
     def holds_digest(self, digest: str) -> bool:
         """Whether an imported key with this digest is known to exist."""
         return digest in self._digests

@@ -143,6 +143,7 @@ class Services:
         try:
             self.read_models.catch_up()
             self.stack.cache.know(self.read_models.key_ids())  # not guesses, whatever the cache holds
+            self.stack.cache.know_digests(self.read_models.imported_digests())
             if not self.quotas.shared:
                 self._restore_quotas()
         except Exception as error:

@@ -191,6 +191,13 @@ def digest_holders(conn: Connection, tables: Tables, digest: str) -> list[UUID]:
     return list(conn.execute(query).scalars())
 
 
+def select_imported_digests(conn: Connection, tables: Tables) -> dict[str, UUID]:
+    """The digest each imported key was imported with (the verifier's index)."""
+    table = tables["keys"]
+    query = select(table.c.imported_digest, table.c.key_id).where(table.c.imported_digest.is_not(None))
+    return {digest: key_id for digest, key_id in conn.execute(query)}
+
+
 def select_key_ids(conn: Connection, tables: Tables) -> list[UUID]:
     table = tables["keys"]
     return list(conn.execute(select(table.c.key_id)).scalars())

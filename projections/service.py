@@ -32,7 +32,14 @@ from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entr
 from projections.base import Projection, Tables
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
-from projections.keys import KeysProjection, digest_holders, select_key, select_key_ids, select_workspace_keys
+from projections.keys import (
+    KeysProjection,
+    digest_holders,
+    select_imported_digests,
+    select_key,
+    select_key_ids,
+    select_workspace_keys,
+)
 from projections.runner import Progress, Runner, Step, describe_error
 from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_credit_spends, select_usage
@@ -437,6 +444,10 @@ class ReadModels:
     def digest_held(self, digest: str) -> bool:
         """Whether any key's current or previous secret has this digest (an import of it is refused)."""
         return bool(self._read("keys", lambda conn, tables: digest_holders(conn, tables, digest)))
+
+    def imported_digests(self) -> dict[str, UUID]:
+        """Each imported key by the digest it was imported with."""
+        return self._read("keys", select_imported_digests)
 
     def key_ids(self) -> list[UUID]:
         """Every key's id (keys are never deleted): what a verifier knows to exist."""

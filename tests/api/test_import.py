@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 
+from domain.imports import import_digest
+from keyledger.bootstrap import open_ledger
+from keyledger.services import build_services
+from keyledger.settings import Settings
 from tests.api.server import Server, create_workspace
 from tests.api.test_answers import assert_problem, forward, issue, verify
 
@@ -125,3 +129,24 @@ def test_bad_imports_are_refused_with_422_and_change_nothing(server: Server, adm
     secret = extra.get("secret")
     if isinstance(secret, str):
         assert secret not in json.dumps(problem)
+
+
+def test_a_process_starting_knows_every_imported_digest_from_the_keys_read_model(settings: Settings):
+    ledger = open_ledger(settings)
+    try:
+        workspace = ledger.create_workspace("acme", "pro").workspace.id
+        digest = import_digest("legacy-known-at-start-0123456789")
+        key_id = ledger.import_key(workspace, "old", ["read:nodes"], digest).key.id
+    finally:
+        ledger.close()
+
+    services = build_services(settings)
+    services.start()
+    try:
+        known = services.stack.cache.holds_digest(digest)
+        loads = services.stack.cache.loads
+        found = services.stack.cache.imported(digest)
+    finally:
+        services.stop()
+
+    assert known and found == key_id and services.stack.cache.loads == loads  # no store read for it
