@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
@@ -21,6 +22,7 @@ from eventsourcing.utils import get_topic
 from adapters.change_feed import ChangeFeed, FeedUnavailable
 from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
+from domain.imports import claim_id
 from domain.keys import ApiKey
 from domain.verification import KeyCredentials
 
@@ -37,6 +39,9 @@ class CachedKey:
     scopes: list[str]
     requests_per_minute: int
     requests_per_day: int
+    name: str = ""
+    owner_id: str | None = None
+    meta: dict[str, Any] | None = None
 
 
 @dataclass
@@ -58,6 +63,11 @@ class CredentialCache:
         self._entries: OrderedDict[UUID, _Entry] = OrderedDict()  # found keys
         self._missing: OrderedDict[UUID, _Entry] = OrderedDict()  # ids found missing (value None)
         self._known: set[UUID] = set()  # ids of keys known to exist: about 100 bytes per key
+        # Imported keys by digest (a digest's key never changes: kept for good), and digests known to name
+        # none, with the marker of their claim then (a claim made since changes it).
+        self._digests: dict[str, UUID] = {}
+        self._unclaimed: OrderedDict[str, int] = OrderedDict()
+        self._claims: dict[UUID, str] = {}  # claim id -> digest, of the digests remembered as unclaimed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -90,6 +100,51 @@ class CredentialCache:
                 return entry.value
         return self._load(key_id)
 
+    def know_digests(self, digests: dict[str, UUID]) -> None:
+        """Imported keys by digest, known at start-up (the keys read model): a digest's key never changes."""
+        with self._lock:
+            self._digests.update(digests)
+            self._known.update(digests.values())
+
+    def holds_digest(self, digest: str) -> bool:
+        """Whether an imported key with this digest is known to exist."""
+        return digest in self._digests
+
+    def imported(self, digest: str) -> UUID | None:
+        """The imported key a presented secret's digest names, or None; the store is read on a change only."""
+        key_id = self._digests.get(digest)
+        if key_id is not None:
+            return key_id
+        claim = claim_id(digest)
+        marker = self._unclaimed.get(digest)
+        if marker is not None:
+            try:
+                (current,) = self.feed.markers([claim])
+            except FeedUnavailable:  # Redis is down: as remembered
+                return None
+            if current == marker:
+                return None
+        marker = self._marker(claim)  # before the store: a claim published after this read is seen next time
+        self.loads += 1
+        key_id = self.ledger.claimed_key(digest)
+        with self._lock:
+            if key_id is None and marker > 0:
+                # A claim was published, yet the store has none: Redis outlived the store it served (reset).
+                # Claims are never removed, so this store will publish anew: remember nothing meanwhile.
+                pass
+            elif key_id is None:
+                self._unclaimed[digest] = marker
+                self._unclaimed.move_to_end(digest)
+                self._claims[claim] = digest
+                while len(self._unclaimed) > self.max_missing:
+                    self._claims.pop(claim_id(self._unclaimed.popitem(last=False)[0]), None)
+            else:
+                self._unclaimed.pop(digest, None)
+                if len(self._digests) >= self.max_entries:
+                    self._digests.pop(next(iter(self._digests)))
+                self._digests[digest] = key_id
+        return key_id
+
     def _load(self, key_id: UUID) -> CachedKey | None:
         # Read the markers before the store: a change published after this read is seen next time.
         key_marker = self._marker(key_id)
@@ -110,11 +165,15 @@ class CredentialCache:
                 workspace = self.ledger.get_workspace(key.workspace_id)
             except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
                 return None
+            limits = key.limits(workspace.limits)  # the lower of the key's own and its plan's
             cached = CachedKey(
                 credentials=key.credentials(self.ledger.catalog),
                 scopes=list(key.scopes),
-                requests_per_minute=workspace.requests_per_minute,
-                requests_per_day=workspace.requests_per_day,
+                requests_per_minute=limits.requests_per_minute,
+                requests_per_day=limits.requests_per_day,
+                name=key.name,
+                owner_id=key.owner_id,
+                meta=key.meta,
             )
             entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id)
         with self._lock:
@@ -139,6 +198,9 @@ class CredentialCache:
             for item in ids:
                 self._entries.pop(item, None)
                 self._missing.pop(item, None)
+                digest = self._claims.pop(item, None)  # a claim made by a writer that publishes no marker
+                if digest is not None:
+                    self._unclaimed.pop(digest, None)
             stale = [k for k, e in self._entries.items() if e.workspace_id in ids]
             for key_id in stale:
                 self._entries.pop(key_id, None)

@@ -25,7 +25,7 @@ from uuid import UUID
 from domain.application import KeyLedger
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
-from domain.usage import MAX_ENTRIES_PER_BATCH, UsageCount
+from domain.usage import MAX_ENTRIES_PER_BATCH, CreditSpend, UsageCount
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class UsageRecorder:
         self.flush_every = flush_every
         self.on_flush = on_flush
         self._counts: Counter[_Slot] = Counter()
+        self._spends: Counter[tuple[UUID, UUID, int, str]] = Counter()  # key, workspace, credits generation, period
+        self._refills: set[tuple[UUID, int, str]] = set()
         self._answers = 0
         self._lock = threading.Lock()
         self._flushing = threading.Lock()  # one flush at a time keeps events in order per process
@@ -67,6 +69,17 @@ class UsageRecorder:
         if full:
             self._wake.set()
 
+    def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
+        """Count one credit spent (recorded with the usage, so in-process counters can be restored)."""
+        with self._lock:
+            self._spends[key_id, workspace_id, generation, period] += 1
+
+    def refilled(self, key_id: UUID, generation: int, period: str) -> None:
+        """Record at the next flush that this period began with the key's refill amount."""
+        with self._lock:
+            self._refills.add((key_id, generation, period))
+        self._wake.set()
+
     @property
     def pending(self) -> int:
         """Answers counted but not recorded yet."""
@@ -81,26 +94,40 @@ class UsageRecorder:
         with self._flushing:
             with self._lock:
                 taken, self._counts = self._counts, Counter()
+                spent, self._spends = self._spends, Counter()
+                refills, self._refills = self._refills, set()
                 self._answers = 0
             counts = [UsageCount(k, w, m, e, s, n) for (k, w, m, e, s), n in taken.items()]
+            spends = [CreditSpend(k, w, g, p, n) for (k, w, g, p), n in spent.items()]
             position = None
-            for start in range(0, len(counts), MAX_ENTRIES_PER_BATCH):
+            for start in range(0, max(len(counts), len(spends)), MAX_ENTRIES_PER_BATCH):
                 chunk = counts[start : start + MAX_ENTRIES_PER_BATCH]
+                spend_chunk = spends[start : start + MAX_ENTRIES_PER_BATCH]
                 try:
                     # One small event per save: large PostgreSQL saves can hang (EVENTSOURCING-NOTES).
-                    position = self.ledger.record_usage(chunk, self.actor)
+                    position = self.ledger.record_usage(chunk, self.actor, spend_chunk)
                 except Exception:
-                    self._restore(counts[start:])
+                    self._restore(counts[start:], spends[start:], refills)
                     raise
+            for key_id, generation, period in sorted(refills, key=str):
+                try:
+                    position = self.ledger.record_refill(key_id, generation, period, self.actor) or position
+                except Exception:
+                    log.exception("recording a credits refill of key %s failed; not retried", key_id)
             if position is not None and self.on_flush is not None:
                 self.on_flush(position)
             return position
 
-    def _restore(self, counts: list[UsageCount]) -> None:
+    def _restore(
+        self, counts: list[UsageCount], spends: list[CreditSpend], refills: set[tuple[UUID, int, str]]
+    ) -> None:
         with self._lock:
             for c in counts:
                 self._counts[c.key_id, c.workspace_id, c.minute, c.endpoint, c.status] += c.count
                 self._answers += c.count
+            for s in spends:
+                self._spends[s.key_id, s.workspace_id, s.generation, s.period] += s.count
+            self._refills |= refills
 
     def start(self) -> None:
         if self._thread is None:

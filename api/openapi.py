@@ -57,6 +57,9 @@ INVALID = "the request is not valid (`errors` says where), or a rule of the doma
 ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("PUT", "/v1/workspaces/{ws}/plan"): {409: "concurrent changes to the workspace"},
     ("POST", "/v1/workspaces/{ws}/keys"): {409: "the workspace holds 50 live keys already"},
+    ("POST", "/v1/workspaces/{ws}/keys/import"): {
+        409: "a key holds this secret already, or the workspace holds 50 live keys already"
+    },
     ("POST", "/v1/workspaces/{ws}/keys/{key}/scopes"): {409: "the key is revoked"},
     ("PUT", "/v1/workspaces/{ws}/keys/{key}/scopes"): {
         409: "the key is revoked, or the set drops `admin` from the workspace's last active admin key"
@@ -96,6 +99,10 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("POST", "/v1/workspaces/{ws}/webhooks/{webhook}/deliveries/{position}/retry"): {
         404: "the workspace is not the key's, or no such webhook, or no delivery at that position"
     },
+    ("PATCH", "/v1/workspaces/{ws}/keys/{key}"): {409: "the key is revoked"},
+    ("PUT", "/v1/workspaces/{ws}/keys/{key}/limits"): {409: "the key is revoked"},
+    ("PUT", "/v1/workspaces/{ws}/keys/{key}/credits"): {409: "the key is revoked"},
+    ("DELETE", "/v1/workspaces/{ws}/keys/{key}/limits"): {409: "the key is revoked"},
     ("GET", "/readyz"): {503: "starting: the store is being opened, or the read models are catching up"},
     ("POST", "/v1/verify"): {429: "too many unknown keys came from this address this minute"},
     ("GET", "/v1/auth"): {
@@ -103,7 +110,8 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
         "would change it",
         401: BAD_KEY,
         403: "the key lacks the scope the forwarded request needs (401 where KEYLEDGER_INSUFFICIENT_SCOPE_STATUS=401)",
-        429: "the key used its requests of the minute or of the day, or too many unknown keys came from this address",
+        429: "the key used its requests of the minute or of the day (`RATE_LIMITED`), or its credits "
+        "(`USAGE_EXCEEDED`: `Retry-After` only when a refill is due), or too many unknown keys came from this address",
     },
 }
 # Routes whose Bearer scheme their handler reads itself (the hot path takes no dependency).
@@ -125,7 +133,9 @@ SUCCESS_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
 }
 # Extra headers of some error answers: a key over its limit also gets its limits (a guessing address does not).
 ERROR_HEADERS: dict[tuple[str, str, int], dict[str, Any]] = {
-    ("GET", "/v1/auth", 429): {name: {**header, "required": False} for name, header in RATE_LIMIT.items()},
+    ("GET", "/v1/auth", 429): {
+        name: {**header, "required": False} for name, header in (RATE_LIMIT | RETRY_AFTER).items()
+    },
 }
 FORWARDED_HEADERS = {
     "x-forwarded-method": (

@@ -97,6 +97,19 @@ class RateLimited(ApiProblem):
         )
 
 
+class UsageExceeded(ApiProblem):
+    status = 429
+    title = "Usage exceeded"
+    kind = "usage-exceeded"
+
+    def __init__(self, quota: QuotaDecision | None, retry_after: int | None) -> None:
+        headers = {k: v for k, v in (quota.headers() if quota else {}).items() if k != "Retry-After"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        refill = f"; refilled in {retry_after} s" if retry_after is not None else "; no refill is due"
+        super().__init__(f"the key has no credits left{refill}", headers, code="USAGE_EXCEEDED")
+
+
 class OperatorOnly(ApiProblem):
     status = 401
     title = "Unauthorized"
@@ -123,6 +136,8 @@ def refusal_for(answer: Answer, insufficient_scope_status: int = 403) -> ApiProb
         return None
     if answer.code is VerifyCode.RATE_LIMITED and answer.quota is not None:
         return RateLimited(answer.quota)
+    if answer.code is VerifyCode.USAGE_EXCEEDED:
+        return UsageExceeded(answer.quota, answer.credits_retry_after)
     if answer.code is VerifyCode.INSUFFICIENT_SCOPE:
         return InsufficientScope(answer.needed_scope or "", insufficient_scope_status)
     return Unauthorized(_KEY_REFUSALS.get(answer.code, _KEY_REFUSALS[VerifyCode.NOT_FOUND]), answer.code.value)

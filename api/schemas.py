@@ -27,6 +27,9 @@ from pydantic import (
 
 from domain.application import AUDIT_TYPES
 from domain.errors import InvalidInput
+from domain.imports import MAX_SECRET_LENGTH, MIN_SECRET_LENGTH
+from domain.keycredits import INTERVALS, MAX_CREDITS
+from domain.keyinfo import MAX_META_BYTES, MAX_OWNER_ID_LENGTH
 from domain.keys import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, KeyState
 from domain.plans import MAX_LIMIT, Plan
 from domain.text import MAX_ENDPOINT_LENGTH, MAX_REASON_LENGTH, check_text
@@ -121,6 +124,16 @@ Endpoint = Annotated[
 ]
 Name = Annotated[str, WithJsonSchema(NAME_SCHEMA)]
 Reason = Annotated[str, WithJsonSchema(_text_schema(MAX_REASON_LENGTH))]
+OwnerId = Annotated[
+    str,
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_OWNER_ID_LENGTH, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}
+    ),
+]
+Meta = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "description": f"any JSON object of at most {MAX_META_BYTES} bytes serialised"}),
+]
 PlanName = Annotated[str, WithJsonSchema({"type": "string", "enum": [plan.value for plan in Plan]})]
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 Limit = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})]
@@ -196,6 +209,22 @@ class WorkspacePublic(BaseModel):
         )
 
 
+class KeyLimitsPublic(BaseModel):
+    requests_per_minute: int
+    requests_per_day: int
+    source: Literal["plan", "key"] = Field(description="`key` while the key has limits of its own")
+
+
+class RefillPublic(BaseModel):
+    amount: int
+    interval: Literal["day", "month"]
+
+
+class CreditsPublic(BaseModel):
+    remaining: int = Field(description="credits left in this period (each allowed answer spends one)")
+    refill: RefillPublic | None = Field(description="what remains is reset to `amount` each UTC day or month")
+
+
 class KeyPublic(BaseModel):
     id: UUID
     workspace_id: UUID
@@ -210,6 +239,11 @@ class KeyPublic(BaseModel):
     revoked_at: datetime | None
     rotation_due: bool
     suspended_at: datetime | None = None
+    meta: dict[str, Any] | None = None
+    owner_id: str | None = None
+    limits: KeyLimitsPublic | None = None
+    credits: CreditsPublic | None = Field(default=None, description="usage-limited keys only")
+    imported: bool = Field(default=False, description="its first secret was imported (found by its digest)")
 
     @classmethod
     def of(cls, state: KeyState) -> KeyPublic:
@@ -242,6 +276,78 @@ class KeyIssue(RequestBody):
     name: Name
     scopes: list[Scope] = Field(default_factory=list, description="at most 10 distinct scopes")
     expires_at: TimeText | None = Field(default=None, description="in the future; none: the key never expires")
+    meta: Meta | None = None
+    owner_id: OwnerId | None = Field(default=None, description="the caller's own user or customer id")
+    credits: CreditsBody | None = Field(default=None, description="makes the key usage-limited")
+
+
+CreditCount = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_CREDITS})]
+
+
+class RefillBody(RequestBody):
+    amount: Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_CREDITS})]
+    interval: Annotated[str, WithJsonSchema({"type": "string", "enum": list(INTERVALS)})]
+
+
+class CreditsBody(RequestBody):
+    remaining: CreditCount = Field(description="credits the key may spend from now on (a fresh count)")
+    refill: RefillBody | None = Field(default=None, description="reset what remains to `amount` each UTC day or month")
+
+    def values(self) -> tuple[int, int | None, str | None]:
+        return (
+            (self.remaining, self.refill.amount, self.refill.interval) if self.refill else (self.remaining, None, None)
+        )
+
+
+_IMPORT_SECRET_SCHEMA = {
+    "type": "string",
+    "pattern": f"^(?!kl_)[\\x20-\\x7e]{{{MIN_SECRET_LENGTH},{MAX_SECRET_LENGTH}}}$",
+    "description": "the secret as the other system issued it: printable ASCII, not starting with `kl_`",
+}
+
+
+class KeyImport(RequestBody):
+    """A key whose secret was issued elsewhere: its `secret` or the `sha256` (hex) of it, never both."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["secret"]}, {"required": ["sha256"]}]})
+
+    name: Name
+    scopes: list[Scope] = Field(default_factory=list, description="at most 10 distinct scopes")
+    # Absent, never null: exactly one of the two is given (the domain checks it; the document's `oneOf` says it).
+    secret: Annotated[str, WithJsonSchema(_IMPORT_SECRET_SCHEMA)] = Field(default=None)  # type: ignore[assignment]
+    sha256: Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"})] = Field(
+        default=None  # type: ignore[assignment]
+    )
+    expires_at: TimeText | None = Field(default=None, description="in the future; none: the key never expires")
+    meta: Meta | None = None
+    owner_id: OwnerId | None = Field(default=None, description="the caller's own user or customer id")
+
+
+class KeyImported(BaseModel):
+    key: KeyPublic
+
+
+class KeyPatch(RequestBody):
+    """The fields to change; a field left out stays as it is, `null` clears `meta` or `owner_id`."""
+
+    name: Name = Field(default=None)  # type: ignore[assignment]  # absent: unchanged (null is refused)
+    meta: Meta | None = None
+    owner_id: OwnerId | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.model_fields_set}
+
+
+class KeyLimitsBody(RequestBody):
+    """At least one; each at most the plan's (a number left out: the plan's for that window)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["requests_per_minute"]}, {"required": ["requests_per_day"]}]}
+    )
+
+    # Absent, never null: a window left out keeps the plan's.
+    requests_per_minute: Limit = Field(default=None)  # type: ignore[assignment]
+    requests_per_day: Limit = Field(default=None)  # type: ignore[assignment]
 
 
 class ScopeGrant(RequestBody):
@@ -309,6 +415,10 @@ class RateLimitInfo(BaseModel):
     reset: int
 
 
+class VerifyCredits(BaseModel):
+    remaining: int
+
+
 class VerifyResponse(BaseModel):
     valid: bool
     code: str
@@ -316,6 +426,10 @@ class VerifyResponse(BaseModel):
     workspace_id: UUID | None
     scopes: list[str] | None
     ratelimit: RateLimitInfo | None
+    name: str | None = None
+    owner_id: str | None = None
+    meta: dict[str, Any] | None = None
+    credits: VerifyCredits | None = Field(default=None, description="usage-limited keys only")
 
 
 class EndpointCount(BaseModel):

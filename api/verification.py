@@ -14,17 +14,27 @@ from typing import Protocol
 from uuid import UUID
 
 from adapters.credential_cache import CachedKey, CredentialCache
+from adapters.credits import CreditDecision, CreditGate
 from adapters.quotas import QuotaDecision, QuotaGate
 from api.forwarded_path import normalise
 from api.guesses import GuessLimit
 from api.metrics import Metrics
 from domain import credentials
 from domain.errors import MalformedSecret
+from domain.imports import importable
 from domain.verification import VerifyCode, check_credentials
 
 
 class UsageSink(Protocol):
     def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime) -> None: ...
+
+    def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
+        """A credit spent by an allowed answer (kept with the usage, to restore in-process counters)."""
+        ...
+
+    def refilled(self, key_id: UUID, generation: int, period: str) -> None:
+        """The first credit of a refilled period was spent: its refill is to be recorded as an event."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,8 @@ class Answer:
     needed_scope: str | None
     key: CachedKey | None = None
     quota: QuotaDecision | None = None
+    credits_remaining: int | None = None  # for usage-limited keys
+    credits_retry_after: int | None = None  # on USAGE_EXCEEDED: seconds to the next refill, if one is due
 
     @property
     def allowed(self) -> bool:
@@ -50,8 +62,10 @@ class VerificationService:
         clock: Callable[[], datetime],
         insufficient_scope_status: int = 403,
         guesses: GuessLimit | None = None,
+        credits: CreditGate | None = None,
     ) -> None:
         self.guesses = guesses or GuessLimit(0)
+        self.credits = credits or CreditGate(quotas.storage)
         self.cache = cache
         self.quotas = quotas
         self.usage = usage
@@ -65,17 +79,24 @@ class VerificationService:
             VerifyCode.EXPIRED: 401,
             VerifyCode.INSUFFICIENT_SCOPE: insufficient_scope_status,
             VerifyCode.RATE_LIMITED: 429,
+            VerifyCode.USAGE_EXCEEDED: 429,
         }
 
     @staticmethod
-    def _key_id(secret: str | None) -> UUID | None:
-        """The key id a presented secret names; None when missing or malformed (no lookup needed)."""
+    def _parse(secret: str | None) -> tuple[UUID | None, str | None]:
+        """The key id a keyledger secret names, or the digest to look an imported key up by; (None, None) when
+        the secret is missing or can be neither (no lookup needed)."""
         if not secret:
-            return None
+            return None, None
         try:
-            return credentials.key_id_of(secret)
+            return credentials.key_id_of(secret), None
         except MalformedSecret:
-            return None
+            pass
+        return None, (credentials.digest(secret) if importable(secret) else None)
+
+    def _key_id(self, secret: str | None) -> UUID | None:
+        key_id, digest = self._parse(secret)
+        return self.cache.imported(digest) if digest is not None else key_id
 
     def judge(self, secret: str | None, needed_scope: str | None) -> Answer:
         """The key rules alone: no quota, no usage (for management endpoints)."""
@@ -103,30 +124,63 @@ class VerificationService:
         (GuessingThrottled) for ids no key is known to have.
         """
         started = time.perf_counter()
-        key_id = self._key_id(secret)  # parsed once: the throttle and the lookup share it
+        key_id, digest = self._parse(secret)  # parsed once: the throttle and the lookup share it
         guessing = client is not None and self.guesses.per_minute > 0
         guessed = key_id if guessing and key_id is not None and not self.cache.holds(key_id) else None
-        if guessed is not None:  # an id no key is known to have: throttled once the address guessed too often
+        unknown_digest = guessing and digest is not None and not self.cache.holds_digest(digest)
+        if guessed is not None or unknown_digest:  # no key is known to have it: throttled after too many guesses
             self.guesses.check(client, time.time())
+        if digest is not None:
+            key_id = self.cache.imported(digest)
         answer = self._judge(secret, key_id, needed_scope)
-        if guessed is not None and answer.key is None and not self.cache.holds(guessed):
+        if answer.key is None and (
+            (guessed is not None and not self.cache.holds(guessed)) or (unknown_digest and key_id is None)
+        ):
             # It named no key at all (a wrong secret of a real key is not counted).
             self.guesses.count(client, time.time())
         if answer.key is not None:
-            now = self.clock()
-            key = answer.key
-            rpm, rpd, key_id = key.requests_per_minute, key.requests_per_day, key.credentials.key_id
-            if answer.allowed:
-                decision = self.quotas.check(key_id, rpm, rpd, now)
-                code = VerifyCode.VALID if decision.allowed else VerifyCode.RATE_LIMITED
-                answer = Answer(code, self.statuses[code], needed_scope, key, decision)
-            else:
-                answer = Answer(answer.code, answer.status, needed_scope, key, self.quotas.peek(key_id, rpm, rpd, now))
+            answer = self._count(answer, needed_scope)
             if record_usage:
                 self.record(answer, endpoint, answer.status)
         self.metrics.verify_latency.observe(time.perf_counter() - started)
         self.metrics.answer(via, answer.code.value)
         return answer
+
+    def _count(self, answer: Answer, needed_scope: str | None) -> Answer:
+        """An answer about a found key with its quota and credits: an allowed one spends a credit, then quota.
+
+        A credit is spent first and given back when the quota refuses, so a refused answer spends neither.
+        """
+        now = self.clock()
+        key = answer.key
+        assert key is not None
+        rpm, rpd, key_id = key.requests_per_minute, key.requests_per_day, key.credentials.key_id
+        credits = key.credentials.credits
+        if not answer.allowed:
+            remaining = self.credits.remaining(key_id, credits, now) if credits is not None else None
+            quota = self.quotas.peek(key_id, rpm, rpd, now)
+            return Answer(answer.code, answer.status, needed_scope, key, quota, remaining)
+        spent: CreditDecision | None = None
+        if credits is not None:
+            spent = self.credits.spend(key_id, credits, now)
+            if not spent.allowed:
+                code = VerifyCode.USAGE_EXCEEDED
+                quota = self.quotas.peek(key_id, rpm, rpd, now)
+                return Answer(code, self.statuses[code], needed_scope, key, quota, 0, spent.retry_after)
+        decision = self.quotas.check(key_id, rpm, rpd, now)
+        if not decision.allowed:
+            remaining = None
+            if spent is not None and credits is not None:
+                self.credits.refund(key_id, credits, spent.period)
+                remaining = spent.remaining + 1
+            code = VerifyCode.RATE_LIMITED
+            return Answer(code, self.statuses[code], needed_scope, key, decision, remaining)
+        if spent is not None and credits is not None:
+            self.usage.spend(key_id, key.credentials.workspace_id, credits.generation, spent.period)
+            if spent.refilled:
+                self.usage.refilled(key_id, credits.generation, spent.period)
+        remaining = spent.remaining if spent is not None else None
+        return Answer(VerifyCode.VALID, self.statuses[VerifyCode.VALID], needed_scope, key, decision, remaining)
 
     def record(self, answer: Answer, endpoint: str, status: int) -> None:
         if answer.key is not None:

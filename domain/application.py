@@ -26,11 +26,19 @@ from eventsourcing.utils import EnvType
 from domain import credentials
 from domain.alerts import Alert
 from domain.effects import changes_credentials, declared, event_classes
-from domain.errors import ConcurrentModification, InvalidInput, KeyNotFound, LastAdminKey, WorkspaceNotFound
+from domain.errors import (
+    ConcurrentModification,
+    InvalidInput,
+    KeyNotFound,
+    LastAdminKey,
+    SecretAlreadyImported,
+    WorkspaceNotFound,
+)
+from domain.imports import SecretClaim, claim_id
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.plans import parse_plan
 from domain.scopes import ADMIN, ScopeCatalog
-from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch, UsageCount
+from domain.usage import MAX_ENTRIES_PER_BATCH, CreditSpend, UsageBatch, UsageCount
 from domain.workspace import Webhook, Workspace
 
 OPERATOR = "operator"
@@ -93,7 +101,7 @@ class Saved:
 
 AfterSave = Callable[[Saved], None]
 
-AGGREGATES = (Workspace, ApiKey, UsageBatch, Alert)
+AGGREGATES = (Workspace, ApiKey, UsageBatch, Alert, SecretClaim)
 EVENT_CLASSES = event_classes(AGGREGATES)
 CREDENTIAL_EVENTS = tuple(c for c in EVENT_CLASSES if declared(c))
 # What a webhook may subscribe to: every type of the audit trail (usage counts are not in it).
@@ -263,7 +271,11 @@ class KeyLedger(Application[UUID]):
         scopes: list[str],
         actor: str = OPERATOR,
         expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+        credits: tuple[int, int | None, str | None] | None = None,
     ) -> IssuedSecret:
+        """Issue a key; `credits` (remaining, refill amount, refill interval) makes it usage-limited."""
         parsed = self.catalog.parse_all(scopes)
 
         def attempt() -> IssuedSecret:
@@ -279,6 +291,9 @@ class KeyLedger(Application[UUID]):
                 actor=actor,
                 now=self.clock(),
                 expires_at=expires_at,
+                meta=meta,
+                owner_id=owner_id,
+                credits=credits,
             )
             workspace.take_key_slot(key_id, actor)
             position = self._save(workspace, key)
@@ -286,6 +301,52 @@ class KeyLedger(Application[UUID]):
             return IssuedSecret(key, secret, position)
 
         return self._retrying(attempt)
+
+    def import_key(
+        self,
+        workspace_id: UUID,
+        name: str,
+        scopes: list[str],
+        secret_digest: str,
+        actor: str = OPERATOR,
+        expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+    ) -> KeyUpdate:
+        """Import a key by its secret's digest (`domain.imports.import_digest`); 409 if a key holds that digest."""
+        parsed = self.catalog.parse_all(scopes)
+
+        def attempt() -> KeyUpdate:
+            workspace = self.get_workspace(workspace_id)
+            key_id = uuid4()
+            key = ApiKey.import_(
+                key_id=key_id,
+                workspace_id=workspace_id,
+                name=name,
+                scopes=parsed,
+                secret_digest=secret_digest,
+                actor=actor,
+                now=self.clock(),
+                expires_at=expires_at,
+                meta=meta,
+                owner_id=owner_id,
+            )
+            if self.claimed_key(secret_digest) is not None:
+                raise SecretAlreadyImported("a key holds this secret already")
+            workspace.take_key_slot(key_id, actor)
+            claim = SecretClaim.claim(secret_digest, key_id, workspace_id, actor)
+            position = self._save(workspace, key, claim)  # a racing import of the digest conflicts: retried
+            return KeyUpdate(key, position)
+
+        return self._retrying(attempt)
+
+    def claimed_key(self, digest: str) -> UUID | None:
+        """The key an imported digest belongs to, read from its claim; None when no key was imported with it."""
+        try:
+            claim: object = self.repository.get(claim_id(digest))
+        except AggregateNotFoundError:
+            return None
+        return claim.key_id if isinstance(claim, SecretClaim) else None
 
     def grant_scopes(
         self, key_id: UUID, scopes: list[str], actor: str = OPERATOR, workspace_id: UUID | None = None
@@ -325,6 +386,71 @@ class KeyLedger(Application[UUID]):
                 raise LastAdminKey(LAST_ADMIN)
             key.set_scopes(parsed, actor)
             return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def change_details(
+        self, key_id: UUID, changes: dict[str, Any], actor: str = OPERATOR, workspace_id: UUID | None = None
+    ) -> KeyUpdate:
+        """Change a key's `name`, `meta` or `owner_id` (those present in `changes`), in one event."""
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.change_details(changes, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def set_key_limits(
+        self,
+        key_id: UUID,
+        requests_per_minute: int | None,
+        requests_per_day: int | None,
+        actor: str = OPERATOR,
+        workspace_id: UUID | None = None,
+    ) -> KeyUpdate:
+        """Limit a key below its workspace's plan; the lower of the two is enforced."""
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            plan = self.get_workspace(key.workspace_id).limits
+            key.set_limits(requests_per_minute, requests_per_day, plan, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def clear_key_limits(self, key_id: UUID, actor: str = OPERATOR, workspace_id: UUID | None = None) -> KeyUpdate:
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.clear_limits(actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def set_credits(
+        self,
+        key_id: UUID,
+        remaining: int,
+        refill_amount: int | None = None,
+        refill_interval: str | None = None,
+        actor: str = OPERATOR,
+        workspace_id: UUID | None = None,
+    ) -> KeyUpdate:
+        """Set what a key may still spend from now (a fresh count) and its refill."""
+
+        def attempt() -> KeyUpdate:
+            key = self.get_key(key_id, workspace_id)
+            key.set_credits(remaining, refill_amount, refill_interval, actor)
+            return KeyUpdate(key, self._save(key))
+
+        return self._retrying(attempt)
+
+    def record_refill(self, key_id: UUID, generation: int, period: str, actor: str) -> int | None:
+        """Record (once) that a key's credits were refilled for `period`; the position, or None."""
+
+        def attempt() -> int | None:
+            key = self.get_key(key_id)
+            return self._save(key) if key.record_refill(generation, period, actor) else None
 
         return self._retrying(attempt)
 
@@ -414,10 +540,11 @@ class KeyLedger(Application[UUID]):
 
     # --- usage ------------------------------------------------------------
 
-    def record_usage(self, counts: list[UsageCount], actor: str) -> int | None:
-        """Record buffered usage counts as UsageRecorded events; returns the last position."""
+    def record_usage(self, counts: list[UsageCount], actor: str, spends: list[CreditSpend] | None = None) -> int | None:
+        """Record buffered usage counts (and credits spent) as UsageRecorded events; returns the last position."""
+        spends = spends or []
         batches = [
-            UsageBatch.record(counts[i : i + MAX_ENTRIES_PER_BATCH], actor)
-            for i in range(0, len(counts), MAX_ENTRIES_PER_BATCH)
+            UsageBatch.record(counts[i : i + MAX_ENTRIES_PER_BATCH], actor, spends[i : i + MAX_ENTRIES_PER_BATCH])
+            for i in range(0, max(len(counts), len(spends)), MAX_ENTRIES_PER_BATCH)
         ]
         return self._save(*batches) if batches else None

@@ -13,6 +13,8 @@ from uuid import UUID
 
 from domain.alerts import Alert
 from domain.credentials import fingerprint
+from domain.imports import SecretClaim
+from domain.keyinfo import parse_meta
 from domain.keys import ApiKey
 from domain.timefmt import to_rfc3339
 from domain.workspace import Workspace
@@ -45,6 +47,8 @@ def describe(event: Any) -> EventInfo:
     elif isinstance(event, Workspace.Event):
         workspace_id = event.originator_id
         key_id = getattr(event, "key_id", None)  # slot taken or released
+    elif isinstance(event, SecretClaim.SecretClaimed):  # an imported digest's claim: never the digest itself
+        workspace_id, key_id = event.workspace_id, event.key_id
     return EventInfo(
         type=type(event).__name__,
         version=event.originator_version,
@@ -64,6 +68,8 @@ def safe_data(fields: dict[str, Any]) -> dict[str, Any]:
             continue
         if name == "secret_digest":
             data["secret_fingerprint"] = fingerprint(value)
+        elif name == "meta" and isinstance(value, str):  # kept as its JSON text (domain.keyinfo)
+            data[name] = parse_meta(value)
         elif "digest" in name or "secret" in name:
             continue  # anything else secret-like stays out, whatever a future event adds
         else:

@@ -61,6 +61,28 @@ class InvalidReason(InvalidInput):
     title = "Invalid reason"
 
 
+class InvalidMeta(InvalidInput):
+    title = "Invalid meta"
+
+
+class InvalidOwner(InvalidInput):
+    title = "Invalid owner id"
+
+
+class InvalidLimits(InvalidInput):
+    title = "Invalid limits"
+
+
+class InvalidCredits(InvalidInput):
+    title = "Invalid credits"
+
+
+class InvalidSecret(InvalidInput):
+    """A secret or digest offered for import is refused (its text is never echoed)."""
+
+    title = "Invalid secret"
+
+
 class MalformedSecret(InvalidInput):
     """A presented secret failed the format or checksum check (no lookup made)."""
 
@@ -101,6 +123,10 @@ class KeyLimitReached(Conflict):
 
 class KeyAlreadyRevoked(Conflict):
     title = "Key revoked"
+
+
+class SecretAlreadyImported(Conflict):
+    title = "Secret already imported"
 
 
 class LastAdminKey(Conflict):

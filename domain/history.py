@@ -22,7 +22,9 @@ from domain.auditlog import EventInfo, describe
 from domain.credentials import fingerprint
 from domain.errors import InvalidInput, KeyNotFound, NotFound
 from domain.keys import ApiKey, KeyState
+from domain.plans import Limits
 from domain.timefmt import to_rfc3339
+from domain.workspace import Workspace
 
 
 class KeyNotYetIssued(NotFound):
@@ -158,8 +160,15 @@ def _positions(ledger: KeyLedger, key_id: UUID) -> dict[int, int]:
     return recorder.select_positions(key_id) if isinstance(recorder, KnowsPositions) else {}
 
 
+def _plan_at(ledger: KeyLedger, workspace_id: UUID, at: datetime) -> Limits | None:
+    """The workspace's plan limits at `at` (its key's limits are enforced below them)."""
+    version, _ = _version_at(ledger, workspace_id, at)
+    workspace: object = ledger.repository.get(workspace_id, version=version)
+    return workspace.limits if isinstance(workspace, Workspace) else None
+
+
 def _state_of(ledger: KeyLedger, key: ApiKey, at: datetime, version: int, last_event_at: datetime) -> KeyStateAt:
-    state = key.state(at, ledger.catalog)
+    state = key.state(at, ledger.catalog, _plan_at(ledger, key.workspace_id, at))
     current = fingerprint(key.secret_digest)
     previous = (
         fingerprint(key.previous_digest)

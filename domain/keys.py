@@ -23,6 +23,10 @@ from domain.errors import (
     KeyAlreadyRevoked,
     TooManyScopes,
 )
+from domain.keycredits import Credits, Refill, check_credits
+from domain.keyinfo import check_owner_id, meta_text, parse_meta
+from domain.keylimits import KeyLimits, check_key_limits, effective_limits
+from domain.plans import Limits
 from domain.scopes import ADMIN, MAX_SCOPES_PER_KEY, ScopeCatalog
 from domain.text import MAX_REASON_LENGTH, check_text
 from domain.timefmt import check_time
@@ -79,9 +83,46 @@ class KeyState:
     revoked_at: datetime | None
     rotation_due: bool
     suspended_at: datetime | None = None
+    meta: dict[str, Any] | None = None
+    owner_id: str | None = None
+    limits: KeyLimits | None = None  # when the plan was known to whoever asked
+    credits: CreditsState | None = None  # usage-limited keys only
+    imported: bool = False  # its first secret came from another system (found by digest)
+
+
+@dataclass(frozen=True)
+class CreditsState:
+    """What remains (the API fills it in from its counters; as set, elsewhere) and the refill."""
+
+    remaining: int
+    refill: Refill | None
+    generation: int  # which count the API's counters keep (domain.keycredits)
+    period: str
 
 
 class ApiKey(Aggregate):
+    # Snapshots (and the keys read model's rows) of v1 keys lack the attributes added since.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        for attribute in (
+            "suspended_at",
+            "suspended_reason",
+            "meta_json",
+            "owner_id",
+            "limit_per_minute",
+            "limit_per_day",
+            "credits_remaining",
+            "refill_amount",
+            "refill_interval",
+            "credits_set_at",
+            "credits_generation",
+            "last_refill",
+            "imported_digest",
+        ):
+            state.setdefault(attribute, None)
+
     class Event(Aggregate.Event):
         """Every key event names the key's workspace (from v2), so no reader has to look it up.
 
@@ -97,13 +138,31 @@ class ApiKey(Aggregate):
 
     @credentials(changes=True)
     class KeyIssued(Aggregate.Created):
-        class_version = 1  # carried the workspace from the start: nothing to upcast
+        # Carried the workspace from the start. v2: `meta` (its JSON text) and `owner_id`.
+        class_version = 2
         workspace_id: UUID
         name: str
         scopes: list[str]
         expires_at: datetime | None
         secret_digest: str
         actor: str
+        meta: str | None
+        owner_id: str | None
+        credits_remaining: int | None
+        refill_amount: int | None
+        refill_interval: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            for field in ("meta", "owner_id", "credits_remaining", "refill_amount", "refill_interval"):
+                state.setdefault(field, None)
+
+    @credentials(changes=True)
+    class KeyImported(KeyIssued):
+        """Issued with a secret from another system (its digest only): found through that digest."""
+
+        class_version = 1
+        imported: bool
 
     @credentials(changes=True)
     class ScopesGranted(Event):
@@ -181,6 +240,75 @@ class ApiKey(Aggregate):
             key.suspended_at = None
             key.suspended_reason = None
 
+    @credentials(changes=True)  # verify answers show the name, meta and owner
+    class KeyDetailsChanged(Event):
+        """`PATCH .../keys/{key}`: the key's name, meta (JSON text) and owner_id after the change."""
+
+        class_version = 1
+        name: str
+        meta: str | None
+        owner_id: str | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.name = self.name
+            key.meta_json = self.meta
+            key.owner_id = self.owner_id
+
+    @credentials(changes=True)
+    class KeyLimitsSet(Event):
+        """The key's own limits below its plan's (None: the plan's for that window)."""
+
+        class_version = 1
+        requests_per_minute: int | None
+        requests_per_day: int | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.limit_per_minute = self.requests_per_minute
+            key.limit_per_day = self.requests_per_day
+
+    @credentials(changes=True)
+    class KeyLimitsCleared(Event):
+        """The key is back to its plan's limits."""
+
+        class_version = 1
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.limit_per_minute = None
+            key.limit_per_day = None
+
+    @credentials(changes=True)
+    class CreditsSet(Event):
+        """`PUT .../credits`: what remains from now (a fresh count) and the refill, if any."""
+
+        class_version = 1
+        remaining: int
+        refill_amount: int | None
+        refill_interval: str | None
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.credits_remaining = self.remaining
+            key.refill_amount = self.refill_amount
+            key.refill_interval = self.refill_interval
+            key.credits_set_at = self.timestamp
+            key.credits_generation = self.originator_version
+            key.last_refill = None
+
+    @credentials(changes=False)  # computed by every verifier from the clock; this only records it
+    class CreditsRefilled(Event):
+        """The first allowed answer of a new day or month found the credits refilled (domain.keycredits)."""
+
+        class_version = 1
+        period: str
+        amount: int
+        actor: str
+
+        def apply(self, key: ApiKey) -> None:
+            key.last_refill = self.period
+
     @credentials(changes=True)
     class KeyRevoked(Event):
         reason: str | None
@@ -198,6 +326,12 @@ class ApiKey(Aggregate):
         expires_at: datetime | None,
         secret_digest: str,
         actor: str,
+        meta: str | None = None,
+        owner_id: str | None = None,
+        credits_remaining: int | None = None,
+        refill_amount: int | None = None,
+        refill_interval: str | None = None,
+        imported: bool = False,
     ) -> None:
         self.workspace_id = workspace_id
         self.name = name
@@ -212,6 +346,17 @@ class ApiKey(Aggregate):
         self.suspended_at: datetime | None = None
         self.suspended_reason: str | None = None
         self.issued_by = actor
+        self.meta_json = meta  # text, in snapshots too (domain.keyinfo)
+        self.owner_id = owner_id
+        self.limit_per_minute: int | None = None
+        self.limit_per_day: int | None = None
+        self.credits_remaining = credits_remaining
+        self.refill_amount = refill_amount
+        self.refill_interval = refill_interval
+        self.credits_set_at: datetime | None = None  # None: at issue (created_on)
+        self.credits_generation: int | None = 1 if credits_remaining is not None else None
+        self.last_refill: str | None = None
+        self.imported_digest = secret_digest if imported else None  # the verifier's index (domain.imports)
 
     @classmethod
     def issue(
@@ -224,9 +369,16 @@ class ApiKey(Aggregate):
         actor: str,
         now: datetime,
         expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+        credits: tuple[int, int | None, str | None] | None = None,
     ) -> ApiKey:
-        """Issue a key. `scopes` must already be parsed against the catalog."""
+        """Issue a key. `scopes` must already be parsed against the catalog; `credits`: remaining, refill amount
+        and interval."""
         check_scope_count(scopes)
+        if credits is not None:
+            check_credits(*credits)
+        remaining, refill_amount, refill_interval = credits or (None, None, None)
         return cls._create(
             cls.KeyIssued,
             id=key_id,
@@ -236,6 +388,44 @@ class ApiKey(Aggregate):
             expires_at=check_expiry(expires_at, now),
             secret_digest=secret_digest,
             actor=actor,
+            meta=meta_text(meta),
+            owner_id=check_owner_id(owner_id),
+            credits_remaining=remaining,
+            refill_amount=refill_amount,
+            refill_interval=refill_interval,
+        )
+
+    @classmethod
+    def import_(
+        cls,
+        key_id: UUID,
+        workspace_id: UUID,
+        name: str,
+        scopes: list[str],
+        secret_digest: str,
+        actor: str,
+        now: datetime,
+        expires_at: datetime | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+    ) -> ApiKey:
+        """A key whose secret was issued elsewhere: `secret_digest` is from `domain.imports.import_digest`."""
+        check_scope_count(scopes)
+        return cls._create(
+            cls.KeyImported,
+            id=key_id,
+            workspace_id=workspace_id,
+            name=check_name(name, "key name"),
+            scopes=sorted(scopes),
+            expires_at=check_expiry(expires_at, now),
+            secret_digest=secret_digest,
+            actor=actor,
+            meta=meta_text(meta),
+            owner_id=check_owner_id(owner_id),
+            credits_remaining=None,
+            refill_amount=None,
+            refill_interval=None,
+            imported=True,
         )
 
     def __repr__(self) -> str:
@@ -243,6 +433,10 @@ class ApiKey(Aggregate):
         return f"ApiKey(id={self.id}, workspace_id={self.workspace_id}, version={self.version})"
 
     # --- derived state ----------------------------------------------------
+
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        return parse_meta(self.meta_json)
 
     @property
     def is_revoked(self) -> bool:
@@ -273,7 +467,19 @@ class ApiKey(Aggregate):
             return self.previous_valid_until
         return None
 
-    def state(self, now: datetime, catalog: ScopeCatalog) -> KeyState:
+    @property
+    def credit_plan(self) -> Credits | None:
+        if self.credits_remaining is None or self.credits_generation is None:
+            return None
+        refill = (
+            Refill(self.refill_amount, self.refill_interval) if self.refill_amount and self.refill_interval else None
+        )
+        return Credits(self.credits_remaining, refill, self.credits_set_at or self.created_on, self.credits_generation)
+
+    def limits(self, plan: Limits) -> KeyLimits:
+        return effective_limits(plan, self.limit_per_minute, self.limit_per_day)
+
+    def state(self, now: datetime, catalog: ScopeCatalog, plan: Limits | None = None) -> KeyState:
         return KeyState(
             id=self.id,
             workspace_id=self.workspace_id,
@@ -288,7 +494,19 @@ class ApiKey(Aggregate):
             revoked_at=self.revoked_at,
             rotation_due=self.rotation_due(now),
             suspended_at=self.suspended_at,
+            meta=self.meta,
+            owner_id=self.owner_id,
+            limits=self.limits(plan) if plan is not None else None,
+            credits=self._credits_state(now),
+            imported=self.imported_digest is not None,
         )
+
+    def _credits_state(self, now: datetime) -> CreditsState | None:
+        plan = self.credit_plan
+        if plan is None:
+            return None
+        period = plan.period(now)
+        return CreditsState(plan.allowance(period), plan.refill, plan.generation, period)
 
     def credentials(self, catalog: ScopeCatalog) -> KeyCredentials:
         return KeyCredentials(
@@ -301,6 +519,7 @@ class ApiKey(Aggregate):
             revoked=self.is_revoked,
             effective_scopes=catalog.effective(self.scopes),
             suspended=self.suspended_at is not None,
+            credits=self.credit_plan,
         )
 
     # --- commands ---------------------------------------------------------
@@ -368,6 +587,77 @@ class ApiKey(Aggregate):
         if self.suspended_at is None:
             return False
         self.trigger_event(self.KeyResumed, workspace_id=self.workspace_id, actor=actor)
+        return True
+
+    def change_details(self, changes: dict[str, Any], actor: str) -> bool:
+        """Change any of `name`, `meta`, `owner_id` (None clears the last two); False when nothing changes."""
+        unknown = changes.keys() - {"name", "meta", "owner_id"}
+        if unknown:
+            raise InvalidInput(f"only name, meta and owner_id can be changed, not {', '.join(sorted(unknown))}")
+        self._check_not_revoked()
+        name = check_name(changes["name"], "key name") if "name" in changes else self.name
+        meta = meta_text(changes["meta"]) if "meta" in changes else self.meta_json
+        owner_id = check_owner_id(changes["owner_id"]) if "owner_id" in changes else self.owner_id
+        if (name, meta, owner_id) == (self.name, self.meta_json, self.owner_id):
+            return False
+        self.trigger_event(
+            self.KeyDetailsChanged, workspace_id=self.workspace_id, name=name, meta=meta, owner_id=owner_id, actor=actor
+        )
+        return True
+
+    def set_limits(
+        self, requests_per_minute: int | None, requests_per_day: int | None, plan: Limits, actor: str
+    ) -> bool:
+        """Limit the key below its plan (each number 1 to the plan's); False when they are so already."""
+        self._check_not_revoked()
+        check_key_limits(requests_per_minute, requests_per_day, plan)
+        if (requests_per_minute, requests_per_day) == (self.limit_per_minute, self.limit_per_day):
+            return False
+        self.trigger_event(
+            self.KeyLimitsSet,
+            workspace_id=self.workspace_id,
+            requests_per_minute=requests_per_minute,
+            requests_per_day=requests_per_day,
+            actor=actor,
+        )
+        return True
+
+    def clear_limits(self, actor: str) -> bool:
+        """Back to the plan's limits; False when the key has none of its own."""
+        self._check_not_revoked()
+        if self.limit_per_minute is None and self.limit_per_day is None:
+            return False
+        self.trigger_event(self.KeyLimitsCleared, workspace_id=self.workspace_id, actor=actor)
+        return True
+
+    def set_credits(self, remaining: int, refill_amount: int | None, refill_interval: str | None, actor: str) -> None:
+        """What remains from now on (a fresh count, whatever was spent) and the refill."""
+        self._check_not_revoked()
+        check_credits(remaining, refill_amount, refill_interval)
+        self.trigger_event(
+            self.CreditsSet,
+            workspace_id=self.workspace_id,
+            remaining=remaining,
+            refill_amount=refill_amount,
+            refill_interval=refill_interval,
+            actor=actor,
+        )
+
+    def record_refill(self, generation: int, period: str, actor: str) -> bool:
+        """Record that `period` began with the refill amount; False when recorded already or credits changed."""
+        plan = self.credit_plan
+        if (
+            plan is None
+            or plan.refill is None
+            or self.is_revoked
+            or plan.generation != generation
+            or not plan.is_refill(period)
+            or (self.last_refill is not None and self.last_refill >= period)
+        ):
+            return False
+        self.trigger_event(
+            self.CreditsRefilled, workspace_id=self.workspace_id, period=period, amount=plan.refill.amount, actor=actor
+        )
         return True
 
     def revoke(self, reason: str | None, actor: str) -> None:

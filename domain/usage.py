@@ -54,21 +54,55 @@ class UsageCount:
         )
 
 
+@dataclass(frozen=True)
+class CreditSpend:
+    """Credits spent by allowed answers of a usage-limited key, in one credits generation and period."""
+
+    key_id: UUID
+    workspace_id: UUID
+    generation: int
+    period: str
+    count: int
+
+    def to_entry(self) -> dict[str, Any]:
+        return {
+            "key_id": str(self.key_id),
+            "workspace_id": str(self.workspace_id),
+            "generation": self.generation,
+            "period": self.period,
+            "count": self.count,
+        }
+
+
 class UsageBatch(Aggregate):
     @credentials(changes=False)
     class UsageRecorded(Aggregate.Created):
+        # v2: `credits`, the credits spent (CreditSpend entries), so in-process counters survive a restart.
+        class_version = 2
         entries: list[dict[str, Any]]
         actor: str
+        credits: list[dict[str, Any]]
 
-    def __init__(self, entries: list[dict[str, Any]], actor: str) -> None:
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("credits", [])
+
+    def __init__(self, entries: list[dict[str, Any]], actor: str, credits: list[dict[str, Any]] | None = None) -> None:
         self.entries = entries
         self.recorded_by = actor
+        self.credits = credits or []
 
     @classmethod
-    def record(cls, counts: list[UsageCount], actor: str) -> UsageBatch:
-        if not 0 < len(counts) <= MAX_ENTRIES_PER_BATCH:
-            raise ValueError(f"a usage batch holds 1 to {MAX_ENTRIES_PER_BATCH} counts")
-        return cls._create(cls.UsageRecorded, entries=[c.to_entry() for c in counts], actor=actor)
+    def record(cls, counts: list[UsageCount], actor: str, spends: list[CreditSpend] | None = None) -> UsageBatch:
+        spends = spends or []
+        if not (counts or spends) or len(counts) > MAX_ENTRIES_PER_BATCH or len(spends) > MAX_ENTRIES_PER_BATCH:
+            raise ValueError(f"a usage batch holds 1 to {MAX_ENTRIES_PER_BATCH} counts and as many spends")
+        return cls._create(
+            cls.UsageRecorded,
+            entries=[c.to_entry() for c in counts],
+            actor=actor,
+            credits=[s.to_entry() for s in spends],
+        )
 
     @property
     def counts(self) -> list[UsageCount]:

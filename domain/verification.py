@@ -12,6 +12,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from domain.credentials import digests_match
+from domain.keycredits import Credits
 from domain.scopes import has_scope
 
 
@@ -23,6 +24,7 @@ class VerifyCode(StrEnum):
     EXPIRED = "EXPIRED"
     INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
     RATE_LIMITED = "RATE_LIMITED"
+    USAGE_EXCEEDED = "USAGE_EXCEEDED"
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,13 @@ class KeyCredentials:
     revoked: bool
     effective_scopes: frozenset[str]
     suspended: bool = False
+    credits: Credits | None = None
 
 
 def check_credentials(
     credentials: KeyCredentials | None, presented_digest: str, needed_scope: str | None, now: datetime
 ) -> VerifyCode:
-    """The verdict for a presented secret's digest; never RATE_LIMITED (quotas are not a key rule).
+    """The verdict for a presented secret's digest; never RATE_LIMITED or USAGE_EXCEEDED (counted apart).
 
     A secret that matches neither the current nor the previous digest is
     NOT_FOUND, so a wrong secret learns nothing about the key's state.

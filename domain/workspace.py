@@ -17,7 +17,7 @@ from eventsourcing.domain import Aggregate
 
 from domain.effects import credentials
 from domain.errors import InvalidInput, InvalidName, KeyLimitReached, WebhookLimitReached, WebhookNotFound
-from domain.plans import Plan, limits_for
+from domain.plans import Limits, Plan, limits_for
 from domain.text import check_text
 
 MAX_LIVE_KEYS = 50
@@ -133,6 +133,10 @@ class Workspace(Aggregate):
             requests_per_day=limits.requests_per_day,
             actor=actor,
         )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.requests_per_minute, self.requests_per_day)
 
     @property
     def live_keys(self) -> int:

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from domain.alerts import DENIED_BURST, EXPIRING_WITHIN, Alert, quota_thresholds_reached
 from domain.application import KeyLedger
+from domain.plans import Limits
 from projections import ReadModels
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,12 @@ class AlertScheduler:
                 candidates.append(Alert.key_expiring(key.id, key.workspace_id, key.expires_at))
             if key.rotation_due:
                 candidates.append(Alert.rotation_due(key.id, key.workspace_id, key.rotated_at or key.created_at))
-        day_limits: dict[UUID, int] = {}
+        plans: dict[UUID, Limits] = {}
         for used in self.read_models.day_consumed(now.date()):
-            if used.workspace_id not in day_limits:
-                day_limits[used.workspace_id] = self.ledger.get_workspace(used.workspace_id).requests_per_day
-            limit = day_limits[used.workspace_id]
+            if used.workspace_id not in plans:
+                plans[used.workspace_id] = self.ledger.get_workspace(used.workspace_id).limits
+            # The key's own day limit where it has one below the plan's (SPEC 8.1: per-key limits).
+            limit = self.ledger.get_key(used.key_id).limits(plans[used.workspace_id]).requests_per_day
             for threshold in quota_thresholds_reached(used.number, limit):
                 day = used.start.date()
                 candidates.append(

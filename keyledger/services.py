@@ -171,6 +171,7 @@ class Services:
         try:
             self.read_models.catch_up()
             self.stack.cache.know(self.read_models.key_ids())  # not guesses, whatever the cache holds
+            self.stack.cache.know_digests(self.read_models.imported_digests())
             if not self.quotas.shared:
                 self._restore_quotas()
         except Exception as error:
@@ -213,6 +214,9 @@ class Services:
         minute, day = self.quotas.window_of(now)
         for key_id, (minute_used, day_used) in self.read_models.consumed_quota(minute, day).items():
             self.quotas.restore(key_id, minute_used, day_used, now)
+        credits = self.verification.credits
+        for key_id, generation, period, spent in self.read_models.credit_spends(credits.periods(now)):
+            credits.restore(key_id, generation, period, spent)
 
     def stop(self) -> None:
         self.alerts.stop()

@@ -29,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     Uuid,
     delete,
     select,
@@ -56,6 +57,17 @@ ATTRIBUTE_COLUMNS = {
     "suspended_at": "suspended_at",
     "suspended_reason": "suspended_reason",
     "issued_by": "issued_by",
+    "meta_json": "meta",
+    "owner_id": "owner_id",
+    "limit_per_minute": "limit_per_minute",
+    "limit_per_day": "limit_per_day",
+    "credits_remaining": "credits_remaining",
+    "refill_amount": "refill_amount",
+    "refill_interval": "refill_interval",
+    "credits_set_at": "credits_set_at",
+    "credits_generation": "credits_generation",
+    "last_refill": "last_refill",
+    "imported_digest": "imported_digest",
 }
 _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
 _API_KEY_TOPIC = get_topic(ApiKey)
@@ -63,7 +75,9 @@ _API_KEY_TOPIC = get_topic(ApiKey)
 
 class KeysProjection(FoldingProjection["KeyChanges"]):
     name = "keys"
-    VERSION = 2  # 2: suspension (suspended_at, suspended_reason)
+    # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id; 4: per-key limits; 5: credits;
+    # 6: imported keys (the digest they were imported with)
+    VERSION = 6
     event_types = (ApiKey.Event,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -84,6 +98,17 @@ class KeysProjection(FoldingProjection["KeyChanges"]):
             Column("suspended_at", UTCDateTime),
             Column("suspended_reason", StorableText),
             Column("issued_by", StorableText(200), nullable=False),
+            Column("meta", Text),  # JSON text, as the key keeps it
+            Column("owner_id", StorableText(200), index=True),
+            Column("limit_per_minute", BigInteger),  # the key's own limits; None: its plan's
+            Column("limit_per_day", BigInteger),
+            Column("credits_remaining", BigInteger),  # credits as last set (what remains is counted by the API)
+            Column("refill_amount", BigInteger),
+            Column("refill_interval", String(8)),
+            Column("credits_set_at", UTCDateTime),
+            Column("credits_generation", Integer),
+            Column("last_refill", String(16)),
+            Column("imported_digest", String(64)),
             Column("secret_digest", String(64), nullable=False),
             Column("previous_digest", String(64)),
             Column("version", Integer, nullable=False),  # the aggregate's version
@@ -159,14 +184,32 @@ def select_key(conn: Connection, tables: Tables, key_id: UUID) -> ApiKey | None:
     return key_from_row(row) if row is not None else None
 
 
+def digest_holders(conn: Connection, tables: Tables, digest: str) -> list[UUID]:
+    """Keys whose current or previous secret has this digest (native keys too)."""
+    table = tables["keys"]
+    query = select(table.c.key_id).where((table.c.secret_digest == digest) | (table.c.previous_digest == digest))
+    return list(conn.execute(query).scalars())
+
+
+def select_imported_digests(conn: Connection, tables: Tables) -> dict[str, UUID]:
+    """The digest each imported key was imported with (the verifier's index)."""
+    table = tables["keys"]
+    query = select(table.c.imported_digest, table.c.key_id).where(table.c.imported_digest.is_not(None))
+    return {digest: key_id for digest, key_id in conn.execute(query)}
+
+
 def select_key_ids(conn: Connection, tables: Tables) -> list[UUID]:
     table = tables["keys"]
     return list(conn.execute(select(table.c.key_id)).scalars())
 
 
-def select_workspace_keys(conn: Connection, tables: Tables, workspace_id: UUID) -> list[ApiKey]:
+def select_workspace_keys(
+    conn: Connection, tables: Tables, workspace_id: UUID, owner_id: str | None = None
+) -> list[ApiKey]:
     table = tables["keys"]
     query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)
+    if owner_id is not None:
+        query = query.where(table.c.owner_id == owner_id)
     return [key_from_row(row) for row in conn.execute(query).mappings()]
 
 

@@ -25,7 +25,9 @@ from sqlalchemy.exc import DBAPIError
 
 from domain.application import KeyLedger
 from domain.errors import InvalidInput
+from domain.keyinfo import check_owner_id
 from domain.keys import KEY_STATUSES, KeyState
+from domain.plans import Limits
 from projections.audit import (
     MAX_PAGE,
     AuditEntry,
@@ -40,6 +42,8 @@ from projections.db import DatabaseSettings, create_read_engine, read_transactio
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import (
     KeysProjection,
+    digest_holders,
+    select_imported_digests,
     select_key,
     select_key_ids,
     select_unrevoked_keys,
@@ -52,6 +56,7 @@ from projections.usage import (
     MinuteCount,
     UsageProjection,
     select_consumed,
+    select_credit_spends,
     select_day_consumed,
     select_refused_minutes,
     select_usage,
@@ -454,15 +459,23 @@ class ReadModels:
             except ProjectionNotReady:
                 return None
 
+    def digest_held(self, digest: str) -> bool:
+        """Whether any key's current or previous secret has this digest (an import of it is refused)."""
+        return bool(self._read("keys", lambda conn, tables: digest_holders(conn, tables, digest)))
+
+    def imported_digests(self) -> dict[str, UUID]:
+        """Each imported key by the digest it was imported with."""
+        return self._read("keys", select_imported_digests)
+
     def key_ids(self) -> list[UUID]:
         """Every key's id (keys are never deleted): what a verifier knows to exist."""
         return self._read("keys", select_key_ids)
 
-    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime) -> KeyState | None:
+    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime, plan: Limits | None = None) -> KeyState | None:
         key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))
         if key is None or key.workspace_id != workspace_id:
             return None
-        return key.state(now, self.catalog)
+        return key.state(now, self.catalog, plan)
 
     def list_keys(
         self,
@@ -470,11 +483,14 @@ class ReadModels:
         now: datetime,
         status: str | None = None,
         rotation_due: bool | None = None,
+        owner_id: str | None = None,
+        plan: Limits | None = None,
     ) -> list[KeyState]:
         if status is not None and status not in KEY_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(KEY_STATUSES)}")
-        keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id))
-        states = [key.state(now, self.catalog) for key in keys]
+        owner_id = check_owner_id(owner_id)
+        keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id, owner_id))
+        states = [key.state(now, self.catalog, plan) for key in keys]
         return [
             s
             for s in states
@@ -506,6 +522,10 @@ class ReadModels:
     def day_consumed(self, day: date, at_least: int = 1) -> list[MinuteCount]:
         """(key, workspace, day, consumed) for keys with at least `at_least` quota-consuming answers on `day`."""
         return self._read("usage", lambda conn, tables: select_day_consumed(conn, tables, day, at_least))
+
+    def credit_spends(self, periods: Sequence[str]) -> list[tuple[UUID, int, str, int]]:
+        """Credits spent per key and credits generation in these periods, as the usage events recorded them."""
+        return self._read("usage", lambda conn, tables: select_credit_spends(conn, tables, periods))
 
     def audit(
         self,

@@ -21,7 +21,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, Date, MetaData, Table, Uuid, func, select
+from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, Uuid, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
@@ -83,11 +83,12 @@ class UsageSums:
     endpoints: defaultdict[tuple[str, date, str], int] = field(default_factory=lambda: defaultdict(int))
     workspace_of: dict[str, str] = field(default_factory=dict)  # key -> its workspace (ids as text)
     times: _Moments = field(default_factory=lambda: _Moments())
+    spends: defaultdict[tuple[str, int, str], int] = field(default_factory=lambda: defaultdict(int))
 
 
 class UsageProjection(FoldingProjection[UsageSums]):
     name = "usage"
-    VERSION = 1
+    VERSION = 2  # 2: credits spent per key, credits generation and period
     event_types = (UsageBatch.UsageRecorded,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -119,7 +120,16 @@ class UsageProjection(FoldingProjection[UsageSums]):
             Column("requests", BigInteger, nullable=False),
             **CLUSTERED,
         )
-        return {"minute": minute, "day": day, "endpoint": endpoint}
+        credits = Table(
+            table_name("usage_credits", generation),
+            metadata,
+            Column("key_id", Uuid, primary_key=True),
+            Column("generation", BigInteger, primary_key=True),
+            Column("period", String(16), primary_key=True, index=True),
+            Column("spent", BigInteger, nullable=False),
+            **CLUSTERED,
+        )
+        return {"minute": minute, "day": day, "endpoint": endpoint, "credits": credits}
 
     def fold(
         self, conn: Connection, tables: Tables, pending: UsageSums | None, events: Sequence[Positioned]
@@ -140,10 +150,12 @@ class UsageProjection(FoldingProjection[UsageSums]):
                 counts[0] += count
                 counts[counter_of[status]] += count
                 endpoints[key, times[minute_text][1], endpoint] += count
+            for spend in event.credits:
+                sums.spends[spend["key_id"], int(spend["generation"]), spend["period"]] += int(spend["count"])
         return sums
 
     def pending_size(self, pending: UsageSums) -> int:
-        return len(pending.minutes) + len(pending.endpoints)
+        return len(pending.minutes) + len(pending.endpoints) + len(pending.spends)
 
     def write(self, conn: Connection, tables: Tables, pending: UsageSums) -> None:
         minutes, endpoints, workspace_of, times = (
@@ -183,6 +195,13 @@ class UsageProjection(FoldingProjection[UsageSums]):
             [(ids[k], d, e, ids[workspace_of[k]], n) for (k, d, e), n in by_endpoint.items()],
             key=["key_id", "day", "endpoint"],
             add=["requests"],
+        )
+        upsert(
+            conn,
+            tables["credits"],
+            [(UUID(k), g, p, n) for (k, g, p), n in pending.spends.items()],
+            key=["key_id", "generation", "period"],
+            add=["spent"],
         )
 
 
@@ -357,3 +376,10 @@ def select_day_consumed(conn: Connection, tables: Tables, day: date, at_least: i
     return [
         MinuteCount(k, w, datetime(d.year, d.month, d.day, tzinfo=UTC), int(c)) for k, w, d, c in conn.execute(query)
     ]
+
+
+def select_credit_spends(conn: Connection, tables: Tables, periods: Sequence[str]) -> list[tuple[UUID, int, str, int]]:
+    """Credits spent per key and credits generation in these periods (domain.keycredits)."""
+    table = tables["credits"]
+    query = select(table.c.key_id, table.c.generation, table.c.period, table.c.spent).where(table.c.period.in_(periods))
+    return [(key, int(generation), period, int(spent)) for key, generation, period, spent in conn.execute(query)]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from domain.imports import import_digest
 from keyledger.bootstrap import open_ledger
 from keyledger.services import build_verification
 from keyledger.settings import Settings
@@ -93,20 +94,27 @@ def main() -> None:
     ledger = open_ledger(settings)
     created = ledger.create_workspace("bench", "enterprise", requests_per_minute=10**9, requests_per_day=10**9)
     secret = ledger.issue_key(created.workspace.id, "bench", ["read:nodes"]).secret
+    # An imported key (SPEC 8.1): found through its secret's digest instead of the id in a keyledger secret.
+    imported = "sk_bench_imported-0123456789abcdef0123456789"
+    ledger.import_key(created.workspace.id, "bench-imported", ["read:nodes"], import_digest(imported))
 
-    # In process: the full decision (cache, rules, quota, usage buffer, metrics), no HTTP.
+    # In process: the full decision (cache, rules, quota, usage buffer, metrics), no HTTP; alternating rounds.
     stack = build_verification(settings, ledger)
-    stack.verification.verify(secret, "read:nodes", "GET /nodes")
-    in_process = []
+    in_process: dict[str, list[float]] = {"native": [], "imported": []}
+    presented = {"native": secret, "imported": imported}
+    for name in presented:
+        assert stack.verification.verify(presented[name], "read:nodes", "GET /nodes").allowed, name
     for _ in range(args.rounds):
-        n, started = 50_000, time.perf_counter()
-        for _ in range(n):
-            stack.verification.verify(secret, "read:nodes", "GET /nodes")
-        in_process.append(n / (time.perf_counter() - started))
+        for name, key in presented.items():
+            n, started = 50_000, time.perf_counter()
+            for _ in range(n):
+                stack.verification.verify(key, "read:nodes", "GET /nodes")
+            in_process[name].append(n / (time.perf_counter() - started))
     stack.usage.stop()
     ledger.close()
 
     body = json.dumps({"key": secret, "scope": "read:nodes", "endpoint": "GET /nodes"})
+    imported_body = json.dumps({"key": imported, "scope": "read:nodes", "endpoint": "GET /nodes"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
     env |= {"KEYLEDGER_DATABASE_URL": settings.database_url, "KEYLEDGER_OPERATOR_TOKEN": "klop_bench"}
     servers = {
@@ -125,7 +133,7 @@ def main() -> None:
             18432,
         ),
     }
-    results: dict[str, list[HttpResult]] = {name: [] for name in servers}
+    results: dict[str, list[HttpResult]] = {name: [] for name in [*servers, "imported"]}
     processes = {name: start(cmd, env, port, folder / f"{name}.log") for name, (cmd, port) in servers.items()}
     try:
         for _name, (_, port) in servers.items():  # warm up both
@@ -135,6 +143,10 @@ def main() -> None:
                 results[name].append(
                     run_wrk(f"http://127.0.0.1:{port}/v1/verify", body, args.seconds, args.connections, folder)
                 )
+            port = servers["keyledger"][1]
+            results["imported"].append(
+                run_wrk(f"http://127.0.0.1:{port}/v1/verify", imported_body, args.seconds, args.connections, folder)
+            )
     finally:
         for process in processes.values():
             process.terminate()
@@ -143,15 +155,19 @@ def main() -> None:
     def median(name: str, field: str) -> float:
         return float(statistics.median(getattr(r, field) for r in results[name]))
 
-    print(f"in-process verifications/s (median of {args.rounds}): {statistics.median(in_process):,.0f}")
+    native, by_digest = statistics.median(in_process["native"]), statistics.median(in_process["imported"])
+    print(f"in-process verifications/s (median of {args.rounds}): {native:,.0f}")
+    print(f"  imported key (digest lookup): {by_digest:,.0f}  ratio imported / native {by_digest / native:.2f}")
     print(f"HTTP POST /v1/verify, wrk -t1 -c{args.connections}, {args.seconds}s x {args.rounds} alternating rounds:")
-    for name in servers:
+    for name in results:
         print(
             f"  {name:9s}  {median(name, 'rps'):8,.0f} req/s   p50 {median(name, 'p50_ms'):6.2f} ms"
             f"   p99 {median(name, 'p99_ms'):6.2f} ms   (rounds: {', '.join(f'{r.rps:,.0f}' for r in results[name])})"
         )
     ratio = median("keyledger", "rps") / median("bare", "rps")
     print(f"ratio keyledger / bare FastAPI (median req/s): {ratio:.2f}  (target >= 0.70)")
+    imported_ratio = median("imported", "rps") / median("keyledger", "rps")
+    print(f"ratio imported / native key on keyledger (median req/s): {imported_ratio:.2f}  (target >= 0.90)")
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -7,6 +7,7 @@ Bad input prints one line on stderr and exits with status 2, changing nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from enum import StrEnum
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ from typer.exceptions import TyperException
 
 from domain.application import OPERATOR, IssuedSecret, KeyLedger
 from domain.errors import DomainError, InvalidInput
+from domain.imports import import_digest
 from domain.keys import DEFAULT_GRACE_SECONDS, ApiKey
 from domain.timefmt import parse_rfc3339
 from domain.workspace import Workspace
@@ -54,8 +56,16 @@ def _uuid(text: str, what: str) -> UUID:
         raise InvalidInput(f"{what} {text!r} is not a UUID") from None
 
 
+def _json_object(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidInput(f'{what} must be JSON text, e.g. \'{{"team": "data"}}\'') from None
+
+
 def _key_json(ledger: KeyLedger, key: ApiKey) -> dict[str, Any]:
-    return dataclasses.asdict(key.state(ledger.clock(), ledger.catalog))
+    plan = ledger.get_workspace(key.workspace_id).limits
+    return dataclasses.asdict(key.state(ledger.clock(), ledger.catalog, plan))
 
 
 def _workspace_json(workspace: Workspace) -> dict[str, Any]:
@@ -118,11 +128,104 @@ def key_issue(
     name: Annotated[str, typer.Option(help="what the key is for")],
     scope: Annotated[list[str] | None, typer.Option(help="a scope to grant; repeat for more")] = None,
     expires_at: Annotated[str | None, typer.Option(help="RFC 3339 expiry time")] = None,
+    meta: Annotated[str | None, typer.Option(help="a JSON object (at most 4 KiB) to keep with the key")] = None,
+    owner_id: Annotated[str | None, typer.Option(help="your own user or customer id (1-200 characters)")] = None,
+    credits: Annotated[int | None, typer.Option(help="make it usage-limited: the credits it may spend")] = None,
+    refill_amount: Annotated[int | None, typer.Option(help="reset what remains to this each interval")] = None,
+    refill_interval: Annotated[str | None, typer.Option(help="day or month (UTC)")] = None,
 ) -> None:
     """Issue a key; prints its secret once."""
     ledger = _ledger()
     expiry = parse_rfc3339(expires_at, "expires_at") if expires_at else None
-    _emit_secret(ledger, ledger.issue_key(_uuid(workspace, "workspace"), name, scope or [], OPERATOR, expiry))
+    issued = ledger.issue_key(
+        _uuid(workspace, "workspace"),
+        name,
+        scope or [],
+        OPERATOR,
+        expiry,
+        meta=_json_object(meta, "meta") if meta is not None else None,
+        owner_id=owner_id,
+        credits=_credits(credits, refill_amount, refill_interval),
+    )
+    _emit_secret(ledger, issued)
+
+
+def _credits(
+    remaining: int | None, refill_amount: int | None, refill_interval: str | None
+) -> tuple[int, int | None, str | None] | None:
+    if remaining is None:
+        if refill_amount is not None or refill_interval is not None:
+            raise InvalidInput("a refill needs --credits too")
+        return None
+    return remaining, refill_amount, refill_interval
+
+
+@key_app.command("set-credits")
+def key_set_credits(
+    key: str,
+    remaining: Annotated[int, typer.Argument(help="credits the key may spend from now on (a fresh count)")],
+    refill_amount: Annotated[int | None, typer.Option(help="reset what remains to this each interval")] = None,
+    refill_interval: Annotated[str | None, typer.Option(help="day or month (UTC)")] = None,
+) -> None:
+    """Make a key usage-limited: each allowed answer spends a credit; USAGE_EXCEEDED at zero."""
+    ledger = _ledger()
+    update = ledger.set_credits(_uuid(key, "key"), remaining, refill_amount, refill_interval, OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("import")
+def key_import(
+    workspace: str,
+    name: Annotated[str, typer.Option(help="what the key is for")],
+    sha256: Annotated[str | None, typer.Option(help="the hex SHA-256 of the secret issued elsewhere")] = None,
+    secret_stdin: Annotated[
+        bool, typer.Option("--secret-stdin", help="read the secret itself from stdin (never from the command line)")
+    ] = False,
+    scope: Annotated[list[str] | None, typer.Option(help="a scope to grant; repeat for more")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="RFC 3339 expiry time")] = None,
+    meta: Annotated[str | None, typer.Option(help="a JSON object (at most 4 KiB) to keep with the key")] = None,
+    owner_id: Annotated[str | None, typer.Option(help="your own user or customer id (1-200 characters)")] = None,
+) -> None:
+    """Import a key issued by another system: its secret then verifies like a native key (only its digest is kept)."""
+    secret = sys.stdin.readline().rstrip("\r\n") if secret_stdin else None
+    digest = import_digest(secret, sha256)
+    ledger = _ledger()
+    expiry = parse_rfc3339(expires_at, "expires_at") if expires_at else None
+    imported = ledger.import_key(
+        _uuid(workspace, "workspace"),
+        name,
+        scope or [],
+        digest,
+        OPERATOR,
+        expiry,
+        meta=_json_object(meta, "meta") if meta is not None else None,
+        owner_id=owner_id,
+    )
+    emit({"key": _key_json(ledger, imported.key), "position": imported.position})
+
+
+@key_app.command("update")
+def key_update(
+    key: str,
+    name: Annotated[str | None, typer.Option(help="a new name")] = None,
+    meta: Annotated[str | None, typer.Option(help="a new JSON object for meta")] = None,
+    owner_id: Annotated[str | None, typer.Option(help="a new owner id")] = None,
+    clear_meta: Annotated[bool, typer.Option("--clear-meta", help="remove meta")] = False,
+    clear_owner: Annotated[bool, typer.Option("--clear-owner", help="remove the owner id")] = False,
+) -> None:
+    """Change a key's name, meta or owner id (the options given), in one event."""
+    if (meta is not None and clear_meta) or (owner_id is not None and clear_owner):
+        raise InvalidInput("give a new value or clear it, not both")
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if meta is not None or clear_meta:
+        changes["meta"] = _json_object(meta, "meta") if meta is not None else None
+    if owner_id is not None or clear_owner:
+        changes["owner_id"] = owner_id
+    ledger = _ledger()
+    update = ledger.change_details(_uuid(key, "key"), changes, OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 
 @key_app.command("grant")
@@ -166,6 +269,26 @@ def key_set_scopes(key: str, scopes: Annotated[list[str] | None, typer.Argument(
     """Make the key's granted scopes exactly these (none: no scope), in one change."""
     ledger = _ledger()
     update = ledger.set_scopes(_uuid(key, "key"), scopes or [], OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("set-limits")
+def key_set_limits(
+    key: str,
+    requests_per_minute: Annotated[int | None, typer.Option("--rpm", help="at most the plan's per minute")] = None,
+    requests_per_day: Annotated[int | None, typer.Option("--rpd", help="at most the plan's per day")] = None,
+) -> None:
+    """Limit a key below its plan (a window left out keeps the plan's); the lower limit is enforced."""
+    ledger = _ledger()
+    update = ledger.set_key_limits(_uuid(key, "key"), requests_per_minute, requests_per_day, OPERATOR)
+    emit({"key": _key_json(ledger, update.key), "position": update.position})
+
+
+@key_app.command("clear-limits")
+def key_clear_limits(key: str) -> None:
+    """Return a key to its plan's limits."""
+    ledger = _ledger()
+    update = ledger.clear_key_limits(_uuid(key, "key"), OPERATOR)
     emit({"key": _key_json(ledger, update.key), "position": update.position})
 
 

@@ -194,7 +194,12 @@ def _export_batches(
                 continue
             if since is not None and info.occurred_at < since:
                 continue
-            if info.type == "UsageRecorded" and not info.data.get("entries") and not keep_all:
+            if (
+                info.type == "UsageRecorded"
+                and not info.data.get("entries")
+                and not info.data.get("credits")
+                and not keep_all
+            ):
                 continue
             entries.append((notification, _entry(notification.id, info)))
         yield entries
@@ -203,7 +208,9 @@ def _export_batches(
 def _usage_of(info: EventInfo, workspace_id: UUID) -> EventInfo:
     """A usage batch mixes workspaces: keep only the entries of the one exported."""
     entries = [e for e in info.data.get("entries", []) if e.get("workspace_id") == str(workspace_id)]
-    return dataclasses.replace(info, workspace_id=workspace_id, data={**info.data, "entries": entries})
+    credits = [c for c in info.data.get("credits", []) if c.get("workspace_id") == str(workspace_id)]
+    data = {**info.data, "entries": entries} | ({"credits": credits} if "credits" in info.data else {})
+    return dataclasses.replace(info, workspace_id=workspace_id, data=data)
 
 
 @audit_app.command("verify")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import KeyCaller, ServicesDep
-from api.schemas import KeyPublic, Me, WorkspaceRef
+from api.routes.keys import key_shape
+from api.schemas import Me, WorkspaceRef
 
 router = APIRouter(tags=["keys"])
 
@@ -20,6 +21,6 @@ def me(services: ServicesDep, caller: KeyCaller) -> Me:
     key = ledger.get_key(caller.key_id, caller.workspace_id)
     workspace = ledger.get_workspace(caller.workspace_id)
     return Me(
-        key=KeyPublic.of(key.state(ledger.clock(), ledger.catalog)),
+        key=key_shape(services, key.state(ledger.clock(), ledger.catalog, workspace.limits)),
         workspace=WorkspaceRef(id=workspace.id, name=workspace.name),
     )

@@ -10,7 +10,14 @@ from starlette.concurrency import run_in_threadpool
 from api.context import Services
 from api.deps import bearer_token, services_of
 from api.problems import ApiProblem, refusal_for
-from api.schemas import RateLimitInfo, UsageReport, UsageReportAccepted, VerifyRequest, VerifyResponse
+from api.schemas import (
+    RateLimitInfo,
+    UsageReport,
+    UsageReportAccepted,
+    VerifyCredits,
+    VerifyRequest,
+    VerifyResponse,
+)
 from api.verification import Answer, needed_scope
 from domain.text import MAX_ENDPOINT_LENGTH
 
@@ -60,6 +67,10 @@ async def verify(body: VerifyRequest, request: Request, response: Response) -> V
         workspace_id=key.credentials.workspace_id if key else None,
         scopes=key.scopes if key else None,
         ratelimit=RateLimitInfo(limit=window.limit, remaining=window.remaining, reset=window.reset) if window else None,
+        name=key.name if key else None,
+        owner_id=key.owner_id if key else None,
+        meta=key.meta if key else None,
+        credits=VerifyCredits(remaining=answer.credits_remaining) if answer.credits_remaining is not None else None,
     )
 
 

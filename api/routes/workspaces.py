@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"])
 def create_workspace(body: WorkspaceCreate, services: ServicesDep, actor: OperatorDep) -> WorkspaceCreated:
     ledger = services.ledger
     created = ledger.create_workspace(body.name, body.plan, actor, body.requests_per_minute, body.requests_per_day)
-    state = created.admin_key.state(ledger.clock(), ledger.catalog)
+    state = created.admin_key.state(ledger.clock(), ledger.catalog, created.workspace.limits)
     return WorkspaceCreated(
         workspace=WorkspacePublic.of(created.workspace),
         admin_key=KeyWithSecret(key=KeyPublic.of(state), secret=created.secret),

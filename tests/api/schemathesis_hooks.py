@@ -1,9 +1,10 @@
 """Schemathesis hooks of `test_openapi_conformance`: the rules JSON Schema cannot state.
 
-Schemathesis checks that every request the OpenAPI document calls valid is accepted. Two rules of
-the domain compare a value with another one or with the clock, which a schema cannot express (the
-document says them in words): an enterprise plan's `requests_per_minute` may not exceed its
-`requests_per_day`, and a key's `expires_at` lies in the future. Cases generated as valid are
+Schemathesis checks that every request the OpenAPI document calls valid is accepted. Three rules of
+the domain compare a value with another one, with stored state or with the clock, which a schema
+cannot express (the document says them in words): an enterprise plan's `requests_per_minute` may not
+exceed its `requests_per_day`, a key's own limits may not exceed its plan's (valid cases ask for 1),
+and a key's `expires_at` lies in the future. Cases generated as valid are
 changed, just before they are sent, into requests that keep those rules; cases generated as invalid
 are left as they are. A webhook's URL must name a public address, also through what its host name
 resolves to (SPEC 8.3): a valid case's URL is pointed at a public address, written as such.
@@ -48,5 +49,9 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
         body["requests_per_minute"], body["requests_per_day"] = day, minute
     if case.method.upper() == "POST" and case.path.endswith("/webhooks") and isinstance(body.get("url"), str):
         body["url"] = "https://93.184.215.14/hook"  # nothing listens: deliveries fail, in the background
+    if case.operation.path.endswith("/keys/{key}/limits"):
+        for name in ("requests_per_minute", "requests_per_day"):
+            if _number(body.get(name)) and body[name] > 1:
+                body[name] = 1
     if _past(body.get("expires_at")):
         body["expires_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()

@@ -109,6 +109,10 @@ def test_missing_malformed_or_mistyped_keys_are_not_found(server: Server, presen
             "workspace_id": None,
             "scopes": None,
             "ratelimit": None,
+            "name": None,
+            "owner_id": None,
+            "meta": None,
+            "credits": None,
         }
 
 

@@ -36,8 +36,13 @@ EXPECTED = {
     ("PUT", "/v1/workspaces/{ws}/plan"): {200} | OPERATOR | {400, 404, 409},
     ("GET", "/v1/workspaces/{ws}"): {200} | KEY,
     ("POST", "/v1/workspaces/{ws}/keys"): {201} | COMMAND,
+    ("POST", "/v1/workspaces/{ws}/keys/import"): {201} | COMMAND,
     ("GET", "/v1/workspaces/{ws}/keys"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/keys/{key}"): {200} | KEY,
+    ("PATCH", "/v1/workspaces/{ws}/keys/{key}"): {200} | COMMAND,
+    ("PUT", "/v1/workspaces/{ws}/keys/{key}/limits"): {200} | COMMAND,
+    ("DELETE", "/v1/workspaces/{ws}/keys/{key}/limits"): {200} | KEY | {409},
+    ("PUT", "/v1/workspaces/{ws}/keys/{key}/credits"): {200} | COMMAND,
     ("POST", "/v1/workspaces/{ws}/keys/{key}/scopes"): {200} | COMMAND,
     ("DELETE", "/v1/workspaces/{ws}/keys/{key}/scopes/{scope}"): {200} | KEY | {409},
     ("POST", "/v1/workspaces/{ws}/keys/{key}/rotate"): {200} | COMMAND,
@@ -98,6 +103,8 @@ def test_every_error_is_problem_json_with_its_headers():
             }
             headers = {name for name, h in response.get("headers", {}).items() if h["required"]}
             expected = {"401": {"WWW-Authenticate"}, "403": {"WWW-Authenticate"}, "429": {"Retry-After"}}
+            if route == ("GET", "/v1/auth"):
+                expected["429"] = set()  # USAGE_EXCEEDED without a refill due has no Retry-After (SPEC 8.1)
             assert headers == expected.get(status, {"Retry-After"} if status == "503" else set()), (route, status)
     assert set(doc["components"]["schemas"]["Problem"]["required"]) == {"type", "title", "status", "detail"}
     auth = operations(doc)[("GET", "/v1/auth")]["responses"]

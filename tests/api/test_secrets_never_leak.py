@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import httpx
@@ -31,8 +32,18 @@ def test_secrets_appear_only_in_issue_and_rotate_answers(server: Server, backend
             f"POST /v1/workspaces/{ws}/keys",
             f"POST /v1/workspaces/{ws}/keys/{key}/rotate",
         }
-        secrets = [admin_secret, issued["secret"], rotated["secret"]]
-        for secret in (*secrets, secrets[1][:-1], "kl_" + "x" * 71):
+        # Imported secrets (SPEC 8.1): by the secret itself, by its SHA-256, and refused ones (never echoed).
+        imported_secret, hashed_secret = "legacy-LEAKCHECK-0123456789abcdef", "legacy-HASHED-LEAKCHECK-0123456789"
+        call(admin, "POST", f"/v1/workspaces/{ws}/keys/import", json={"name": "i", "secret": imported_secret})
+        digest = hashlib.sha256(hashed_secret.encode()).hexdigest()
+        call(admin, "POST", f"/v1/workspaces/{ws}/keys/import", json={"name": "h", "sha256": digest})
+        call(admin, "POST", f"/v1/workspaces/{ws}/keys/import", json={"name": "d", "secret": imported_secret})  # 409
+        refused_secret = "kl_refused-LEAKCHECK-0123456789"
+        call(admin, "POST", f"/v1/workspaces/{ws}/keys/import", json={"name": "r", "secret": refused_secret})  # 422
+        call(admin, "POST", f"/v1/workspaces/{ws}/keys/import", json={"name": "r", "secret": "short-LEAK\u00e9"})
+        call(admin, "GET", f"/v1/workspaces/{ws}/audit")
+        secrets = [admin_secret, issued["secret"], rotated["secret"], imported_secret, hashed_secret, refused_secret]
+        for secret in (*secrets, secrets[1][:-1], "kl_" + "x" * 71, imported_secret[:-1]):
             call(
                 admin,
                 "POST",
@@ -74,3 +85,6 @@ def test_secrets_appear_only_in_issue_and_rotate_answers(server: Server, backend
         assert secret not in log
         assert not any(secret.encode() in row for row in rows)
         assert not re.search(re.escape(secret[3:40]), log)
+    for what, text in bodies:  # not even a part of an imported or refused secret in any answer
+        for secret in secrets[3:]:
+            assert "LEAKCHECK" not in text and secret[:20] not in text, what

@@ -72,7 +72,8 @@ def test_replay_rebuilds_every_key_as_the_aggregate_sees_it(audited: KeyLedger, 
         assert result.exit_code == 0, result.output
         replayed = json.loads(result.stdout)
         key = audited.get_key(key_id)
-        assert replayed["state"]["key"] == as_json(dataclasses.asdict(key.state(at, audited.catalog)))
+        plan = audited.get_workspace(key.workspace_id).limits  # its limits are shown under its plan's then
+        assert replayed["state"]["key"] == as_json(dataclasses.asdict(key.state(at, audited.catalog, plan)))
         assert replayed["state"]["version"] == key.version == len(replayed["timeline"])
         positions = [entry["position"] for entry in replayed["timeline"]]
         assert positions == sorted(positions) and None not in positions
@@ -197,7 +198,8 @@ def test_replay_gives_every_key_the_state_of_the_current_keys_read_model(audited
             )
             assert result.exit_code == 0, result.output
             workspace_id = audited.get_key(key_id).workspace_id
-            from_read_model = read_models.get_key(workspace_id, key_id, at)
+            plan = audited.get_workspace(workspace_id).limits
+            from_read_model = read_models.get_key(workspace_id, key_id, at, plan)
             assert from_read_model is not None
             assert json.loads(result.stdout)["state"]["key"] == as_json(dataclasses.asdict(from_read_model))
     finally:

@@ -226,3 +226,92 @@ def test_an_admin_suspends_and_resumes_a_key_behind_a_confirmation(server: Serve
 
     assert suspended == "SUSPENDED"
     assert verify(server, reader["secret"])["code"] == "VALID"
+
+
+def test_an_admin_edits_a_keys_name_owner_and_meta(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    reader = issue(server, admin, ["read:nodes"], name="web", owner_id="cust_1")
+    reader_id = reader["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+    assert dashboard.key_cell(reader_id, "details") == "owner: cust_1"
+
+    dashboard.click_action(reader_id, "edit")
+    page.fill("#edit-name", "web (prod)")
+    page.fill("#edit-owner", "cust_2")
+    page.fill("#edit-meta", '{"plan": "gold"}')
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-detail="meta"]')
+    details = dashboard.key_cell(reader_id, "details")
+    dashboard.click_action(reader_id, "edit")
+    page.fill("#edit-meta", "[1]")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#banner:not([hidden])")
+
+    assert details.splitlines() == ["owner: cust_2", 'meta: {"plan":"gold"}']
+    assert "meta must be a JSON object" in page.inner_text("#banner")
+    answer = verify(server, reader["secret"])
+    assert answer["name"] == "web (prod)" and answer["owner_id"] == "cust_2" and answer["meta"] == {"plan": "gold"}
+    assert dashboard.errors == []
+
+
+def test_an_admin_limits_a_key_below_its_plan_and_returns_it_to_the_plan(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    reader = issue(server, admin, ["read:nodes"])
+    reader_id = reader["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    dashboard.click_action(reader_id, "limits")
+    page.fill("#limit-rpm", "7")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-detail="limits"]')
+    shown = dashboard.key_cell(reader_id, "details")
+    answer = verify(server, reader["secret"])
+    dashboard.click_action(reader_id, "limits")
+    page.fill("#limit-rpm", "")
+    page.fill("#limit-rpd", "")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-field="details"]:text-is("—")')
+
+    assert shown == "limits: 7/min, 10,000/day"
+    assert answer["ratelimit"]["limit"] == 7
+    assert dashboard.errors == []
+
+
+def test_an_admin_gives_a_key_credits_with_a_refill(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    reader = issue(server, admin, ["read:nodes"])
+    reader_id = reader["key"]["id"]
+    page = dashboard.open().page
+    dashboard.sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    dashboard.click_action(reader_id, "credits")
+    page.fill("#credits-remaining", "2")
+    page.fill("#credits-refill-amount", "10")
+    page.select_option("#credits-refill-interval", "day")
+    page.click("#confirm-ok")
+    page.wait_for_selector(f'#keys-table tr[data-key-id="{reader_id}"] [data-detail="credits"]')
+    shown = dashboard.key_cell(reader_id, "details")
+    codes = [verify(server, reader["secret"])["code"] for _ in range(3)]
+
+    assert shown == "credits: 2 left, refilled to 10 each day"
+    assert codes == ["VALID", "VALID", "USAGE_EXCEEDED"]
+    assert dashboard.errors == []
+
+
+def test_an_imported_key_is_shown_as_imported(server: Server, dashboard: DashboardPage):
+    admin = create_workspace(server)["admin_key"]
+    ws = admin["key"]["workspace_id"]
+    with server.client(admin["secret"]) as client:
+        body = {"name": "legacy", "scopes": ["read:nodes"], "secret": "legacy-dashboard-0123456789"}
+        imported = client.post(f"/v1/workspaces/{ws}/keys/import", json=body).json()["key"]
+    dashboard.open().sign_in(admin["secret"])
+    dashboard.wait_signed_in()
+
+    assert dashboard.key_cell(imported["id"], "details") == "origin: imported (found by its secret's digest)"
+    assert verify(server, "legacy-dashboard-0123456789")["code"] == "VALID"
+    assert dashboard.errors == []

@@ -149,6 +149,7 @@ def write_as_older_code(ledger: KeyLedger) -> tuple[ApiKey, int]:
         expires_at=far,
         secret_digest=credentials.digest(credentials.generate_secret(key_id)),
         actor="operator",
+        **dict.fromkeys(("meta", "owner_id", "credits_remaining", "refill_amount", "refill_interval")),
     )
     workspace.take_key_slot(key_id, "operator")
     ledger.save(workspace, key)

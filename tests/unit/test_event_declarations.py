@@ -11,6 +11,7 @@ from eventsourcing.domain import CanMutateAggregate
 import domain
 from domain.application import CREDENTIAL_EVENTS, EVENT_CLASSES
 from domain.effects import LIBRARY_BASES, declared
+from domain.imports import SecretClaim
 from domain.keys import ApiKey
 from domain.workspace import Workspace
 
@@ -53,5 +54,11 @@ def test_the_credential_changing_events_are_the_lifecycle_and_plan_changes():  #
         ApiKey.ScopesSet,
         ApiKey.KeySuspended,
         ApiKey.KeyResumed,
+        ApiKey.KeyDetailsChanged,
+        ApiKey.KeyLimitsSet,
+        ApiKey.KeyLimitsCleared,
+        ApiKey.CreditsSet,
+        ApiKey.KeyImported,
+        SecretClaim.SecretClaimed,
         Workspace.PlanChanged,
     }

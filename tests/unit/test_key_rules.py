@@ -4,18 +4,23 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
+from eventsourcing.domain import Snapshot
+from eventsourcing.utils import get_topic
 
 from domain import credentials
 from domain.errors import (
     InvalidExpiry,
     InvalidGracePeriod,
+    InvalidInput,
     InvalidName,
     KeyAlreadyRevoked,
     KeyLimitReached,
     TooManyScopes,
 )
+from domain.keyinfo import MAX_META_BYTES
+from domain.keylimits import KeyLimits
 from domain.keys import ApiKey
-from domain.plans import Plan
+from domain.plans import Limits, Plan
 from domain.scopes import ScopeCatalog
 from domain.verification import VerifyCode, check_credentials
 from domain.workspace import MAX_LIVE_KEYS, Workspace
@@ -225,3 +230,92 @@ def test_changing_to_the_same_plan_records_nothing():
         1000,
         5000,
     )
+
+
+# --- meta and owner (SPEC 8.1) ---------------------------------------------------------------------------
+
+
+def test_meta_is_kept_as_json_text_in_events_and_as_an_object_on_the_key():
+    key, _ = (
+        ApiKey.issue(
+            key_id=uuid4(),
+            workspace_id=uuid4(),
+            name="ci",
+            scopes=[],
+            secret_digest="0" * 64,
+            actor="operator",
+            now=NOW,
+            meta={"_type_": "UUID", "_data_": "not one"},  # the store's own encoding shape: harmless as text
+            owner_id="u1",
+        ),
+        None,
+    )
+    (issued,) = key.collect_events()
+
+    assert issued.meta == '{"_type_":"UUID","_data_":"not one"}' and key.meta == {"_type_": "UUID", "_data_": "not one"}
+    assert key.owner_id == "u1"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"meta": []}, {"meta": {"x": "y" * MAX_META_BYTES}}, {"meta": {"x": float("nan")}}, {"owner_id": ""}, {"id": 1}],
+)
+def test_bad_details_are_refused_and_record_nothing(changes):
+    key, _ = new_key()
+    key.collect_events()
+
+    with pytest.raises(InvalidInput):
+        key.change_details(changes, "operator")
+
+    assert key.collect_events() == [] and key.meta is None
+
+
+def test_details_that_change_nothing_record_nothing():
+    key, _ = new_key()
+    key.change_details({"owner_id": "u1", "meta": {"a": 1}}, "operator")
+    key.collect_events()
+
+    assert key.change_details({"owner_id": "u1", "meta": {"a": 1}, "name": "ci"}, "operator") is False
+    assert key.change_details({"meta": None}, "operator") is True
+    assert key.meta is None and key.owner_id == "u1"
+
+
+def test_a_snapshot_of_a_key_from_before_suspension_and_meta_loads():
+    key, _ = new_key()
+    state = {
+        k: v for k, v in vars(key).items() if k not in ("suspended_at", "suspended_reason", "meta_json", "owner_id")
+    }
+    state.pop("_pending_events", None)
+    snapshot = Snapshot(originator_id=key.id, originator_version=1, timestamp=NOW, topic=get_topic(ApiKey), state=state)
+
+    loaded = snapshot.mutate(None)
+
+    assert isinstance(loaded, ApiKey) and loaded.meta is None and loaded.status(NOW) == "active"
+
+
+# --- per-key limits (SPEC 8.1) ---------------------------------------------------------------------------
+
+
+def test_a_key_gets_the_lower_of_its_own_and_its_plans_limits():
+    key, _ = new_key()
+    plan = Limits(60, 10_000)
+    assert key.limits(plan) == KeyLimits(60, 10_000, "plan")
+
+    key.set_limits(5, None, plan, "operator")
+
+    assert key.limits(plan) == KeyLimits(5, 10_000, "key")
+    assert key.limits(Limits(2, 100)) == KeyLimits(2, 100, "key")  # a plan lowered since wins
+    assert key.set_limits(5, None, plan, "operator") is False
+    assert key.clear_limits("operator") is True and key.limits(plan).source == "plan"
+    assert key.clear_limits("operator") is False
+
+
+@pytest.mark.parametrize("limits", [(None, None), (0, None), (61, None), (None, 10_001), (True, None), (5.0, None)])
+def test_limits_outside_1_to_the_plans_are_refused(limits):
+    key, _ = new_key()
+    key.collect_events()
+
+    with pytest.raises(InvalidInput):
+        key.set_limits(*limits, Limits(60, 10_000), "operator")
+
+    assert key.collect_events() == []

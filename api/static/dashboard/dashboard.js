@@ -366,20 +366,54 @@ function renderKeys() {
       const live = key.status === "active";
       const suspended = key.status === "suspended";
       actions.append(
+        actionButton("Edit", "edit", live || suspended, () => editDetails(key)),
+        actionButton("Limits", "limits", live || suspended, () => editLimits(key)),
+        actionButton("Credits", "credits", live || suspended, () => editCredits(key)),
         actionButton("Rotate", "rotate", live, () => rotate(key)),
         suspended
           ? actionButton("Resume", "resume", true, () => suspendOrResume(key, "resume"))
           : actionButton("Suspend", "suspend", live, () => suspendOrResume(key, "suspend")),
         actionButton("Revoke", "revoke danger", live || suspended, () => revoke(key)),
       );
-      const cells = [keyCell(key), status, scopes, age, due, actions];
-      ["key", "status", "scopes", "age", "rotation-due", "actions"].forEach((f, i) => {
+      const cells = [keyCell(key), status, scopes, detailsCell(key), age, due, actions];
+      ["key", "status", "scopes", "details", "age", "rotation-due", "actions"].forEach((f, i) => {
         cells[i].dataset.field = f;
       });
       tr.append(...cells);
       return tr;
     }),
   );
+}
+
+/** What the key's owner said about it and what bounds it: owner, meta, own limits, credits, origin. */
+function detailsCell(key) {
+  const td = document.createElement("td");
+  const lines = [];
+  const line = (name, value) => {
+    const div = document.createElement("div");
+    div.dataset.detail = name;
+    const label = document.createElement("span");
+    label.className = "muted";
+    label.textContent = `${name}: `;
+    const text = document.createElement("span");
+    text.className = "mono";
+    text.textContent = value;
+    div.append(label, text);
+    lines.push(div);
+  };
+  if (key.imported) line("origin", "imported (found by its secret's digest)");
+  if (key.owner_id) line("owner", key.owner_id);
+  if (key.meta) line("meta", JSON.stringify(key.meta));
+  if (key.limits?.source === "key") {
+    line("limits", `${count(key.limits.requests_per_minute)}/min, ${count(key.limits.requests_per_day)}/day`);
+  }
+  if (key.credits) {
+    const refill = key.credits.refill;
+    line("credits", `${count(key.credits.remaining)} left` + (refill ? `, refilled to ${count(refill.amount)} each ${refill.interval}` : ""));
+  }
+  td.append(...lines);
+  if (!lines.length) td.textContent = "—";
+  return td;
 }
 
 function actionButton(label, className, enabled, onClick) {
@@ -536,6 +570,137 @@ async function suspendOrResume(key, action) {
   if (!confirmed) return;
   try {
     await api("POST", wsPath(`/keys/${encodeURIComponent(key.id)}/${action}`), suspending ? {} : undefined);
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  await reload();
+}
+
+function textInput(id, value, maxLength) {
+  const input = document.createElement("input");
+  input.id = id;
+  input.value = value ?? "";
+  input.maxLength = maxLength;
+  input.autocomplete = "off";
+  return input;
+}
+
+async function editDetails(key) {
+  const name = textInput("edit-name", key.name, 100);
+  const owner = textInput("edit-owner", key.owner_id, 200);
+  const meta = document.createElement("textarea");
+  meta.id = "edit-meta";
+  meta.rows = 4;
+  meta.value = key.meta ? JSON.stringify(key.meta, null, 2) : "";
+  const form = document.createElement("div");
+  form.append(
+    labelled("Name ", name),
+    labelled("Owner id (your user or customer id; empty: none) ", owner),
+    labelled("Meta (a JSON object, at most 4 KiB; empty: none) ", meta),
+  );
+  const confirmed = await confirmAction({
+    title: `Edit key “${keyLabel(key)}”`,
+    text: "Verify answers show the name, owner id and meta of the key.",
+    confirmLabel: "Save",
+    extra: form,
+  });
+  if (!confirmed) return;
+  let parsed = null;
+  if (meta.value.trim()) {
+    try {
+      parsed = JSON.parse(meta.value);
+    } catch {
+      parsed = undefined;
+    }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      failed(new ApiError(422, { title: "Invalid meta", detail: 'meta must be a JSON object, e.g. {"team": "data"}' }));
+      return;
+    }
+  }
+  try {
+    await api("PATCH", wsPath(`/keys/${encodeURIComponent(key.id)}`), {
+      name: name.value,
+      owner_id: owner.value.trim() || null,
+      meta: parsed,
+    });
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  await reload();
+}
+
+function numberInput(id, value, max) {
+  const input = document.createElement("input");
+  input.id = id;
+  input.type = "number";
+  input.min = "1";
+  input.max = String(max);
+  input.value = value ?? "";
+  return input;
+}
+
+/** Limit a key below its plan (empty fields keep the plan's), or return it to the plan when both are empty. */
+async function editLimits(key) {
+  const plan = state.workspace;
+  const own = key.limits?.source === "key";
+  const rpm = numberInput("limit-rpm", own ? key.limits.requests_per_minute : "", plan.requests_per_minute);
+  const rpd = numberInput("limit-rpd", own ? key.limits.requests_per_day : "", plan.requests_per_day);
+  const form = document.createElement("div");
+  form.append(
+    labelled(`Requests per minute (plan: ${count(plan.requests_per_minute)}) `, rpm),
+    labelled(`Requests per day (plan: ${count(plan.requests_per_day)}) `, rpd),
+  );
+  const confirmed = await confirmAction({
+    title: `Limits of key “${keyLabel(key)}”`,
+    text: "A key can be limited below its plan; the lower limit applies. Leave both empty to return to the plan.",
+    confirmLabel: "Save",
+    extra: form,
+  });
+  if (!confirmed) return;
+  const body = {}; // a window left empty keeps the plan's
+  if (rpm.value.trim() !== "") body.requests_per_minute = Number(rpm.value);
+  if (rpd.value.trim() !== "") body.requests_per_day = Number(rpd.value);
+  const path = wsPath(`/keys/${encodeURIComponent(key.id)}/limits`);
+  try {
+    if (!Object.keys(body).length) await api("DELETE", path);
+    else await api("PUT", path, body);
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  await reload();
+}
+
+/** Make a key usage-limited: what it may spend from now on, and an optional daily or monthly refill. */
+async function editCredits(key) {
+  const remaining = numberInput("credits-remaining", key.credits?.remaining ?? "", 1e12);
+  remaining.min = "0";
+  const amount = numberInput("credits-refill-amount", key.credits?.refill?.amount ?? "", 1e12);
+  const interval = document.createElement("select");
+  interval.id = "credits-refill-interval";
+  for (const [label, value] of [["no refill", ""], ["each UTC day", "day"], ["each UTC month", "month"]]) {
+    interval.append(new Option(label, value));
+  }
+  interval.value = key.credits?.refill?.interval ?? "";
+  const form = document.createElement("div");
+  form.append(
+    labelled("Credits it may spend from now on ", remaining),
+    labelled("Refill to ", amount),
+    labelled("Refill ", interval),
+  );
+  const confirmed = await confirmAction({
+    title: `Credits of key “${keyLabel(key)}”`,
+    text: "Each allowed request spends one credit; at zero the key is refused (USAGE_EXCEEDED) until a refill.",
+    confirmLabel: "Save",
+    extra: form,
+  });
+  if (!confirmed) return;
+  const body = { remaining: Number(remaining.value) };
+  if (interval.value) body.refill = { amount: Number(amount.value), interval: interval.value };
+  try {
+    await api("PUT", wsPath(`/keys/${encodeURIComponent(key.id)}/credits`), body);
   } catch (error) {
     failed(error);
     return;
