@@ -121,6 +121,10 @@ class Verdict:
     scopes: list[str] | None
     ratelimit: RateLimit | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    name: str | None = None
+    owner_id: str | None = None
+    meta: dict[str, Any] | None = None
+    credits: dict[str, int] | None = None  # {remaining} for a usage-limited key
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Verdict:
@@ -133,6 +137,10 @@ class Verdict:
             scopes=body.get("scopes"),
             ratelimit=RateLimit(limit["limit"], limit["remaining"], limit["reset"]) if limit else None,
             raw=body,
+            name=body.get("name"),
+            owner_id=body.get("owner_id"),
+            meta=body.get("meta"),
+            credits=body.get("credits"),
         )
 
 
@@ -178,6 +186,16 @@ class _Call(Generic[T]):
 
     def request(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         return client.build_request(self.method, self.path, params=self.params, json=self.body)
+
+
+class _Unset:
+    """A field left out of a PATCH (None sends null, which clears `meta` or `owner_id`)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
 
 
 def _json(response: httpx.Response) -> Any:
@@ -253,13 +271,47 @@ class _Api:
         return _command("PUT", f"/v1/workspaces/{ws}/plan", body)
 
     @staticmethod
-    def issue_key(ws: Id, name: str, scopes: Sequence[str], expires_at: datetime | str | None) -> _Call[KeyWithSecret]:
-        body = _drop_none({"name": name, "scopes": list(scopes), "expires_at": expires_at and _time(expires_at)})
-        return _command("POST", f"/v1/workspaces/{ws}/keys", body)
+    def issue_key(ws: Id, name: str, scopes: Sequence[str], expires_at: datetime | str | None,
+                  extra: dict[str, Any]) -> _Call[KeyWithSecret]:  # fmt: skip
+        body = {"name": name, "scopes": list(scopes), "expires_at": expires_at and _time(expires_at), **extra}
+        return _command("POST", f"/v1/workspaces/{ws}/keys", _drop_none(body))
 
     @staticmethod
-    def list_keys(ws: Id, status: str | None, rotation_due: bool | None) -> _Call[list[Key]]:
-        params = _drop_none({"status": status, "rotation_due": rotation_due})
+    def import_key(ws: Id, name: str, scopes: Sequence[str], expires_at: datetime | str | None,
+                   extra: dict[str, Any]) -> _Call[Key]:  # fmt: skip
+        body = _drop_none(
+            {"name": name, "scopes": list(scopes), "expires_at": expires_at and _time(expires_at), **extra}
+        )
+        return _Call("POST", f"/v1/workspaces/{ws}/keys/import", lambda r: cast(Key, r.json()["key"]), body=body,
+                     repeatable=False)  # fmt: skip
+
+    @staticmethod
+    def update_key(ws: Id, key: Id, fields: dict[str, Any]) -> _Call[Key]:
+        return _command("PATCH", f"/v1/workspaces/{ws}/keys/{key}", {k: v for k, v in fields.items() if v is not UNSET})
+
+    @staticmethod
+    def set_limits(ws: Id, key: Id, rpm: int | None, rpd: int | None) -> _Call[Key]:
+        body = _drop_none({"requests_per_minute": rpm, "requests_per_day": rpd})
+        return _command("PUT", f"/v1/workspaces/{ws}/keys/{key}/limits", body)
+
+    @staticmethod
+    def set_credits(ws: Id, key: Id, remaining: int, refill_amount: int | None, interval: str | None) -> _Call[Key]:
+        refill = {"amount": refill_amount, "interval": interval} if refill_amount is not None else None
+        return _command("PUT", f"/v1/workspaces/{ws}/keys/{key}/credits", _drop_none({"remaining": remaining,
+                                                                                      "refill": refill}))  # fmt: skip
+
+    @staticmethod
+    def create_webhook(ws: Id, url: str, types: Sequence[str] | None, description: str | None) -> _Call[Any]:
+        body = _drop_none({"url": url, "types": list(types) if types else None, "description": description})
+        return _command("POST", f"/v1/workspaces/{ws}/webhooks", body)
+
+    @staticmethod
+    def inclusion_proof(position: int, tree_size: int | None) -> _Call[Any]:
+        return _get("/v1/audit/proof/inclusion", _drop_none({"position": position, "tree_size": tree_size}))
+
+    @staticmethod
+    def list_keys(ws: Id, status: str | None, rotation_due: bool | None, owner_id: str | None) -> _Call[list[Key]]:
+        params = _drop_none({"status": status, "rotation_due": rotation_due, "owner_id": owner_id})
         return _Call("GET", f"/v1/workspaces/{ws}/keys", lambda r: cast(list[Key], r.json()["items"]), params)
 
     @staticmethod
@@ -367,12 +419,23 @@ class Client(_Base):
 
     # keys (admin)
     def issue_key(
-        self, ws: Id, name: str, scopes: Sequence[str] = (), expires_at: datetime | str | None = None
+        self,
+        ws: Id,
+        name: str,
+        scopes: Sequence[str] = (),
+        expires_at: datetime | str | None = None,
+        *,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+        credits: dict[str, Any] | None = None,
     ) -> KeyWithSecret:
-        return self._send(_Api.issue_key(ws, name, scopes, expires_at))
+        extra = {"meta": meta, "owner_id": owner_id, "credits": credits}
+        return self._send(_Api.issue_key(ws, name, scopes, expires_at, extra))
 
-    def list_keys(self, ws: Id, status: str | None = None, rotation_due: bool | None = None) -> list[Key]:
-        return self._send(_Api.list_keys(ws, status, rotation_due))
+    def list_keys(
+        self, ws: Id, status: str | None = None, rotation_due: bool | None = None, owner_id: str | None = None
+    ) -> list[Key]:
+        return self._send(_Api.list_keys(ws, status, rotation_due, owner_id))
 
     def get_key(self, ws: Id, key: Id) -> Key:
         return cast(Key, self._send(_get(f"/v1/workspaces/{ws}/keys/{key}")))
@@ -398,6 +461,80 @@ class Client(_Base):
 
     def resume_key(self, ws: Id, key: Id) -> Key:
         return self._send(_Api.key_command(ws, key, "resume"))
+
+    # keys beyond issue (SPEC 8.1)
+    def import_key(
+        self,
+        ws: Id,
+        name: str,
+        scopes: Sequence[str] = (),
+        *,
+        secret: str | None = None,
+        sha256: str | None = None,
+        expires_at: datetime | str | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+    ) -> Key:
+        extra = {"secret": secret, "sha256": sha256, "meta": meta, "owner_id": owner_id}
+        return self._send(_Api.import_key(ws, name, scopes, expires_at, extra))
+
+    def update_key(self, ws: Id, key: Id, *, name: Any = UNSET, meta: Any = UNSET, owner_id: Any = UNSET) -> Key:
+        """Change what is given; `None` clears `meta` or `owner_id`."""
+        return self._send(_Api.update_key(ws, key, {"name": name, "meta": meta, "owner_id": owner_id}))
+
+    def set_limits(
+        self, ws: Id, key: Id, requests_per_minute: int | None = None, requests_per_day: int | None = None
+    ) -> Key:
+        return self._send(_Api.set_limits(ws, key, requests_per_minute, requests_per_day))
+
+    def clear_limits(self, ws: Id, key: Id) -> Key:
+        return cast(Key, self._send(_command("DELETE", f"/v1/workspaces/{ws}/keys/{key}/limits")))
+
+    def set_credits(
+        self, ws: Id, key: Id, remaining: int, refill_amount: int | None = None, refill_interval: str | None = None
+    ) -> Key:
+        return self._send(_Api.set_credits(ws, key, remaining, refill_amount, refill_interval))
+
+    # webhooks (SPEC 8.3)
+    def create_webhook(
+        self, ws: Id, url: str, types: Sequence[str] | None = None, description: str | None = None
+    ) -> dict[str, Any]:
+        """`{webhook, secret}`: the signing secret is shown this once."""
+        return cast(dict[str, Any], self._send(_Api.create_webhook(ws, url, types, description)))
+
+    def list_webhooks(self, ws: Id) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], (self._send(_get(f"/v1/workspaces/{ws}/webhooks")))["items"])
+
+    def get_webhook(self, ws: Id, webhook: Id) -> dict[str, Any]:
+        return cast(dict[str, Any], self._send(_get(f"/v1/workspaces/{ws}/webhooks/{webhook}")))
+
+    def delete_webhook(self, ws: Id, webhook: Id) -> None:
+        self._send(_Call("DELETE", f"/v1/workspaces/{ws}/webhooks/{webhook}", _none))
+
+    def deliveries(self, ws: Id, webhook: Id) -> list[dict[str, Any]]:
+        path = f"/v1/workspaces/{ws}/webhooks/{webhook}/deliveries"
+        return cast(list[dict[str, Any]], (self._send(_get(path)))["items"])
+
+    def retry_delivery(self, ws: Id, webhook: Id, position: int) -> dict[str, Any]:
+        path = f"/v1/workspaces/{ws}/webhooks/{webhook}/deliveries/{position}/retry"
+        return cast(dict[str, Any], self._send(_Call("POST", path, _json)))
+
+    # the verifiable audit log (SPEC 8.4)
+    def audit_public_key(self) -> dict[str, str]:
+        return cast(dict[str, str], self._send(_get("/v1/audit/public-key")))
+
+    def checkpoint(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._send(_get("/v1/audit/checkpoint")))
+
+    def make_checkpoint(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._send(_Call("POST", "/v1/audit/checkpoint", _json)))
+
+    def inclusion_proof(self, position: int, tree_size: int | None = None) -> dict[str, Any]:
+        return cast(dict[str, Any], self._send(_Api.inclusion_proof(position, tree_size)))
+
+    def consistency_proof(self, from_size: int, to_size: int) -> dict[str, Any]:
+        params = {"from": from_size, "to": to_size}
+        return cast(dict[str, Any], self._send(_get("/v1/audit/proof/consistency", params)))
 
     # usage (admin) and audit (read:events)
     def usage(self, ws: Id, key: Id | None = None, bucket: str | None = None) -> dict[str, Any]:
@@ -514,12 +651,23 @@ class AsyncClient(_Base):
         return cast(Workspace, await self._send(_get(f"/v1/workspaces/{ws}")))
 
     async def issue_key(
-        self, ws: Id, name: str, scopes: Sequence[str] = (), expires_at: datetime | str | None = None
+        self,
+        ws: Id,
+        name: str,
+        scopes: Sequence[str] = (),
+        expires_at: datetime | str | None = None,
+        *,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+        credits: dict[str, Any] | None = None,
     ) -> KeyWithSecret:
-        return await self._send(_Api.issue_key(ws, name, scopes, expires_at))
+        extra = {"meta": meta, "owner_id": owner_id, "credits": credits}
+        return await self._send(_Api.issue_key(ws, name, scopes, expires_at, extra))
 
-    async def list_keys(self, ws: Id, status: str | None = None, rotation_due: bool | None = None) -> list[Key]:
-        return await self._send(_Api.list_keys(ws, status, rotation_due))
+    async def list_keys(
+        self, ws: Id, status: str | None = None, rotation_due: bool | None = None, owner_id: str | None = None
+    ) -> list[Key]:
+        return await self._send(_Api.list_keys(ws, status, rotation_due, owner_id))
 
     async def get_key(self, ws: Id, key: Id) -> Key:
         return cast(Key, await self._send(_get(f"/v1/workspaces/{ws}/keys/{key}")))
@@ -546,6 +694,80 @@ class AsyncClient(_Base):
 
     async def resume_key(self, ws: Id, key: Id) -> Key:
         return await self._send(_Api.key_command(ws, key, "resume"))
+
+    # keys beyond issue (SPEC 8.1)
+    async def import_key(
+        self,
+        ws: Id,
+        name: str,
+        scopes: Sequence[str] = (),
+        *,
+        secret: str | None = None,
+        sha256: str | None = None,
+        expires_at: datetime | str | None = None,
+        meta: dict[str, Any] | None = None,
+        owner_id: str | None = None,
+    ) -> Key:
+        extra = {"secret": secret, "sha256": sha256, "meta": meta, "owner_id": owner_id}
+        return await self._send(_Api.import_key(ws, name, scopes, expires_at, extra))
+
+    async def update_key(self, ws: Id, key: Id, *, name: Any = UNSET, meta: Any = UNSET, owner_id: Any = UNSET) -> Key:
+        """Change what is given; `None` clears `meta` or `owner_id`."""
+        return await self._send(_Api.update_key(ws, key, {"name": name, "meta": meta, "owner_id": owner_id}))
+
+    async def set_limits(
+        self, ws: Id, key: Id, requests_per_minute: int | None = None, requests_per_day: int | None = None
+    ) -> Key:
+        return await self._send(_Api.set_limits(ws, key, requests_per_minute, requests_per_day))
+
+    async def clear_limits(self, ws: Id, key: Id) -> Key:
+        return cast(Key, await self._send(_command("DELETE", f"/v1/workspaces/{ws}/keys/{key}/limits")))
+
+    async def set_credits(
+        self, ws: Id, key: Id, remaining: int, refill_amount: int | None = None, refill_interval: str | None = None
+    ) -> Key:
+        return await self._send(_Api.set_credits(ws, key, remaining, refill_amount, refill_interval))
+
+    # webhooks (SPEC 8.3)
+    async def create_webhook(
+        self, ws: Id, url: str, types: Sequence[str] | None = None, description: str | None = None
+    ) -> dict[str, Any]:
+        """`{webhook, secret}`: the signing secret is shown this once."""
+        return cast(dict[str, Any], await self._send(_Api.create_webhook(ws, url, types, description)))
+
+    async def list_webhooks(self, ws: Id) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], (await self._send(_get(f"/v1/workspaces/{ws}/webhooks")))["items"])
+
+    async def get_webhook(self, ws: Id, webhook: Id) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._send(_get(f"/v1/workspaces/{ws}/webhooks/{webhook}")))
+
+    async def delete_webhook(self, ws: Id, webhook: Id) -> None:
+        await self._send(_Call("DELETE", f"/v1/workspaces/{ws}/webhooks/{webhook}", _none))
+
+    async def deliveries(self, ws: Id, webhook: Id) -> list[dict[str, Any]]:
+        path = f"/v1/workspaces/{ws}/webhooks/{webhook}/deliveries"
+        return cast(list[dict[str, Any]], (await self._send(_get(path)))["items"])
+
+    async def retry_delivery(self, ws: Id, webhook: Id, position: int) -> dict[str, Any]:
+        path = f"/v1/workspaces/{ws}/webhooks/{webhook}/deliveries/{position}/retry"
+        return cast(dict[str, Any], await self._send(_Call("POST", path, _json)))
+
+    # the verifiable audit log (SPEC 8.4)
+    async def audit_public_key(self) -> dict[str, str]:
+        return cast(dict[str, str], await self._send(_get("/v1/audit/public-key")))
+
+    async def checkpoint(self) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._send(_get("/v1/audit/checkpoint")))
+
+    async def make_checkpoint(self) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._send(_Call("POST", "/v1/audit/checkpoint", _json)))
+
+    async def inclusion_proof(self, position: int, tree_size: int | None = None) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._send(_Api.inclusion_proof(position, tree_size)))
+
+    async def consistency_proof(self, from_size: int, to_size: int) -> dict[str, Any]:
+        params = {"from": from_size, "to": to_size}
+        return cast(dict[str, Any], await self._send(_get("/v1/audit/proof/consistency", params)))
 
     async def usage(self, ws: Id, key: Id | None = None, bucket: str | None = None) -> dict[str, Any]:
         params = _drop_none({"key": key and str(key), "bucket": bucket})

@@ -123,6 +123,10 @@ class _Verdict:
             status, title, kind = insufficient_scope_status, "Insufficient scope", "insufficient-scope"
             detail, extra = f"the key lacks the scope {self.scope!r}", {"scope": self.scope}
             headers = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{self.scope}"'}
+        elif code == "USAGE_EXCEEDED":
+            status, title, kind, headers = 429, "Usage exceeded", "usage-exceeded", dict(self.headers)
+            due = self.headers.get("retry-after")
+            detail = f"the key has no credits left; {f'refilled in {due} s' if due else 'no refill is due'}"
         elif code == "RATE_LIMITED":
             status, title, kind = 429, "Too many requests", "rate-limited"
             detail, headers = _rate_limited_detail(self.headers), dict(self.headers)

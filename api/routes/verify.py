@@ -20,6 +20,7 @@ from api.schemas import (
 )
 from api.verification import Answer, needed_scope
 from domain.text import MAX_ENDPOINT_LENGTH
+from domain.verification import VerifyCode
 
 router = APIRouter(tags=["verification"])
 
@@ -57,7 +58,11 @@ async def verify(body: VerifyRequest, request: Request, response: Response) -> V
     endpoint = body.endpoint or "POST /v1/verify"
     answer = await _decide(services, request, body.key, scope, endpoint, "verify", body.record)
     key = answer.key
-    if answer.quota is not None:  # as every answer about a known key: RateLimit headers (Retry-After at 429)
+    limited = answer.code in (VerifyCode.RATE_LIMITED, VerifyCode.USAGE_EXCEEDED)
+    refusal = refusal_for(answer) if limited else None
+    if refusal is not None:  # the headers /v1/auth's 429 carries (RateLimit, Retry-After when one is due)
+        response.headers.update(refusal.headers)
+    elif answer.quota is not None:  # as every answer about a known key: RateLimit headers
         response.headers.update(answer.quota.headers())
     window = answer.quota.binding if answer.quota else None
     return VerifyResponse(

@@ -131,6 +131,12 @@ def test_refusals_are_keyledgers_own_answers(server: Server, guarded):
     assert int(answers[-1].headers["retry-after"]) >= 1
     _same_problem(answers[-1], keyledger_auth(server, small["secret"], "GET", "/nodes/1"))
 
+    metered = issue(server, admin, ["read:nodes"], credits={"remaining": 2})
+    spent = [client.get("/nodes/1", headers=bearer(metered["secret"])) for _ in range(3)]
+    assert [a.status_code for a in spent] == [200, 200, 429]
+    assert spent[-1].json()["code"] == "USAGE_EXCEEDED" and "retry-after" not in spent[-1].headers  # no refill
+    _same_problem(spent[-1], keyledger_auth(server, metered["secret"], "GET", "/nodes/1"))
+
 
 @pytest.mark.slow
 def test_a_revocation_reaches_the_guard_within_a_second_while_its_cache_holds_the_key(server: Server, guarded):
