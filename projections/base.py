@@ -1,4 +1,4 @@
-"""What every read model provides to the runner: its tables per generation and a batch `apply`."""
+"""What a read model gives the runner: its tables per generation, and `fold` + `write` for events."""
 
 from __future__ import annotations
 
@@ -9,25 +9,25 @@ from typing import Any, ClassVar, Generic, TypeVar
 from sqlalchemy import MetaData, Table
 from sqlalchemy.engine import Connection
 
-# (notification id, decoded domain event)
-Positioned = tuple[int, Any]
+Positioned = tuple[int, Any]  # (notification id, decoded domain event)
 Tables = Mapping[str, Table]
-
 T = TypeVar("T")
 P = TypeVar("P")
 
 
-class Projection(ABC):
-    """A read model: tables named `kl_<table>_g<generation>`, filled from the event stream in batches.
+class Projection(ABC, Generic[P]):
+    """A read model: tables named `kl_<table>_g<generation>`, filled from the event stream.
 
-    Raise VERSION when the tables or the meaning of their rows change: the
-    projection is then rebuilt into a new generation (see `projections.runner`).
+    Events are folded into pending changes, which `write` stores: following the stream
+    folds one batch and writes it in the same transaction; a bulk rebuild folds many
+    batches first, so rows that every batch would update (counters) are written once.
+    Raise VERSION when the tables or the meaning of their rows change: the projection
+    is then rebuilt into a new generation (see `projections.runner`).
     """
 
     name: ClassVar[str]
     VERSION: ClassVar[int]
-    # The event classes `apply` is given (subclasses included). A rebuild worker decodes
-    # only those, so a projection of a few event types reads the rest as cheap raw rows.
+    # The event classes `fold` is given (subclasses included); a rebuild process decodes only those.
     event_types: ClassVar[tuple[type, ...]]
 
     def __init__(self) -> None:
@@ -46,35 +46,19 @@ class Projection(ABC):
         """The generation's tables, keyed by a short name."""
 
     @abstractmethod
-    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
-        """Write the rows for a batch of events, in stream order, inside the caller's transaction."""
-
-
-class FoldingProjection(Projection, Generic[P]):
-    """A read model whose batches can be summed in memory first and written later in one go.
-
-    A rebuild folds many batches before it writes (see `Runner.fill`): rows that
-    every batch would update are written once, which matters for counters.
-    """
-
-    @abstractmethod
     def fold(self, conn: Connection, tables: Tables, pending: P | None, events: Sequence[Positioned]) -> P:
-        """Add a batch of events (in stream order) to the pending changes; None starts new ones.
+        """Add events (in stream order) to the pending changes; None starts new ones.
 
         `conn` reads the tables as written so far (without the pending changes).
         """
 
     @abstractmethod
     def pending_size(self, pending: P) -> int:
-        """About how many rows `write` would write: bounds the memory a rebuild holds."""
+        """About how many rows `write` would write: bounds the memory a bulk rebuild holds."""
 
     @abstractmethod
     def write(self, conn: Connection, tables: Tables, pending: P) -> None:
         """Write the pending changes, inside the caller's transaction."""
-
-    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
-        if events:
-            self.write(conn, tables, self.fold(conn, tables, None, events))
 
 
 def table_name(short: str, generation: int) -> str:

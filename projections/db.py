@@ -1,4 +1,4 @@
-"""Database plumbing of the read models: the engine, transactions, a portable UTC time type, bulk writes.
+"""Database plumbing of the read models: the engine, transactions, portable column types.
 
 Read models live in the event store's database: the same SQLite file, or the
 configured PostgreSQL schema (through `search_path`, so table names stay bare).
@@ -6,31 +6,17 @@ configured PostgreSQL schema (through `search_path`, so table names stay bare).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
-from typing import Any, Protocol, cast
-from uuid import UUID
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Date,
-    DateTime,
-    Engine,
-    Integer,
-    String,
-    Table,
-    Uuid,
-    create_engine,
-    event,
-    text,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import BigInteger, DateTime, Engine, Integer, String, column, create_engine, event, func, select, text
+from sqlalchemy import table as sql_table
 from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.sql.expression import ColumnClause
 from sqlalchemy.types import TypeDecorator
 
 from domain.errors import InvalidInput
@@ -208,22 +194,12 @@ def stored_sizes(conn: Connection, table: str, after: int, limit: int, topics: S
     Reads the library's events table directly (its recorder has no such query), without
     transferring the data: about a third of the cost of reading the same page.
     """
-    # Driver-level SQL: one value per event, and SQLAlchemy's per-row work cost more than the query.
-    quoted = conn.dialect.identifier_preparer.quote(table)
-    params: list[Any] = [after]
-    if conn.dialect.name == "postgresql":
-        where = "notification_id > %s"
-        if topics:
-            where += " AND topic = ANY(%s)"
-            params.append(list(topics))
-        sql = f"SELECT length(state) FROM {quoted} WHERE {where} ORDER BY notification_id LIMIT %s"  # noqa: S608
-    else:
-        where = "rowid > ?"
-        if topics:
-            where += f" AND topic IN ({', '.join('?' * len(topics))})"
-            params += topics
-        sql = f"SELECT length(state) FROM {quoted} WHERE {where} ORDER BY rowid LIMIT ?"  # noqa: S608
-    return [size for (size,) in conn.exec_driver_sql(sql, (*params, limit)).fetchall()]
+    position: ColumnClause[int] = column("notification_id" if conn.dialect.name == "postgresql" else "rowid")
+    events = sql_table(table, position, column("state"), column("topic"))
+    query = select(func.length(events.c.state)).where(position > after).order_by(position).limit(limit)
+    if topics:
+        query = query.where(events.c.topic.in_(topics))
+    return list(conn.execute(query).scalars())
 
 
 def lock_for_ddl(conn: Connection) -> None:
@@ -260,127 +236,3 @@ class StorableText(TypeDecorator[str]):
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else storable_text(value)
-
-
-Rows = Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
-
-
-def insert_rows(conn: Connection, table: Table, rows: Rows) -> None:
-    """Insert rows: value tuples in the table's column order, or mappings by column name."""
-    if rows:
-        _bulk(conn.dialect, table, "insert", ()).run(conn, rows)
-
-
-def upsert(conn: Connection, table: Table, rows: Rows, key: Sequence[str], add: Sequence[str]) -> None:
-    """Insert rows (as `insert_rows`); on a key conflict add the `add` columns to the stored ones.
-
-    Rows must have distinct keys (PostgreSQL refuses to update one row twice in one statement).
-    """
-    if rows:
-        _bulk(conn.dialect, table, "upsert", (tuple(key), tuple(add))).run(conn, rows)
-
-
-class _BulkStatement:
-    """One statement compiled once, fed every row of a batch.
-
-    SQLAlchemy processes every row's parameters in Python and cannot cache ON CONFLICT
-    statements at all, and psycopg's executemany costs a round trip per row: that made
-    rebuilds several times slower than reading the events. Here each value goes through
-    its column's converter (`_converter`) and nothing else; SQLite gets one executemany,
-    PostgreSQL one statement over arrays (`INSERT ... SELECT FROM unnest(...)`).
-    """
-
-    def __init__(self, dialect: Dialect, table: Table, statement: Any) -> None:
-        self.names = [c.name for c in table.c]
-        self.converters = [_converter(dialect, c.type) for c in table.c]
-        self.arrays = dialect.name == "postgresql"
-        if self.arrays:
-            self.sql = _unnest_sql(dialect, table, statement)
-            self.order: list[int] = []
-            return
-        compiled = statement.compile(dialect=dialect)
-        if not compiled.positional:
-            raise NotImplementedError(f"bulk writes on {dialect.name}")
-        self.sql = str(compiled)
-        order = [self.names.index(n) for n in compiled.positiontup or ()]
-        self.order = [] if order == list(range(len(self.names))) else order
-
-    def run(self, conn: Connection, rows: Rows) -> None:
-        if isinstance(rows[0], Mapping):
-            rows = [[row[name] for name in self.names] for row in cast(Sequence[Mapping[str, Any]], rows)]
-        # Column by column: one C-level map per column rather than a Python loop per value.
-        columns = [
-            list(map(convert, column)) if convert else list(column)
-            for convert, column in zip(self.converters, zip(*rows, strict=True), strict=True)
-        ]
-        if self.arrays:
-            conn.exec_driver_sql(self.sql, tuple(columns))  # one parameter set: the arrays
-            return
-        if self.order:
-            columns = [columns[i] for i in self.order]
-        conn.exec_driver_sql(self.sql, list(zip(*columns, strict=True)))
-
-
-def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
-    """What turns a value into the driver's parameter: the dialect's own bind processor.
-
-    Except for the three hottest on SQLite, which take the same text through C-level
-    formatting (the tests check they match SQLAlchemy's byte for byte).
-    """
-    if dialect.name == "sqlite" and isinstance(type_, UTCDateTime):
-        return _sqlite_utc_text
-    if dialect.name == "sqlite" and isinstance(type_, Uuid):
-        return _uuid_hex
-    if dialect.name == "sqlite" and isinstance(type_, Date):
-        return _sqlite_date_text
-    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
-    return processor
-
-
-def _sqlite_utc_text(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: read models store aware UTC times only")
-        value = clamp_utc(value)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _sqlite_date_text(value: date | None) -> str | None:
-    # date's own method, also for a datetime: SQLAlchemy stores a datetime's date part in a Date column.
-    return None if value is None else date.isoformat(value)
-
-
-def _uuid_hex(value: UUID | None) -> str | None:
-    return None if value is None else value.hex
-
-
-def _unnest_sql(dialect: Dialect, table: Table, statement: Any) -> str:
-    """`INSERT INTO t (...) SELECT ... FROM unnest(%b::type[], ...)`, plus the statement's ON CONFLICT."""
-    quote = dialect.identifier_preparer.quote
-    columns = ", ".join(quote(c.name) for c in table.c)
-    # %b: psycopg sends the arrays in binary, far cheaper than escaping each element as text.
-    # JSON travels as text (what its bind processor makes) and is cast back per row.
-    arrays = ", ".join(
-        "%b::text[]" if isinstance(c.type, JSON) else f"%b::{c.type.compile(dialect=dialect)}[]" for c in table.c
-    )
-    values = ", ".join(
-        f"v.{quote(c.name)}::json" if isinstance(c.type, JSON) else f"v.{quote(c.name)}" for c in table.c
-    )
-    # Only our own table and column names, quoted by the dialect: no input reaches this text.
-    sql = f"INSERT INTO {quote(table.name)} ({columns}) SELECT {values} FROM unnest({arrays}) AS v({columns})"  # noqa: S608
-    compiled = str(statement.compile(dialect=dialect))
-    if " ON CONFLICT " in compiled:
-        sql += compiled[compiled.index(" ON CONFLICT ") :]
-    return sql
-
-
-@functools.lru_cache(maxsize=256)
-def _bulk(dialect: Dialect, table: Table, kind: str, conflict: tuple[Any, ...]) -> _BulkStatement:
-    if kind == "insert":
-        return _BulkStatement(dialect, table, table.insert())
-    key, add = conflict
-    insert: Any = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
-    changes = {name: table.c[name] + insert.excluded[name] for name in add}
-    return _BulkStatement(dialect, table, insert.on_conflict_do_update(index_elements=list(key), set_=changes))

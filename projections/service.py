@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from sqlalchemy import select
@@ -28,13 +28,13 @@ from domain.errors import InvalidInput
 from domain.keys import KEY_STATUSES, KeyState
 from projections.audit import MAX_PAGE, AuditEntry, AuditProjection, select_entries, select_history
 from projections.base import Projection, Tables
+from projections.bulk import MIN_EVENTS, Bulk
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import KeysProjection, select_key, select_key_ids, select_workspace_keys
 from projections.runner import Progress, Runner, Step, describe_error
 from projections.tracking import STATE, Generation
 from projections.usage import KeyUsage, UsageProjection, select_consumed, select_usage
-from projections.workers import MIN_EVENTS, Workers
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ RETRY_FIRST = 0.25
 RETRY_MAX = 30.0
 
 
-def default_projections() -> list[Projection]:
+def default_projections() -> list[Projection[Any]]:
     return [KeysProjection(), UsageProjection(), AuditProjection()]
 
 
@@ -79,7 +79,7 @@ class ReadModels:
         settings: DatabaseSettings,
         ledger: KeyLedger,
         *,
-        projections: Sequence[Projection] | None = None,
+        projections: Sequence[Projection[Any]] | None = None,
         batch_size: int = 1000,
         rebuild_batch_size: int = 5000,
         poll_interval: float = 0.075,
@@ -91,13 +91,10 @@ class ReadModels:
         self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
         self.projections = {p.name: p for p in (projections or default_projections())}
         self.names = tuple(self.projections)
-        listed = list(self.projections.values())
-        workers = (
-            Workers(settings, ledger, listed, rebuild_batch_size, min_events=rebuild_workers_min_events)
-            if rebuild_workers
-            else None
+        bulk = Bulk(settings, ledger, rebuild_workers, rebuild_workers_min_events)
+        self.runner = Runner(
+            self.engine, ledger, list(self.projections.values()), batch_size, rebuild_batch_size, bulk=bulk
         )
-        self.runner = Runner(self.engine, ledger, listed, batch_size, rebuild_batch_size, workers=workers)
         self.poll_interval = poll_interval
         self._generations: dict[str, Generation] = {}  # active ones, as last seen
         self._changed = threading.Condition()  # signalled whenever _generations moves
@@ -270,16 +267,9 @@ class ReadModels:
         log.error("read models: following the event stream failed; retrying: %s", self._stalled, exc_info=error)
 
     def _blocked(self, position: int, names: Sequence[str]) -> bool:
-        with self._changed:
-            return self._blocked_locked(position, names)
-
-    def _blocked_locked(self, position: int, names: Sequence[str]) -> bool:
         """Whether one of these read models is failing before `position` (it will not reach it soon)."""
-        for name in names:
-            generation = self._generations.get(name)
-            if name in self._failing and (generation is None or generation.position < position):
-                return True
-        return False
+        with self._changed:
+            return any(n in self._failing and not self._reached(position, [n]) for n in names)
 
     def _refresh_positions(self) -> None:
         self._record(list(self.runner.active().values()))
@@ -296,11 +286,8 @@ class ReadModels:
             self._changed.notify_all()
 
     def _reached(self, position: int, names: Sequence[str]) -> bool:
-        with self._changed:
-            return self._reached_locked(position, names)
-
-    def _reached_locked(self, position: int, names: Sequence[str]) -> bool:
-        return all(name in self._generations and self._generations[name].position >= position for name in names)
+        with self._changed:  # a Condition on an RLock: callers may hold it already
+            return all(n in self._generations and self._generations[n].position >= position for n in names)
 
     def catch_up(self) -> int:
         """Apply everything up to the current head, here and now; returns that position."""
@@ -341,9 +328,9 @@ class ReadModels:
             self._waiters += 1
             try:
                 self._wake.set()
-                while not self._reached_locked(position, wanted):
+                while not self._reached(position, wanted):
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._blocked_locked(position, wanted):
+                    if remaining <= 0 or self._blocked(position, wanted):
                         return False
                     self._changed.wait(remaining)
                 return True

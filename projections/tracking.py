@@ -1,35 +1,22 @@
 """How far each read model has read: one row per projection generation, written with its rows.
 
-`kl_projection_state` holds (name, generation, version, position, active). The
-active generation of a projection is the one queries read and the runner keeps
-caught up; a rebuild fills a new, inactive generation and then flips `active`
-in one transaction. `position` is the last notification id applied: it only
-moves forward and only from the value the writer read (see `advance`), like the
-library's tracking records.
+`kl_projection_state` holds (name, generation, version, position, active). The active
+generation of a projection is the one queries read and the runner keeps caught up; a
+rebuild fills a new, inactive generation and then flips `active` in one transaction.
+`position` is the last notification id applied: it only moves forward, and only from the
+value its writer read (`advance`), like the library's tracking records. The same
+statements serve SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    and_,
-    delete,
-    insert,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy import BigInteger, Boolean, Column, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy.engine import Connection
 
 from projections.db import UTCDateTime
 from projections.errors import TrackingConflict
@@ -56,9 +43,8 @@ class Generation:
     active: bool
     updated_at: datetime
 
-
-def _generation(row: Row[tuple[str, int, int, int, bool, datetime]]) -> Generation:
-    return Generation(*row)
+    def where(self) -> Any:
+        return (STATE.c.name == self.name) & (STATE.c.generation == self.generation)
 
 
 def select_generations(
@@ -71,9 +57,8 @@ def select_generations(
 ) -> list[Generation]:
     """Generations, optionally locked for this transaction.
 
-    On PostgreSQL `skip_locked` leaves out rows another process is writing
-    right now, so several runners never apply the same batch; SQLite has no row
-    locks but serialises writers (BEGIN IMMEDIATE).
+    On PostgreSQL `skip_locked` leaves out rows another process is writing right now, so
+    several runners never apply the same batch; SQLite serialises writers (BEGIN IMMEDIATE).
     """
     query = select(STATE).order_by(STATE.c.name, STATE.c.generation)
     if names is not None:
@@ -82,7 +67,7 @@ def select_generations(
         query = query.where(STATE.c.active == active)
     if lock:
         query = query.with_for_update(skip_locked=skip_locked)
-    return [_generation(row) for row in conn.execute(query)]
+    return [Generation(*row) for row in conn.execute(query)]
 
 
 def insert_generation(conn: Connection, name: str, generation: int, version: int, now: datetime) -> Generation:
@@ -91,60 +76,28 @@ def insert_generation(conn: Connection, name: str, generation: int, version: int
     return new
 
 
-def advance(conn: Connection, generations: Sequence[Generation], position: int, now: datetime) -> list[Generation]:
-    """Record that these generations applied everything up to `position`, in the caller's transaction.
+def advance(conn: Connection, generation: Generation, position: int, now: datetime) -> Generation:
+    """Record that `generation` applied everything up to `position`, in the caller's transaction.
 
-    One statement for all of them; each row must still hold the position its writer read.
+    Its row must still hold the position this writer read: otherwise the whole transaction
+    rolls back (`TrackingConflict`), so no event is applied twice when two writers race.
     """
-    if not generations:
-        return []
-    behind = [g for g in generations if g.position >= position]
-    if behind:
-        raise TrackingConflict(f"{behind[0].name}: position {position} is not after {behind[0].position}")
-    result = conn.execute(
-        update(STATE)
-        .where(
-            or_(
-                *(
-                    and_(
-                        STATE.c.name == g.name,
-                        STATE.c.generation == g.generation,
-                        STATE.c.position == g.position,
-                    )
-                    for g in generations
-                )
-            )
-        )
-        .values(position=position, updated_at=now)
-    )
-    if result.rowcount != len(generations):
-        raise TrackingConflict("another writer moved a position")
-    return [replace(g, position=position, updated_at=now) for g in generations]
-
-
-def touch(conn: Connection, generations: Sequence[Generation], now: datetime) -> None:
-    """A building generation's heartbeat, without moving its position."""
-    for g in generations:
-        conn.execute(
-            update(STATE).where(and_(STATE.c.name == g.name, STATE.c.generation == g.generation)).values(updated_at=now)
-        )
+    if position <= generation.position:
+        raise TrackingConflict(f"{generation.name}: position {position} is not after {generation.position}")
+    moved = update(STATE).where(generation.where(), STATE.c.position == generation.position)
+    if conn.execute(moved.values(position=position, updated_at=now)).rowcount != 1:
+        raise TrackingConflict(f"{generation.name}: another writer moved its position")
+    return replace(generation, position=position, updated_at=now)
 
 
 def activate(conn: Connection, generations: Collection[Generation]) -> None:
     """Make these generations the active ones of their projections (one transaction: an atomic switch)."""
     for new in generations:
-        conn.execute(update(STATE).where(STATE.c.name == new.name).values(active=False))
-        conn.execute(
-            update(STATE)
-            .where(and_(STATE.c.name == new.name, STATE.c.generation == new.generation))
-            .values(active=True)
-        )
+        conn.execute(update(STATE).where(STATE.c.name == new.name).values(active=STATE.c.generation == new.generation))
 
 
 def delete_generation(conn: Connection, generation: Generation) -> None:
-    conn.execute(
-        delete(STATE).where(and_(STATE.c.name == generation.name, STATE.c.generation == generation.generation))
-    )
+    conn.execute(delete(STATE).where(generation.where()))
 
 
 # A read model that cannot apply an event: reported by whichever process tried, read by every
@@ -178,15 +131,8 @@ def record_failure(conn: Connection, generation: Generation, error: str, now: da
     """Record (or count again) that `generation` failed to apply the events after its position."""
     row = conn.execute(select(FAILURES).where(FAILURES.c.name == generation.name).with_for_update()).first()
     same = row is not None and (row.generation, row.position) == (generation.generation, generation.position)
-    failure = Failure(
-        generation.name,
-        generation.generation,
-        generation.position,
-        error[:300],
-        row.attempts + 1 if same and row is not None else 1,
-        row.first_failed_at if same and row is not None else now,
-        now,
-    )
+    attempts, since = (row.attempts + 1, row.first_failed_at) if same and row is not None else (1, now)
+    failure = Failure(generation.name, generation.generation, generation.position, error[:300], attempts, since, now)
     conn.execute(delete(FAILURES).where(FAILURES.c.name == generation.name))
     conn.execute(insert(FAILURES).values(**vars(failure)))
     return failure

@@ -28,8 +28,9 @@ from sqlalchemy.sql import ColumnElement
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
-from projections.base import FoldingProjection, Positioned, Tables, table_name
-from projections.db import CLUSTERED, StorableText, UTCDateTime, upsert
+from projections.base import Positioned, Projection, Tables, table_name
+from projections.bulk import upsert
+from projections.db import CLUSTERED, StorableText, UTCDateTime
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
@@ -85,7 +86,7 @@ class UsageSums:
     times: _Moments = field(default_factory=lambda: _Moments())
 
 
-class UsageProjection(FoldingProjection[UsageSums]):
+class UsageProjection(Projection[UsageSums]):
     name = "usage"
     VERSION = 1
     event_types = (UsageBatch.UsageRecorded,)

@@ -16,12 +16,12 @@ from domain.application import KeyLedger
 from domain.usage import UsageBatch
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections import runner as runner_module
+from projections import bulk as bulk_module
 from projections.audit import AuditProjection
 from projections.base import Positioned, Tables
+from projections.bulk import Bulk, stored_topics
 from projections.keys import KeysProjection
 from projections.usage import UsageProjection, UsageSums
-from projections.workers import Workers
 from tests.projections.conftest import dump
 from tests.projections.workload import run_commands
 
@@ -54,19 +54,18 @@ def test_worker_processes_rebuild_what_one_process_rebuilds(settings: Settings, 
     [built] = {s.generation for s in alone.status()}
     alone.close()
     spread = ReadModels(settings, ledger, rebuild_workers_min_events=0)
-    workers = spread.runner.workers
-    assert isinstance(workers, Workers)
+    assert isinstance(spread.runner.bulk, Bulk)
     building = list(spread.runner.active().values())
     progress: list[tuple[int, int]] = []
 
     spread.rebuild(progress=lambda done, total: progress.append((done, total)))
 
     # Key events feed keys and audit: one process decodes them; usage gets its own.
-    assert sorted(sorted(g.name for g in share) for share in workers.shares(building)) == [
+    assert sorted(sorted(g.name for g in share) for share in Bulk.shares(spread.runner, building)) == [
         ["audit", "keys"],
         ["usage"],
     ]
-    assert spread.runner.stored_topics([["usage"]]) == [[get_topic(UsageBatch.UsageRecorded)]]
+    assert stored_topics(spread.runner, [["usage"]]) == [[get_topic(UsageBatch.UsageRecorded)]]
     assert dump(spread) == expected
     assert index_names(spread) == {i.replace(f"_g{built}_", f"_g{built + 1}_") for i in indexes}  # after the load
     assert progress and progress[-1][0] == progress[-1][1] == ledger.max_position()
@@ -118,7 +117,7 @@ def test_sums_written_in_several_rounds_equal_one_round(
     expected = dump(models)
     written: list[str] = []
     spy_on_writes(models, monkeypatch, lambda projection, _pending: written.append(projection.name))
-    monkeypatch.setattr(runner_module, "MAX_PENDING", 8)  # flush every few batches: keys reload stored rows
+    monkeypatch.setattr(bulk_module, "MAX_PENDING", 8)  # flush every few batches: keys reload stored rows
 
     models.rebuild()
 
@@ -137,7 +136,7 @@ def test_sums_grow_while_the_write_lock_is_taken_and_still_equal_a_clean_rebuild
     rounds: list[list[int]] = []  # per write transaction: the sizes of the sums written
     tries: list[None] = []
     spy_on_writes(models, monkeypatch, lambda projection, pending: rounds[-1].append(projection.pending_size(pending)))
-    waiting = runner_module.write_transaction
+    waiting = bulk_module.write_transaction
 
     @contextmanager
     def counted(engine: Any) -> Iterator[Connection]:
@@ -150,9 +149,9 @@ def test_sums_grow_while_the_write_lock_is_taken_and_still_equal_a_clean_rebuild
         tries.append(None)
         yield None  # another process always holds the write lock when we try without waiting
 
-    monkeypatch.setattr(runner_module, "MAX_PENDING", 40)
-    monkeypatch.setattr(runner_module, "write_transaction", counted)
-    monkeypatch.setattr(runner_module, "write_transaction_if_free", never_free)
+    monkeypatch.setattr(bulk_module, "MAX_PENDING", 40)
+    monkeypatch.setattr(bulk_module, "write_transaction", counted)
+    monkeypatch.setattr(bulk_module, "write_transaction_if_free", never_free)
 
     models.rebuild()
 
