@@ -18,21 +18,26 @@ rebuild. The rows are written with SQLAlchemy Core (`insert_rows`, `upsert`).
 
 from __future__ import annotations
 
+import functools
+import gc
 import multiprocessing
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any, NamedTuple
+from uuid import UUID
 
 from eventsourcing.utils import get_topic, resolve_topic
-from sqlalchemy import Table
+from sqlalchemy import JSON, Date, Table, Uuid
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from domain.application import KeyLedger
+from domain.timefmt import clamp_utc
 from projections.db import (
     DatabaseSettings,
+    UTCDateTime,
     create_read_engine,
     read_transaction,
     refresh_statistics,
@@ -51,9 +56,9 @@ Rows = Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
 
 
 def insert_rows(conn: Connection, table: Table, rows: Rows) -> None:
-    """Insert rows (value tuples in the table's column order, or mappings by column name): one executemany."""
+    """Insert rows: value tuples in the table's column order, or mappings by column name."""
     if rows:
-        conn.execute(table.insert(), _mappings(table, rows))
+        _statement(conn.dialect, table, None).run(conn, rows)
 
 
 def upsert(conn: Connection, table: Table, rows: Rows, key: Sequence[str], add: Sequence[str]) -> None:
@@ -62,16 +67,97 @@ def upsert(conn: Connection, table: Table, rows: Rows, key: Sequence[str], add: 
     Rows must have distinct keys (PostgreSQL refuses to update one row twice in one statement).
     """
     if rows:
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+        _statement(conn.dialect, table, (tuple(key), tuple(add))).run(conn, rows)
+
+
+class _Statement:
+    """A Core insert compiled once per table, fed a batch's rows with each value through its column's converter.
+
+    Not `conn.execute(insert, rows)`: Core processes every row's parameters in Python, never
+    caches ON CONFLICT statements, and psycopg runs its executemany as a statement per row.
+    Measured, one-process rebuild of 100,000 events (CPU s): SQLite 4.8 here vs 5.7 with Core
+    executemany (-16 %), PostgreSQL 7.1 vs 12.5 wall (-43 %); Core multi-row `insert().values`
+    took 20 s and more. SQLite gets one executemany of the compiled statement; PostgreSQL one
+    `INSERT ... SELECT FROM unnest(%b::type[], ...)` with the statement's ON CONFLICT clause.
+    """
+
+    def __init__(self, dialect: Dialect, table: Table, statement: Any) -> None:
+        self.names = [c.name for c in table.c]
+        self.converters = [_converter(dialect, c.type) for c in table.c]
+        compiled = statement.compile(dialect=dialect)
+        self.arrays = dialect.name == "postgresql"
+        if self.arrays:
+            quote = dialect.identifier_preparer.quote
+            columns = ", ".join(quote(name) for name in self.names)
+            # %b: binary arrays, far cheaper than text; JSON travels as text and is cast back per row.
+            json = [isinstance(c.type, JSON) for c in table.c]
+            arrays = ", ".join(
+                "%b::text[]" if j else f"%b::{c.type.compile(dialect=dialect)}[]"
+                for c, j in zip(table.c, json, strict=True)
+            )
+            values = ", ".join(f"v.{quote(c.name)}{'::json' if j else ''}" for c, j in zip(table.c, json, strict=True))
+            text = str(compiled)
+            conflict = text[text.index(" ON CONFLICT ") :] if " ON CONFLICT " in text else ""
+            # Only our own table and column names, quoted by the dialect: no input reaches this text.
+            source = f"SELECT {values} FROM unnest({arrays}) AS v({columns})"  # noqa: S608
+            self.sql = f"INSERT INTO {quote(table.name)} ({columns}) {source}{conflict}"
+            self.order: list[int] = []
+        else:
+            self.sql = str(compiled)
+            self.order = [self.names.index(n) for n in compiled.positiontup or ()]
+
+    def run(self, conn: Connection, rows: Rows) -> None:
+        if isinstance(rows[0], Mapping):
+            rows = [[row[name] for name in self.names] for row in rows]  # type: ignore[call-overload]
+        # Column by column: one C-level map per column rather than a Python loop per value.
+        columns = [
+            list(map(convert, column)) if convert else list(column)
+            for convert, column in zip(self.converters, zip(*rows, strict=True), strict=True)
+        ]
+        if self.arrays:
+            conn.exec_driver_sql(self.sql, tuple(columns))  # one parameter set: the arrays
+        else:
+            conn.exec_driver_sql(self.sql, list(zip(*(columns[i] for i in self.order), strict=True)))
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(dialect: Dialect, table: Table, conflict: tuple[tuple[str, ...], tuple[str, ...]] | None) -> _Statement:
+    insert: Any = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
+    if conflict is not None:
+        key, add = conflict
         added = {name: table.c[name] + insert.excluded[name] for name in add}
-        conn.execute(insert.on_conflict_do_update(index_elements=list(key), set_=added), _mappings(table, rows))
+        insert = insert.on_conflict_do_update(index_elements=list(key), set_=added)
+    return _Statement(dialect, table, insert)
 
 
-def _mappings(table: Table, rows: Rows) -> Sequence[Mapping[str, Any]]:
-    if isinstance(rows[0], Mapping):
-        return rows  # type: ignore[return-value]
-    names = table.c.keys()
-    return [dict(zip(names, row, strict=True)) for row in rows]
+def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
+    """The dialect's own bind processor, but for the three hottest on SQLite: the same text, C-level formatting."""
+    if dialect.name == "sqlite":
+        fast: dict[type, Callable[[Any], Any]] = {UTCDateTime: sqlite_utc_text, Uuid: uuid_hex, Date: sqlite_date_text}
+        for kind, convert in fast.items():
+            if isinstance(type_, kind):
+                return convert
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: read models store aware UTC times only")
+        value = clamp_utc(value)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def sqlite_date_text(value: date | None) -> str | None:
+    # date's own method, also for a datetime: SQLAlchemy stores a datetime's date part in a Date column.
+    return None if value is None else date.isoformat(value)
+
+
+def uuid_hex(value: UUID | None) -> str | None:
+    return None if value is None else value.hex
 
 
 def fill(
@@ -81,30 +167,45 @@ def fill(
     progress: Progress | None = None,
     topics: Sequence[str] | None = None,
 ) -> list[Generation]:
-    """Apply the stream up to `stop` to building generations at one position, folding many batches per write."""
+    """Apply the stream up to `stop` to building generations at one position, folding many batches per write.
+
+    The cyclic garbage collector is paused meanwhile (process-wide, in this call only): decoding
+    makes containers by the million, none cyclic, and its full passes over the growing pending
+    changes were most of the cost. Measured, one process, 100,000 events on SQLite (CPU s):
+    4.8 paused, 6.5-6.9 with it deferred to batch boundaries, 9-10 never paused.
+    """
     pending = [Pending(g) for g in building]
     names = [g.name for g in building]
     position = min(g.position for g in building)
     beat = time.monotonic()
-    while position < stop:
-        batch = runner.read(position, runner.rebuild_batch_size, names, stop, topics)
-        if batch.last <= position:
-            break
-        position = batch.last
-        with read_transaction(runner.engine) as conn:  # building generations: only we write them
-            runner.fold(conn, pending, batch)
-        sizes = [
-            runner.projections[p.generation.name].pending_size(p.changes) for p in pending if p.changes is not None
-        ]
-        size = max(sizes, default=0)
-        late = time.monotonic() - beat
-        if (size >= MAX_PENDING or late >= HEARTBEAT_INTERVAL) and _commit(
-            runner, pending, wait=size >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
-        ):
-            beat = time.monotonic()
-        if progress is not None:
-            progress(position, stop)
-    _commit(runner, pending, wait=True)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        while position < stop:
+            batch = runner.read(position, runner.rebuild_batch_size, names, stop, topics)
+            if batch.last <= position:
+                break
+            position = batch.last
+            with read_transaction(runner.engine) as conn:  # building generations: only we write them
+                runner.fold(conn, pending, batch)
+            size = max(
+                (
+                    runner.projections[p.generation.name].pending_size(p.changes)
+                    for p in pending
+                    if p.changes is not None
+                ),
+                default=0,
+            )
+            late = time.monotonic() - beat
+            wait = size >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
+            if (size >= MAX_PENDING or late >= HEARTBEAT_INTERVAL) and _commit(runner, pending, wait):
+                beat = time.monotonic()
+            if progress is not None:
+                progress(position, stop)
+        _commit(runner, pending, wait=True)
+    finally:
+        if collecting:
+            gc.enable()
     return [p.generation for p in pending]
 
 
@@ -118,8 +219,7 @@ def _commit(runner: Runner, pending: Sequence[Pending], wait: bool) -> bool:
         return True
 
 
-@dataclass(frozen=True)
-class _Job:
+class _Job(NamedTuple):
     """One worker's share: fill `building` (generations of the projection classes named) up to `stop`."""
 
     settings: DatabaseSettings

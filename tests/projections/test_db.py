@@ -1,19 +1,24 @@
-"""Read-model storage details: no in-memory SQLite; SQLite locks; PostgreSQL statistics."""
+"""Read-model storage details: SQLite text exactly as SQLAlchemy writes it; no in-memory SQLite; SQLite locks."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
+from sqlalchemy import Date, Uuid
 from sqlalchemy.dialects import sqlite
 
 from domain.errors import InvalidInput
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
+from projections.bulk import sqlite_date_text, sqlite_utc_text, uuid_hex
 from projections.db import (
     SQLITE_LOCK_TIMEOUT,
+    UTCDateTime,
     create_read_engine,
     read_transaction,
     refresh_statistics,
@@ -23,6 +28,40 @@ from projections.db import (
 from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 
 DIALECT = sqlite.pysqlite.dialect()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2027, 3, 1, 20, 0, tzinfo=UTC),  # whole seconds: sqlite3's own adapter drops ".000000"
+        datetime(2027, 3, 1, 20, 0, 0, 123, tzinfo=UTC),
+        datetime(2027, 3, 1, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=-5))),
+        None,
+    ],
+)
+def test_times_are_stored_as_sqlalchemy_stores_them(moment: datetime | None):
+    expected = UTCDateTime().dialect_impl(DIALECT).bind_processor(DIALECT)
+
+    assert sqlite_utc_text(moment) == expected(moment)
+
+
+def test_uuids_are_stored_as_sqlalchemy_stores_them():
+    value = uuid4()
+    expected = Uuid().dialect_impl(DIALECT).bind_processor(DIALECT)
+
+    assert uuid_hex(value) == expected(value) and uuid_hex(None) is None
+
+
+@pytest.mark.parametrize("day", [date(2027, 3, 1), date(987, 12, 31), datetime(2027, 3, 1, 23, 59, tzinfo=UTC), None])
+def test_days_are_stored_as_sqlalchemy_stores_them(day: date | None):
+    expected = Date().dialect_impl(DIALECT).bind_processor(DIALECT)
+
+    assert sqlite_date_text(day) == expected(day)
+
+
+def test_a_naive_time_is_refused():
+    with pytest.raises(ValueError, match="naive"):
+        sqlite_utc_text(datetime(2027, 3, 1))
 
 
 def test_an_in_memory_sqlite_store_is_refused_with_the_setting_named():
