@@ -18,17 +18,15 @@ P = TypeVar("P")
 class Projection(ABC, Generic[P]):
     """A read model: tables named `kl_<table>_g<generation>`, filled from the event stream.
 
-    Events are folded into pending changes, which `write` stores: following the stream
-    folds one batch and writes it in the same transaction; a bulk rebuild folds many
-    batches first, so rows that every batch would update (counters) are written once.
-    Raise VERSION when the tables or the meaning of their rows change: the projection
-    is then rebuilt into a new generation (see `projections.runner`).
+    Events are folded into pending changes, which `write` stores: following the stream folds a
+    batch and writes it in one transaction; a bulk rebuild folds many batches first, so rows every
+    batch would update (counters) are written once. Raise VERSION when the tables or the meaning
+    of their rows change: the projection is then rebuilt into a new generation.
     """
 
     name: ClassVar[str]
     VERSION: ClassVar[int]
-    # The event classes `fold` is given (subclasses included); a rebuild process decodes only those.
-    event_types: ClassVar[tuple[type, ...]]
+    event_types: ClassVar[tuple[type, ...]]  # what `fold` is given (subclasses too); a rebuild decodes only those
 
     def __init__(self) -> None:
         self._tables: dict[int, Tables] = {}
@@ -43,14 +41,11 @@ class Projection(ABC, Generic[P]):
 
     @abstractmethod
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
-        """The generation's tables, keyed by a short name."""
+        """The generation's tables, keyed by a short name (secondary indexes are built after a rebuild's load)."""
 
     @abstractmethod
     def fold(self, conn: Connection, tables: Tables, pending: P | None, events: Sequence[Positioned]) -> P:
-        """Add events (in stream order) to the pending changes; None starts new ones.
-
-        `conn` reads the tables as written so far (without the pending changes).
-        """
+        """Add events (in stream order) to the pending changes (None: new ones); `conn` reads what is written."""
 
     @abstractmethod
     def pending_size(self, pending: P) -> int:

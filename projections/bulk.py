@@ -1,19 +1,17 @@
 """The fast rebuild: many batches folded per write, projections spread over processes, rows written in bulk.
 
-An optional strategy of `Runner.rebuild` that uses the runner's own apply path
-(`Runner.fold`, `Runner.commit`): it only folds many batches before it commits, so
-rows that every batch would update (counters, key states) are written once, and the
-pending changes and positions still commit together. The pending changes are written
-once they hold MAX_PENDING rows (about 30 MB: how long one transaction holds SQLite's
-write lock), or at least every HEARTBEAT_INTERVAL, so nobody takes the rebuild for
-abandoned (`runner.REBUILD_LEASE`). While another process holds SQLite's write lock
-the changes keep growing, up to twice the bound (`write_transaction_if_free`).
+An optional strategy of `Runner.rebuild` on the runner's own apply path (`Runner.fold`,
+`Runner.commit`): it folds many batches before it commits, so rows that every batch would
+update (counters, key states) are written once; changes and positions still commit together.
+The changes are written once one projection's hold MAX_PENDING rows (about 30 MB: how long a
+transaction holds SQLite's write lock), and at least every HEARTBEAT_INTERVAL, so nobody
+takes the rebuild for abandoned (`runner.REBUILD_LEASE`). While another process holds
+SQLite's write lock they keep growing, up to twice the bound.
 
-Decoding is most of a rebuild's work and Python runs it on one core: with enough events,
-each share of projections that decode the same events (keys and audit; usage) gets its
-own process (`spawn`: nothing of a threaded parent is inherited) reading only the events
-it applies, while this process fills the first share. A worker that fails fails the
-rebuild. The rows are written with SQLAlchemy Core (`insert_rows`, `upsert`).
+Decoding is most of a rebuild's work, on one core: with enough events, each share of
+projections that decode the same events (keys and audit; usage) gets a process (`spawn`)
+reading only its events, while this process fills the first share. A worker that fails
+fails the rebuild.
 """
 
 from __future__ import annotations
@@ -35,24 +33,182 @@ from sqlalchemy.engine import Connection, Dialect
 
 from domain.application import KeyLedger
 from domain.timefmt import clamp_utc
-from projections.db import (
-    DatabaseSettings,
-    UTCDateTime,
-    create_read_engine,
-    read_transaction,
-    refresh_statistics,
-    write_transaction,
-    write_transaction_if_free,
-)
+from projections import db
+from projections.db import DatabaseSettings, LockTaken, UTCDateTime, read_transaction, write_transaction
 from projections.runner import Pending, Progress, Runner
 from projections.tracking import Generation, select_generations
 
 MAX_PENDING = 100_000
 HEARTBEAT_INTERVAL = 5.0
-MIN_EVENTS = 50_000  # below this backlog, starting processes (about a second: imports) costs more than it saves
-PROGRESS_INTERVAL = 0.25
-
+MIN_EVENTS = 50_000  # below this backlog, starting processes (a second: imports) costs more than it saves
 Rows = Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
+
+
+def fill(
+    runner: Runner, building: Sequence[Generation], stop: int, progress: Progress | None = None, topics: Any = None
+) -> list[Generation]:
+    """Apply the stream up to `stop` to building generations at one position (only `topics`' events, if given).
+
+    The cyclic garbage collector is paused meanwhile (process-wide, in this call only): decoding
+    makes containers by the million, none cyclic, and its full passes over the growing pending
+    changes were most of the cost. Measured, one process, 100,000 events on SQLite (CPU s):
+    4.8 paused, 6.5-6.9 with it deferred to batch boundaries, 9-10 never paused.
+    """
+    pending, names = [Pending(g) for g in building], [g.name for g in building]
+    position, beat, collecting = min(g.position for g in building), time.monotonic(), gc.isenabled()
+    gc.disable()
+    try:
+        while position < stop:
+            batch = runner.read(position, runner.rebuild_batch_size, names, stop, topics)
+            if batch.last <= position:
+                break
+            position = batch.last
+            with read_transaction(runner.engine) as conn:  # building generations: only we write them
+                runner.fold(conn, pending, batch)
+            size = max(
+                (
+                    runner.projections[p.generation.name].pending_size(p.changes)
+                    for p in pending
+                    if p.changes is not None
+                ),
+                default=0,
+            )
+            late = time.monotonic() - beat
+            if size >= MAX_PENDING or late >= HEARTBEAT_INTERVAL:
+                try:  # wait for SQLite's write lock only at twice the bound, or when the heartbeat is late
+                    with write_transaction(
+                        runner.engine, size >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
+                    ) as conn:
+                        runner.relock(conn, [p.generation for p in pending])
+                        runner.commit(conn, pending)
+                    beat = time.monotonic()
+                except LockTaken:
+                    pass
+            if progress is not None:
+                progress(position, stop)
+        with write_transaction(runner.engine) as conn:
+            runner.relock(conn, [p.generation for p in pending])
+            runner.commit(conn, pending)
+    finally:
+        if collecting:
+            gc.enable()
+    return [p.generation for p in pending]
+
+
+class _Job(NamedTuple):
+    """One worker's share: fill `building` (generations of the projection classes named) up to `stop`."""
+
+    settings: DatabaseSettings
+    store_env: dict[str, str]
+    projections: list[str]  # the classes' topics: the worker makes its own instances
+    topics: list[str]  # of the events they apply: the worker reads no others
+    building: list[Generation]
+    stop: int
+    batch_size: int
+
+
+def _work(job: _Job) -> list[Generation]:
+    """A worker process's entry point: the parent created every table; the worker reads events and writes rows."""
+    ledger = KeyLedger(env={**job.store_env, "CREATE_TABLE": "n"})
+    engine = db.create_read_engine(job.settings, ledger.env.get("SQLITE_DBNAME"))
+    try:
+        runner = Runner(
+            engine, ledger, [resolve_topic(t)() for t in job.projections], rebuild_batch_size=job.batch_size
+        )
+        return runner.index(fill(runner, job.building, job.stop, topics=job.topics))
+    finally:
+        engine.dispose()
+        ledger.close()
+
+
+class Bulk:
+    def __init__(self, settings: DatabaseSettings, ledger: KeyLedger, workers: bool, min_events: int = MIN_EVENTS):
+        self.settings, self.store_env, self.min_events = settings, dict(ledger.env), min_events
+        self.workers = workers and (os.cpu_count() or 1) > 1
+
+    def fill(
+        self, runner: Runner, building: Sequence[Generation], stop: int, progress: Progress | None
+    ) -> list[Generation]:
+        """Fill and index every building generation up to `stop`; returns them advanced."""
+        own, *others = shares = self.shares(runner, building)
+        if not (others and self.workers and stop - min(g.position for g in building) >= self.min_events):
+            return runner.index(fill(runner, building, stop, progress))
+        with multiprocessing.get_context("spawn").Pool(len(others)) as pool:  # leaving it ends what still runs
+            own_topics, *topics = stored_topics(runner, [[g.name for g in share] for share in shares])
+            results = [
+                pool.apply_async(
+                    _work,
+                    (
+                        _Job(
+                            self.settings,
+                            self.store_env,
+                            [get_topic(type(runner.projections[g.name])) for g in share],
+                            share_topics,
+                            share,
+                            stop,
+                            runner.rebuild_batch_size,
+                        ),
+                    ),
+                )
+                for share, share_topics in zip(others, topics, strict=True)
+            ]
+
+            def report(_position: int = 0, _stop: int = 0) -> None:
+                for failed in (r for r in results if r.ready() and not r.successful()):
+                    failed.get()  # raises the worker's exception
+                if progress is not None:
+                    progress(_reached(runner, building), stop)
+
+            filled = runner.index(fill(runner, own, stop, report, own_topics))
+            while not all(r.ready() for r in results):
+                report()
+                time.sleep(0.25)
+            return filled + [g for r in results for g in r.get()]
+
+    @staticmethod
+    def shares(runner: Runner, building: Sequence[Generation]) -> list[list[Generation]]:
+        """Building generations grouped so that no event class is decoded in two processes."""
+        groups: list[tuple[set[type], list[Generation]]] = []
+        for generation in sorted(building, key=lambda g: g.position):
+            kinds = set(runner.projections[generation.name].event_types)
+            overlapping = (
+                g
+                for g in groups
+                if g[1][0].position == generation.position
+                and any(issubclass(a, b) or issubclass(b, a) for a in kinds for b in g[0])
+            )
+            group = next(overlapping, None)
+            if group is None:
+                groups.append((kinds, [generation]))
+            else:
+                group[0].update(kinds)
+                group[1].append(generation)
+        return [members for _, members in groups]
+
+
+def stored_topics(runner: Runner, shares: Sequence[Collection[str]]) -> list[list[str]]:
+    """Per share of projection names: the topics of stored events they apply (renamed ones too).
+
+    One scan of the library's events table (its recorder has no such query). On PostgreSQL the
+    table's statistics are refreshed first: topic-filtered pages need them.
+    """
+    if runner.engine.dialect.name == "postgresql":
+        with write_transaction(runner.engine) as conn:
+            db.refresh_statistics(conn, runner.events_table)
+    with read_transaction(runner.engine) as conn:
+        stored = conn.exec_driver_sql(f"SELECT DISTINCT topic FROM {runner.events_table}").scalars().all()  # noqa: S608
+    return [sorted(t for t in stored if not runner.projections_of(t).isdisjoint(names)) for names in shares]
+
+
+def _reached(runner: Runner, building: Sequence[Generation]) -> int:
+    """How far the slowest of our building generations got."""
+    ours = {(g.name, g.generation) for g in building}
+    with read_transaction(runner.engine) as conn:
+        found = select_generations(conn, [g.name for g in building], active=False)
+    return min((g.position for g in found if (g.name, g.generation) in ours), default=0)
+
+
+# --- writing rows -------------------------------------------------------------------------
 
 
 def insert_rows(conn: Connection, table: Table, rows: Rows) -> None:
@@ -84,27 +240,17 @@ class _Statement:
     def __init__(self, dialect: Dialect, table: Table, statement: Any) -> None:
         self.names = [c.name for c in table.c]
         self.converters = [_converter(dialect, c.type) for c in table.c]
-        compiled = statement.compile(dialect=dialect)
-        self.arrays = dialect.name == "postgresql"
-        if self.arrays:
-            quote = dialect.identifier_preparer.quote
-            columns = ", ".join(quote(name) for name in self.names)
-            # %b: binary arrays, far cheaper than text; JSON travels as text and is cast back per row.
-            json = [isinstance(c.type, JSON) for c in table.c]
-            arrays = ", ".join(
-                "%b::text[]" if j else f"%b::{c.type.compile(dialect=dialect)}[]"
-                for c, j in zip(table.c, json, strict=True)
-            )
-            values = ", ".join(f"v.{quote(c.name)}{'::json' if j else ''}" for c, j in zip(table.c, json, strict=True))
-            text = str(compiled)
-            conflict = text[text.index(" ON CONFLICT ") :] if " ON CONFLICT " in text else ""
+        compiled, self.arrays = statement.compile(dialect=dialect), dialect.name == "postgresql"
+        self.sql, self.order = str(compiled), [self.names.index(n) for n in compiled.positiontup or ()]
+        if self.arrays:  # %b: binary arrays, far cheaper than text; JSON travels as text, cast back per row
+            quote, json = dialect.identifier_preparer.quote, [isinstance(c.type, JSON) for c in table.c]
+            columns = ", ".join(map(quote, self.names))
+            types = ["text" if j else c.type.compile(dialect=dialect) for c, j in zip(table.c, json, strict=True)]
+            values = ", ".join(f"v.{quote(n)}{'::json' if j else ''}" for n, j in zip(self.names, json, strict=True))
+            conflict = self.sql[self.sql.index(" ON CONFLICT ") :] if " ON CONFLICT " in self.sql else ""
             # Only our own table and column names, quoted by the dialect: no input reaches this text.
-            source = f"SELECT {values} FROM unnest({arrays}) AS v({columns})"  # noqa: S608
+            source = f"SELECT {values} FROM unnest({', '.join(f'%b::{t}[]' for t in types)}) AS v({columns})"  # noqa: S608
             self.sql = f"INSERT INTO {quote(table.name)} ({columns}) {source}{conflict}"
-            self.order: list[int] = []
-        else:
-            self.sql = str(compiled)
-            self.order = [self.names.index(n) for n in compiled.positiontup or ()]
 
     def run(self, conn: Connection, rows: Rows) -> None:
         if isinstance(rows[0], Mapping):
@@ -132,23 +278,20 @@ def _statement(dialect: Dialect, table: Table, conflict: tuple[tuple[str, ...], 
 
 def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
     """The dialect's own bind processor, but for the three hottest on SQLite: the same text, C-level formatting."""
-    if dialect.name == "sqlite":
-        fast: dict[type, Callable[[Any], Any]] = {UTCDateTime: sqlite_utc_text, Uuid: uuid_hex, Date: sqlite_date_text}
-        for kind, convert in fast.items():
-            if isinstance(type_, kind):
-                return convert
+    fast: dict[type, Callable[[Any], Any]] = {UTCDateTime: sqlite_utc_text, Uuid: uuid_hex, Date: sqlite_date_text}
+    for kind, convert in fast.items() if dialect.name == "sqlite" else ():
+        if isinstance(type_, kind):
+            return convert
     processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
     return processor
 
 
 def sqlite_utc_text(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is not UTC:
+    if value is not None and value.tzinfo is not UTC:
         if value.tzinfo is None:
             raise ValueError("naive datetime: read models store aware UTC times only")
         value = clamp_utc(value)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return None if value is None else value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def sqlite_date_text(value: date | None) -> str | None:
@@ -158,176 +301,3 @@ def sqlite_date_text(value: date | None) -> str | None:
 
 def uuid_hex(value: UUID | None) -> str | None:
     return None if value is None else value.hex
-
-
-def fill(
-    runner: Runner,
-    building: Sequence[Generation],
-    stop: int,
-    progress: Progress | None = None,
-    topics: Sequence[str] | None = None,
-) -> list[Generation]:
-    """Apply the stream up to `stop` to building generations at one position, folding many batches per write.
-
-    The cyclic garbage collector is paused meanwhile (process-wide, in this call only): decoding
-    makes containers by the million, none cyclic, and its full passes over the growing pending
-    changes were most of the cost. Measured, one process, 100,000 events on SQLite (CPU s):
-    4.8 paused, 6.5-6.9 with it deferred to batch boundaries, 9-10 never paused.
-    """
-    pending = [Pending(g) for g in building]
-    names = [g.name for g in building]
-    position = min(g.position for g in building)
-    beat = time.monotonic()
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        while position < stop:
-            batch = runner.read(position, runner.rebuild_batch_size, names, stop, topics)
-            if batch.last <= position:
-                break
-            position = batch.last
-            with read_transaction(runner.engine) as conn:  # building generations: only we write them
-                runner.fold(conn, pending, batch)
-            size = max(
-                (
-                    runner.projections[p.generation.name].pending_size(p.changes)
-                    for p in pending
-                    if p.changes is not None
-                ),
-                default=0,
-            )
-            late = time.monotonic() - beat
-            wait = size >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
-            if (size >= MAX_PENDING or late >= HEARTBEAT_INTERVAL) and _commit(runner, pending, wait):
-                beat = time.monotonic()
-            if progress is not None:
-                progress(position, stop)
-        _commit(runner, pending, wait=True)
-    finally:
-        if collecting:
-            gc.enable()
-    return [p.generation for p in pending]
-
-
-def _commit(runner: Runner, pending: Sequence[Pending], wait: bool) -> bool:
-    """Write every pending change; without `wait`, not while another connection holds SQLite's write lock."""
-    with write_transaction(runner.engine) if wait else write_transaction_if_free(runner.engine) as conn:
-        if conn is None:
-            return False
-        runner.relock(conn, [p.generation for p in pending])
-        runner.commit(conn, pending)
-        return True
-
-
-class _Job(NamedTuple):
-    """One worker's share: fill `building` (generations of the projection classes named) up to `stop`."""
-
-    settings: DatabaseSettings
-    store_env: dict[str, str]
-    projections: list[str]  # the classes' topics: the worker makes its own instances
-    topics: list[str]  # of the events they apply: the worker reads no others
-    building: list[Generation]
-    stop: int
-    batch_size: int
-
-
-def _work(job: _Job) -> list[Generation]:
-    """A worker process's entry point."""
-    # The parent created every table already: the worker only reads events and writes rows.
-    ledger = KeyLedger(env={**job.store_env, "CREATE_TABLE": "n"})
-    engine = create_read_engine(job.settings, ledger.env.get("SQLITE_DBNAME"))
-    try:
-        projections = [resolve_topic(topic)() for topic in job.projections]
-        runner = Runner(engine, ledger, projections, rebuild_batch_size=job.batch_size)
-        return runner.index(fill(runner, job.building, job.stop, topics=job.topics))
-    finally:
-        engine.dispose()
-        ledger.close()
-
-
-class Bulk:
-    def __init__(
-        self, settings: DatabaseSettings, ledger: KeyLedger, workers: bool = True, min_events: int = MIN_EVENTS
-    ) -> None:
-        self.settings = settings
-        self.store_env = dict(ledger.env)
-        self.workers = workers and (os.cpu_count() or 1) > 1
-        self.min_events = min_events
-
-    def fill(
-        self, runner: Runner, building: Sequence[Generation], stop: int, progress: Progress | None
-    ) -> list[Generation]:
-        """Fill and index every building generation up to `stop`; returns them advanced."""
-        own, *others = shares = self.shares(runner, building)
-        backlog = stop - min(g.position for g in building)
-        if not (others and self.workers and backlog >= self.min_events):
-            return runner.index(fill(runner, building, stop, progress))
-        # The pool first: its processes take most of a second to start while we read the topics.
-        with multiprocessing.get_context("spawn").Pool(len(others)) as pool:  # leaving it ends what still runs
-            own_topics, *topics = stored_topics(runner, [[g.name for g in share] for share in shares])
-            jobs = [
-                _Job(
-                    self.settings,
-                    self.store_env,
-                    [get_topic(type(runner.projections[g.name])) for g in share],
-                    share_topics,
-                    share,
-                    stop,
-                    runner.rebuild_batch_size,
-                )
-                for share, share_topics in zip(others, topics, strict=True)
-            ]
-            results = [pool.apply_async(_work, (job,)) for job in jobs]
-
-            def report(_position: int = 0, _stop: int = 0) -> None:
-                for failed in (r for r in results if r.ready() and not r.successful()):
-                    failed.get()  # raises the worker's exception
-                if progress is not None:
-                    progress(_reached(runner, building), stop)
-
-            filled = runner.index(fill(runner, own, stop, report, own_topics))
-            while not all(r.ready() for r in results):
-                report()
-                time.sleep(PROGRESS_INTERVAL)
-            return filled + [g for r in results for g in r.get()]
-
-    @staticmethod
-    def shares(runner: Runner, building: Sequence[Generation]) -> list[list[Generation]]:
-        """Building generations grouped so that no event class is decoded in two processes."""
-        groups: list[tuple[set[type], list[Generation]]] = []
-        for generation in sorted(building, key=lambda g: g.position):
-            types = set(runner.projections[generation.name].event_types)
-            joined = [g for g in groups if _overlap(g[0], types) and g[1][0].position == generation.position]
-            if joined:
-                joined[0][0].update(types)
-                joined[0][1].append(generation)
-            else:
-                groups.append((types, [generation]))
-        return [members for _, members in groups]
-
-
-def stored_topics(runner: Runner, shares: Sequence[Collection[str]]) -> list[list[str]]:
-    """Per share of projection names: the topics of stored events they apply (renamed topics included).
-
-    One scan of the library's events table, read directly: its recorder has no query for it.
-    On PostgreSQL the table's statistics are refreshed first: topic-filtered pages need them.
-    """
-    table = runner.events_table
-    if runner.engine.dialect.name == "postgresql":
-        with write_transaction(runner.engine) as conn:
-            refresh_statistics(conn, table)
-    with read_transaction(runner.engine) as conn:
-        stored = conn.exec_driver_sql(f"SELECT DISTINCT topic FROM {table}").scalars().all()  # noqa: S608
-    return [sorted(t for t in stored if not runner.projections_of(t).isdisjoint(names)) for names in shares]
-
-
-def _overlap(these: set[type], those: set[type]) -> bool:
-    return any(issubclass(a, b) or issubclass(b, a) for a in these for b in those)
-
-
-def _reached(runner: Runner, building: Sequence[Generation]) -> int:
-    """How far the slowest of our building generations got."""
-    ours = {(g.name, g.generation) for g in building}
-    with read_transaction(runner.engine) as conn:
-        found = select_generations(conn, [g.name for g in building], active=False)
-    return min((g.position for g in found if (g.name, g.generation) in ours), default=0)

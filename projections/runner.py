@@ -1,21 +1,19 @@
 """Applying the event stream to read models: batched, exactly once, and rebuilt beside the live ones.
 
-The library's `ProjectionRunner` needs a recorder that can subscribe, which SQLite's
-cannot, and commits one event per transaction (30-80x slower than reading). This runner
-polls `select_notifications` and has one way to apply events: `fold` them into each
-generation's pending changes, then `commit` writes those and advances the generation's
-position in the same transaction (`tracking.advance`, which refuses a position another
-writer moved). A crash re-applies a batch as a whole or not at all, and never skips one.
+The library's `ProjectionRunner` needs a recorder that can subscribe (SQLite's cannot) and
+commits one event per transaction (30-80x slower than reading). This runner polls
+`select_notifications` and has one way to apply events: `fold` them into each generation's
+pending changes, then `commit` writes those and advances the generation's position in the
+same transaction (`tracking.advance` refuses a position another writer moved). A crash
+re-applies a batch as a whole or not at all, and never skips one. Notification ids may have
+gaps (rolled-back sequence values): a runner reads everything after its position.
 
-Following the stream folds and commits each batch in one transaction, on the active
-generations this process could lock (`FOR UPDATE SKIP LOCKED`: on PostgreSQL several
-processes may follow one store; one applies a batch while the others skip it).
-Notification ids may have gaps (rolled-back sequence values): a runner reads everything
-after its position, so it never waits for a missing id.
-
-A rebuild creates new generations beside the serving ones, optionally fills them in bulk
-(`projections.bulk`: the same fold and commit, over many batches), then applies the tail
-batch by batch in lock-step with the serving generations and switches atomically.
+Following the stream (`step`) folds and commits a batch per transaction on the active
+generations this process could lock (`FOR UPDATE SKIP LOCKED`: several processes may follow
+one PostgreSQL store; one applies a batch, the others skip it). A rebuild creates new
+generations beside the serving ones, fills them (in bulk if given `projections.bulk`: the
+same fold and commit over many batches), then applies the tail batch by batch in lock-step
+with the serving generations and switches atomically.
 """
 
 from __future__ import annotations
@@ -24,9 +22,8 @@ import bisect
 import itertools
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from eventsourcing.utils import resolve_topic
@@ -37,55 +34,37 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateTable
 
 from domain.application import KeyLedger, utc_now
+from projections import tracking
 from projections.base import Positioned, Projection
 from projections.db import lock_for_ddl, read_transaction, stored_sizes, write_transaction
 from projections.errors import RebuildInProgress, TrackingConflict
-from projections.tracking import (
-    FAILURES,
-    STATE,
-    Failure,
-    Generation,
-    activate,
-    advance,
-    current_failures,
-    delete_generation,
-    insert_generation,
-    record_failure,
-    select_generations,
-)
+from projections.tracking import Generation, select_generations
 
 if TYPE_CHECKING:
     from projections.bulk import Bulk
 
 log = logging.getLogger(__name__)
-
-# A building generation whose heartbeat (its `updated_at`) is older than this was abandoned:
-# its process died. A rebuild that fails with an exception drops its generations at once.
-REBUILD_LEASE = timedelta(seconds=20)
-
-# Pages of events are bounded in stored bytes as well as in events: a usage event holds up to
-# 1,000 counts (~150 KB), and a page of 5,000 of them would decode into gigabytes. The sizes of
-# the next events are read first (`stored_sizes`, no data), and a page asks for those that fit.
-MAX_PAGE_BYTES = 8_000_000
-
-# Errors of the store as a whole (unreachable, a lost race for a position): every projection
-# would fail alike, so they are retried as a whole rather than blamed on one projection.
-_STORE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, TrackingConflict)
-
 Progress = Callable[[int, int], None]
+
+# A building generation whose heartbeat (`updated_at`) is older than this was abandoned: its
+# process died. A rebuild that fails with an exception drops its generations at once.
+REBUILD_LEASE = timedelta(seconds=20)
+# Pages are bounded in stored bytes too: a usage event holds up to 1,000 counts (~150 KB), and
+# 5,000 of them would decode into gigabytes. The next events' sizes are read first (no data).
+MAX_PAGE_BYTES = 8_000_000
+# Errors of the store as a whole (unreachable, a lost race for a position) are retried as a
+# whole rather than blamed on one projection.
+_STORE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, TrackingConflict)
 
 
 def describe_error(error: BaseException) -> str:
-    """An error as status shows it: its type and the first line of its message (no parameters: hidden)."""
+    """An error as status shows it: its type and first line (statement parameters are hidden)."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-@dataclass(frozen=True)
-class Batch:
-    """What one read after a position brought: the events some projection wants, decoded, and how far it read."""
-
-    events: list[Positioned]
+class Batch(NamedTuple):
+    events: list[Positioned]  # those some projection applies, decoded
     read: int  # notifications read, wanted or not
     last: int  # id of the last one read (the start position when none)
     more: bool = False  # the page was full: more may follow at once
@@ -93,10 +72,10 @@ class Batch:
 
 @dataclass
 class Pending:
-    """A generation's folded changes not yet written: the events after its position up to `position`."""
+    """A generation's folded changes not yet written: of the events after its position up to `position`."""
 
     generation: Generation
-    position: int = -1
+    position: int = 0
     changes: Any = None
 
     def __post_init__(self) -> None:
@@ -104,32 +83,33 @@ class Pending:
 
 
 class Step(NamedTuple):
-    advanced: list[Generation]  # the generations this step moved on
+    advanced: list[Generation]
     more: bool  # its page was full: more events may wait already
-    failed: Mapping[str, Exception] = MappingProxyType({})  # projections that could not apply the batch
+    failed: Mapping[str, Exception]  # projections that could not apply the batch
 
 
-@dataclass
 class Runner:
-    engine: Engine
-    ledger: KeyLedger
-    projection_list: Sequence[Projection[Any]]
-    batch_size: int = 1000
-    rebuild_batch_size: int = 5000
-    clock: Callable[[], datetime] = utc_now
-    bulk: Bulk | None = None  # the fast rebuild (`projections.bulk`); without it, batch by batch
-    _wanting: dict[str, frozenset[str]] = field(default_factory=dict)  # event topic -> projections applying it
-
-    def __post_init__(self) -> None:
-        self.projections = {p.name: p for p in self.projection_list}
-        # The library's own table, read directly for what its recorder cannot answer (sizes, topics).
-        self.events_table: str = self.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: KeyLedger,
+        projections: Sequence[Projection[Any]],
+        batch_size: int = 1000,
+        rebuild_batch_size: int = 5000,
+        bulk: Bulk | None = None,  # the fast rebuild; without it, batch by batch
+    ) -> None:
+        self.engine, self.ledger, self.bulk = engine, ledger, bulk
+        self.projections = {p.name: p for p in projections}
+        self.batch_size, self.rebuild_batch_size = batch_size, rebuild_batch_size
+        self.clock: Callable[[], datetime] = utc_now
+        self.events_table: str = ledger.recorder.events_table_name  # type: ignore[attr-defined]
+        self._wanting: dict[str, frozenset[str]] = {}  # event topic -> projections applying it
 
     def setup(self) -> None:
         with write_transaction(self.engine) as conn:
             lock_for_ddl(conn)
-            STATE.create(conn, checkfirst=True)
-            FAILURES.create(conn, checkfirst=True)
+            tracking.STATE.create(conn, checkfirst=True)
+            tracking.FAILURES.create(conn, checkfirst=True)
 
     def head(self) -> int:
         return self.ledger.recorder.max_notification_id() or 0
@@ -138,78 +118,67 @@ class Runner:
         with read_transaction(self.engine) as conn:
             return {g.name: g for g in select_generations(conn, self.projections, active=True)}
 
-    def failures(self, active: Collection[Generation]) -> dict[str, Failure]:
-        with read_transaction(self.engine) as conn:
-            return current_failures(conn, active)
-
-    def record_failure(self, name: str, error: Exception) -> Failure | None:
+    def record_failure(self, name: str, error: Exception) -> None:
         """Report (in the store, for every process's status) that a projection failed at its position."""
         with write_transaction(self.engine) as conn:
-            active = select_generations(conn, [name], active=True)
-            return record_failure(conn, active[0], describe_error(error), self.clock()) if active else None
+            for generation in select_generations(conn, [name], active=True):
+                tracking.record_failure(conn, generation, describe_error(error), self.clock())
 
-    # --- the one apply path -------------------------------------------------------
+    # --- the one apply path ---------------------------------------------------------
 
     def fold(self, conn: Connection, pending: Sequence[Pending], batch: Batch) -> None:
         """Fold into each pending the events of `batch` after its position (`batch` starts at or before it)."""
         for each in pending:
             projection = self.projections[each.generation.name]
-            events = [(p, e) for p, e in batch.events if p > each.position and isinstance(e, projection.event_types)]
+            kinds, after = projection.event_types, each.position
+            events = [(p, e) for p, e in batch.events if p > after and isinstance(e, kinds)]
             if events:
-                tables = projection.tables(each.generation.generation)
-                each.changes = projection.fold(conn, tables, each.changes, events)
-            each.position = max(each.position, batch.last)
+                each.changes = projection.fold(
+                    conn, projection.tables(each.generation.generation), each.changes, events
+                )
+            each.position = max(after, batch.last)
 
     def commit(self, conn: Connection, pending: Sequence[Pending]) -> list[Generation]:
         """Write the pending changes and advance their generations, in the caller's transaction.
 
-        Returns the generations advanced; the pending start again from there (void if the
-        transaction then fails).
+        Returns the generations advanced; the pending go on from there (void if the transaction fails).
         """
         now, advanced = self.clock(), []
-        for each in pending:
-            if each.position > each.generation.position:
-                projection = self.projections[each.generation.name]
-                if each.changes is not None:
-                    projection.write(conn, projection.tables(each.generation.generation), each.changes)
-                each.generation, each.changes = advance(conn, each.generation, each.position, now), None
-                advanced.append(each.generation)
+        for each in (p for p in pending if p.position > p.generation.position):
+            projection = self.projections[each.generation.name]
+            if each.changes is not None:
+                projection.write(conn, projection.tables(each.generation.generation), each.changes)
+            each.generation, each.changes = tracking.advance(conn, each.generation, each.position, now), None
+            advanced.append(each.generation)
         return advanced
 
-    def _apply(self, conn: Connection, generations: Sequence[Generation], start: int, batch: Batch) -> list[Generation]:
+    def apply(self, conn: Connection, generations: Sequence[Generation], start: int, batch: Batch) -> list[Generation]:
         """Fold and commit `batch` (every event after `start`) for the generations that have not applied it all.
 
-        One that appeared before `start` since we read is left for the next round (it would miss events).
+        One before `start` (it appeared since we read) is left for the next round: it would miss events.
         """
         pending = [Pending(g) for g in generations if start <= g.position < batch.last]
         self.fold(conn, pending, batch)
         return self.commit(conn, pending)
 
-    # --- following the stream -------------------------------------------------------
-
     def step(self, known: Collection[Generation] = (), skip: Collection[str] = ()) -> Step:
-        """Apply the next batch to the active generations no other process is applying.
+        """Apply the next batch to the active generations (as last seen: `known`) no other process is applying.
 
-        `known` are the active generations as last seen (stale positions only mean reading a
-        few events twice); `skip` names projections to leave alone (failing ones waiting for
-        their retry). When the batch fails, each projection tries it in its own transaction
-        and those that fail are reported in `failed` (errors of the store itself are raised).
+        `skip` names projections to leave alone (failing ones waiting for their retry). When the batch
+        fails, each projection tries it in its own transaction; those that fail are reported in `failed`.
         """
         seen = [g for g in self.applicable(list(known) or list(self.active().values())) if g.name not in skip]
-        if not seen:
-            return Step([], False)
-        names = sorted({g.name for g in seen})
-        start = min(g.position for g in seen)
-        batch = self.read(start, self.batch_size)
-        if not batch.read:
-            return Step([], False)
+        batch = self.read(min((g.position for g in seen), default=0), self.batch_size) if seen else None
+        if batch is None or not batch.read:
+            return Step([], False, {})
+        names, start = sorted({g.name for g in seen}), min(g.position for g in seen)
         advanced: list[Generation] = []
         failed: dict[str, Exception] = {}
-        for group in [names] if len(names) == 1 else [names, *([n] for n in names)]:
+        for group in [names, *([n] for n in names)] if len(names) > 1 else [names]:
             try:
                 with write_transaction(self.engine) as conn:
-                    locked = select_generations(conn, group, active=True, lock=True, skip_locked=True)
-                    moved = self._apply(conn, self.applicable(locked), start, batch)
+                    locked = select_generations(conn, group, active=True, lock="skip")
+                    moved = self.apply(conn, self.applicable(locked), start, batch)
                 advanced += moved
                 if group is names:
                     break
@@ -220,70 +189,59 @@ class Runner:
         return Step(advanced, batch.more, failed)
 
     def applicable(self, generations: Sequence[Generation]) -> list[Generation]:
-        # Never write rows of another definition (a process running older or newer code).
+        """Never write rows of another definition (a process running older or newer code)."""
         return [g for g in generations if g.version == self.projections[g.name].VERSION]
 
     def read(
         self,
         position: int,
         limit: int,
-        names: Collection[str] | None = None,
+        names: Collection[str] = (),
         stop: int | None = None,
         topics: Sequence[str] | None = None,
     ) -> Batch:
-        """The next notifications after `position` (up to `stop`), decoding those that `names` apply.
+        """The next notifications after `position` (up to `stop`), decoding those that `names` (default all) apply.
 
-        With `topics` (and `stop`), only notifications of those topics are read at all, and the
-        batch reaches `stop` once a page comes back short. Never called under our write lock:
-        the library's SQLite pool can make a reader wait for writers that wait for that lock.
+        With `topics` (and `stop`), only those topics are read, and the batch reaches `stop` once a page
+        comes back short. Never called under our write lock: the library's SQLite pool can make a reader
+        wait for writers that wait for that lock.
         """
         if topics is not None and (stop is None or not topics):
             return Batch([], 0, position if stop is None else stop)  # no topic, nothing to read
         with read_transaction(self.engine) as conn:
             sizes = stored_sizes(conn, self.events_table, position, limit, topics)
-        if _fitting(sizes) < len(sizes):
-            limit = _fitting(sizes)
-        # `stop` is applied here, not in SQL: with an upper bound, PostgreSQL's generic plan for
+        if (fitting := _fitting(sizes)) < len(sizes):
+            limit = fitting
+        # `stop` applied here, not in SQL: with an upper bound, the generic plan PostgreSQL makes for
         # the prepared query (psycopg prepares it after a few calls) read pages 3x slower.
-        page = self.ledger.recorder.select_notifications(
-            start=position, limit=limit, topics=topics or (), inclusive_of_start=False
-        )
+        page = self.ledger.recorder.select_notifications(position, limit, topics=topics or (), inclusive_of_start=False)
         notifications = [n for n in page if n.id <= stop] if stop is not None else page
         more = len(page) == limit and len(notifications) == len(page)
-        # Events committed since the sizes were read came in unmeasured: decode only what fits.
-        within = _fitting([len(n.state) for n in notifications])
+        within = _fitting([len(n.state) for n in notifications])  # some came in since the sizes were read
         if within < len(notifications):
             notifications, more = notifications[:within], True
-        if topics is not None and stop is not None:
-            last = notifications[-1].id if more else stop
-        elif notifications:
-            last = notifications[-1].id
-        else:
+        if not notifications and (topics is None or stop is None):
             return Batch([], 0, position)
-        wanted = set(self.projections if names is None else names)
+        last = stop if stop is not None and topics is not None and not more else notifications[-1].id
+        wanted = set(names or self.projections)
         decode = self.ledger.mapper.to_domain_event
         events = [(n.id, decode(n)) for n in notifications if not wanted.isdisjoint(self.projections_of(n.topic))]
         return Batch(events, len(notifications), last, more)
 
     def projections_of(self, topic: str) -> frozenset[str]:
-        names = self._wanting.get(topic)
-        if names is None:  # resolve_topic follows renamed topics, so old events still find their class
-            event_class = resolve_topic(topic)
-            names = frozenset(n for n, p in self.projections.items() if issubclass(event_class, p.event_types))
-            self._wanting[topic] = names
-        return names
+        if topic not in self._wanting:  # resolve_topic follows renamed topics: old events find their class
+            kind = resolve_topic(topic)
+            self._wanting[topic] = frozenset(n for n, p in self.projections.items() if issubclass(kind, p.event_types))
+        return self._wanting[topic]
 
     # --- rebuild --------------------------------------------------------------------
 
     def rebuild(self, names: Sequence[str], progress: Progress | None = None) -> list[Generation]:
-        """Replay the stream from position 0 into new generations, then switch to them atomically.
-
-        The active generations keep serving (and being kept caught up) meanwhile.
-        """
+        """Replay the stream from 0 into new generations while the active ones serve, then switch atomically."""
         building = self._start_generations(names)
         log.info("rebuilding %s into generation(s) %s", names, [g.generation for g in building])
         try:
-            if self.bulk is not None:  # the bulk of the stream, indexed after the load
+            if self.bulk is not None:  # the bulk of the stream, then the indexes
                 building = self.bulk.fill(self, building, self.head(), progress)
             else:
                 building = self.index(building)
@@ -308,27 +266,24 @@ class Runner:
         self, names: Sequence[str], building: list[Generation], start: int, batch: Batch
     ) -> tuple[list[Generation], list[Generation] | None]:
         """Apply `batch` to the building generations; near the head, switch to them (returns the retired)."""
-        near_head = not batch.more
         with write_transaction(self.engine) as conn:
-            # Near the head, lock the serving generations too: that waits for a runner's batch
-            # in flight and keeps the next one out. If ours are then at least as far, switching
-            # in this transaction loses no event and moves no position backwards.
-            serving = select_generations(conn, names, active=True, lock=True) if near_head else []
+            # Near the head, lock the serving generations too: that waits for a runner's batch in
+            # flight and keeps the next one out. If ours are then as far, switching loses no event.
+            serving = select_generations(conn, names, active=True, lock=True) if not batch.more else []
             self.relock(conn, building)
-            advanced = {g.name: g for g in self._apply(conn, building, start, batch)}
+            advanced = {g.name: g for g in self.apply(conn, building, start, batch)}
             building = [advanced.get(g.name, g) for g in building]
             reached = {g.name: g.position for g in building}
-            if not near_head or any(reached[g.name] < g.position for g in serving):
+            if batch.more or any(reached[g.name] < g.position for g in serving):
                 return building, None
-            activate(conn, building)
+            tracking.activate(conn, building)
             return building, serving
 
     def relock(self, conn: Connection, building: Sequence[Generation]) -> None:
         """Lock our building generations, checking nobody took them over meanwhile."""
-        found = select_generations(conn, [g.name for g in building], active=False, lock=True)
-        current = {(g.name, g.generation, g.position) for g in found}
+        found = set(select_generations(conn, [g.name for g in building], active=False, lock=True))
         for g in building:
-            if (g.name, g.generation, g.position) not in current:
+            if g not in found:
                 raise RebuildInProgress(f"the rebuild of {g.name!r} was taken over by another process")
 
     def _start_generations(self, names: Sequence[str]) -> list[Generation]:
@@ -339,23 +294,22 @@ class Runner:
             for generation in (g for g in existing if not g.active):
                 if now - generation.updated_at < REBUILD_LEASE:
                     raise RebuildInProgress(
-                        f"projection {generation.name!r} is being rebuilt (generation "
-                        f"{generation.generation}) by another process; try again when it is done"
+                        f"projection {generation.name!r} is being rebuilt (generation {generation.generation})"
+                        " by another process; try again when it is done"
                     )
                 log.warning("dropping abandoned generation %d of %s", generation.generation, generation.name)
                 self._drop(conn, generation)
             building = []
             for name in names:
                 number = max((g.generation for g in existing if g.name == name), default=0) + 1
-                projection = self.projections[name]
-                for table in projection.tables(number).values():
+                for table in self.projections[name].tables(number).values():
                     table.drop(conn, checkfirst=True)  # a leftover of a crash before the state row
                     conn.execute(CreateTable(table))  # its indexes come after the load (`index`)
-                building.append(insert_generation(conn, name, number, projection.VERSION, now))
+                building.append(tracking.insert_generation(conn, name, number, self.projections[name].VERSION, now))
             return building
 
     def index(self, building: Sequence[Generation]) -> list[Generation]:
-        """Create the secondary indexes of the building generations' tables: cheaper after a bulk load."""
+        """Create the building generations' secondary indexes: cheaper from loaded rows than row by row."""
         for generation in building:
             with write_transaction(self.engine) as conn:  # one at a time: SQLite's write lock is shared
                 self.relock(conn, [generation])
@@ -365,11 +319,10 @@ class Runner:
         return list(building)
 
     def _abandon(self, building: Sequence[Generation]) -> None:
-        """Drop a failed rebuild's generations, so the next one need not wait for the lease to expire."""
+        """Drop a failed rebuild's generations (by number: workers may have moved them on)."""
         ours = {(g.name, g.generation) for g in building}
         try:
             with write_transaction(self.engine) as conn:
-                # By number, not position: our worker processes may have moved the positions on.
                 for generation in select_generations(conn, [g.name for g in building], active=False, lock=True):
                     if (generation.name, generation.generation) in ours:
                         self._drop(conn, generation)
@@ -382,7 +335,7 @@ class Runner:
             for table in projection.tables(generation.generation).values():
                 table.drop(conn, checkfirst=True)
             projection.forget(generation.generation)
-        delete_generation(conn, generation)
+        tracking.delete_generation(conn, generation)
 
 
 def _fitting(sizes: Sequence[int]) -> int:

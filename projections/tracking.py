@@ -1,22 +1,20 @@
 """How far each read model has read: one row per projection generation, written with its rows.
 
-`kl_projection_state` holds (name, generation, version, position, active). The active
-generation of a projection is the one queries read and the runner keeps caught up; a
-rebuild fills a new, inactive generation and then flips `active` in one transaction.
-`position` is the last notification id applied: it only moves forward, and only from the
-value its writer read (`advance`), like the library's tracking records. The same
-statements serve SQLite and PostgreSQL.
+`kl_projection_state` holds (name, generation, version, position, active). Queries read, and
+runners follow, a projection's active generation; a rebuild fills a new, inactive one and then
+flips `active` in one transaction. `position` is the last notification id applied: it only
+moves forward, and only from the value its writer read (`advance`), like the library's
+tracking records. The same statements serve SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, Boolean, Column, Integer, MetaData, String, Table, delete, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from projections.db import UTCDateTime
 from projections.errors import TrackingConflict
@@ -29,13 +27,25 @@ STATE = Table(
     Column("version", Integer, nullable=False),
     Column("position", BigInteger, nullable=False),
     Column("active", Boolean, nullable=False),
-    # A building generation's heartbeat: a rebuild whose heartbeat stopped was abandoned.
-    Column("updated_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),  # a building generation's heartbeat
+)
+# A read model that cannot apply an event: reported by whichever process tried, read by every
+# process's status. Current only while its generation is still at `position` (the last one it
+# applied), so a process running fixed code clears it by advancing.
+FAILURES = Table(
+    "kl_projection_failures",
+    MetaData(),
+    Column("name", String(64), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("error", String(300), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_failed_at", UTCDateTime, nullable=False),
+    Column("last_failed_at", UTCDateTime, nullable=False),
 )
 
 
-@dataclass(frozen=True)
-class Generation:
+class Generation(NamedTuple):
     name: str
     generation: int
     version: int
@@ -48,17 +58,12 @@ class Generation:
 
 
 def select_generations(
-    conn: Connection,
-    names: Collection[str] | None = None,
-    *,
-    active: bool | None = None,
-    lock: bool = False,
-    skip_locked: bool = False,
+    conn: Connection, names: Collection[str] | None = None, *, active: bool | None = None, lock: bool | str = False
 ) -> list[Generation]:
     """Generations, optionally locked for this transaction.
 
-    On PostgreSQL `skip_locked` leaves out rows another process is writing right now, so
-    several runners never apply the same batch; SQLite serialises writers (BEGIN IMMEDIATE).
+    On PostgreSQL, `lock="skip"` leaves out rows another process is writing right now, so several
+    runners never apply the same batch; SQLite serialises writers (BEGIN IMMEDIATE).
     """
     query = select(STATE).order_by(STATE.c.name, STATE.c.generation)
     if names is not None:
@@ -66,32 +71,32 @@ def select_generations(
     if active is not None:
         query = query.where(STATE.c.active == active)
     if lock:
-        query = query.with_for_update(skip_locked=skip_locked)
+        query = query.with_for_update(skip_locked=lock == "skip")
     return [Generation(*row) for row in conn.execute(query)]
 
 
 def insert_generation(conn: Connection, name: str, generation: int, version: int, now: datetime) -> Generation:
     new = Generation(name, generation, version, 0, False, now)
-    conn.execute(insert(STATE).values(**vars(new)))
+    conn.execute(insert(STATE).values(**new._asdict()))
     return new
 
 
 def advance(conn: Connection, generation: Generation, position: int, now: datetime) -> Generation:
-    """Record that `generation` applied everything up to `position`, in the caller's transaction.
+    """Record, in the caller's transaction, that `generation` applied everything up to `position`.
 
-    Its row must still hold the position this writer read: otherwise the whole transaction
-    rolls back (`TrackingConflict`), so no event is applied twice when two writers race.
+    Its row must still hold the position this writer read: otherwise the whole transaction rolls
+    back (`TrackingConflict`), so no event is applied twice when two writers race.
     """
     if position <= generation.position:
         raise TrackingConflict(f"{generation.name}: position {position} is not after {generation.position}")
     moved = update(STATE).where(generation.where(), STATE.c.position == generation.position)
     if conn.execute(moved.values(position=position, updated_at=now)).rowcount != 1:
         raise TrackingConflict(f"{generation.name}: another writer moved its position")
-    return replace(generation, position=position, updated_at=now)
+    return generation._replace(position=position, updated_at=now)
 
 
 def activate(conn: Connection, generations: Collection[Generation]) -> None:
-    """Make these generations the active ones of their projections (one transaction: an atomic switch)."""
+    """Make these generations the active ones of their projections (in one transaction: an atomic switch)."""
     for new in generations:
         conn.execute(update(STATE).where(STATE.c.name == new.name).values(active=STATE.c.generation == new.generation))
 
@@ -100,46 +105,19 @@ def delete_generation(conn: Connection, generation: Generation) -> None:
     conn.execute(delete(STATE).where(generation.where()))
 
 
-# A read model that cannot apply an event: reported by whichever process tried, read by every
-# process's status. Current only while its generation is still at `position` (once it moves on,
-# the row is stale and dropped), so a process running fixed code clears it by advancing.
-FAILURES = Table(
-    "kl_projection_failures",
-    MetaData(),
-    Column("name", String(64), primary_key=True),
-    Column("generation", Integer, nullable=False),
-    Column("position", BigInteger, nullable=False),  # the last one applied: the failing event is after it
-    Column("error", String(300), nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("first_failed_at", UTCDateTime, nullable=False),
-    Column("last_failed_at", UTCDateTime, nullable=False),
-)
-
-
-@dataclass(frozen=True)
-class Failure:
-    name: str
-    generation: int
-    position: int
-    error: str
-    attempts: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-
-
-def record_failure(conn: Connection, generation: Generation, error: str, now: datetime) -> Failure:
+def record_failure(conn: Connection, generation: Generation, error: str, now: datetime) -> None:
     """Record (or count again) that `generation` failed to apply the events after its position."""
     row = conn.execute(select(FAILURES).where(FAILURES.c.name == generation.name).with_for_update()).first()
-    same = row is not None and (row.generation, row.position) == (generation.generation, generation.position)
-    attempts, since = (row.attempts + 1, row.first_failed_at) if same and row is not None else (1, now)
-    failure = Failure(generation.name, generation.generation, generation.position, error[:300], attempts, since, now)
+    again = row is not None and (row.generation, row.position) == (generation.generation, generation.position)
+    attempts, since = (row.attempts + 1, row.first_failed_at) if again and row is not None else (1, now)
     conn.execute(delete(FAILURES).where(FAILURES.c.name == generation.name))
-    conn.execute(insert(FAILURES).values(**vars(failure)))
-    return failure
+    at = {"name": generation.name, "generation": generation.generation, "position": generation.position}
+    conn.execute(
+        insert(FAILURES).values(**at, error=error[:300], attempts=attempts, first_failed_at=since, last_failed_at=now)
+    )
 
 
-def current_failures(conn: Connection, active: Collection[Generation]) -> dict[str, Failure]:
-    """The failures of the active generations still stuck where they failed."""
+def current_failures(conn: Connection, active: Collection[Generation]) -> dict[str, Row[Any]]:
+    """The failures of the active generations still stuck where they failed (rows of FAILURES)."""
     at = {(g.name, g.generation): g.position for g in active}
-    failures = [Failure(*row) for row in conn.execute(select(FAILURES))]
-    return {f.name: f for f in failures if at.get((f.name, f.generation)) == f.position}
+    return {f.name: f for f in conn.execute(select(FAILURES)) if at.get((f.name, f.generation)) == f.position}

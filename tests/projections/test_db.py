@@ -18,12 +18,12 @@ from projections import ReadModels
 from projections.bulk import sqlite_date_text, sqlite_utc_text, uuid_hex
 from projections.db import (
     SQLITE_LOCK_TIMEOUT,
+    LockTaken,
     UTCDateTime,
     create_read_engine,
     read_transaction,
     refresh_statistics,
     write_transaction,
-    write_transaction_if_free,
 )
 from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 
@@ -73,7 +73,7 @@ def test_an_in_memory_sqlite_store_is_refused_with_the_setting_named():
     ledger.close()
 
 
-def test_a_write_transaction_if_free_does_not_wait_for_sqlites_write_lock(settings: Settings):
+def test_a_write_transaction_without_waiting_does_not_wait_for_sqlites_write_lock(settings: Settings):
     engine = create_read_engine(settings)
     try:
         with write_transaction(engine) as conn:
@@ -81,15 +81,14 @@ def test_a_write_transaction_if_free_does_not_wait_for_sqlites_write_lock(settin
         with write_transaction(engine) as holder:
             holder.exec_driver_sql("INSERT INTO kl_lock_test VALUES (1)")
             started = time.monotonic()
-            with write_transaction_if_free(engine) as conn:
-                if settings.is_postgres:  # row locks only: the transaction begins
-                    assert conn is not None
+            if settings.is_postgres:  # row locks only: the transaction begins
+                with write_transaction(engine, wait=False) as conn:
                     conn.exec_driver_sql("INSERT INTO kl_lock_test VALUES (2)")
-                else:
-                    assert conn is None
+            else:
+                with pytest.raises(LockTaken), write_transaction(engine, wait=False):
+                    pass
             assert time.monotonic() - started < 1
-        with write_transaction_if_free(engine) as conn:
-            assert conn is not None
+        with write_transaction(engine, wait=False) as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM kl_lock_test").scalar() == (
                 2 if settings.is_postgres else 1
             )

@@ -82,7 +82,7 @@ def test_a_position_that_does_not_advance_is_refused(settings: Settings, ledger:
         advance(conn, generation, generation.position, generation.updated_at)
     with pytest.raises(TrackingConflict), write_transaction(models.engine) as conn:
         [generation] = select_generations(conn, ["audit"], active=True)
-        stale = generation.__class__(**{**vars(generation), "position": generation.position - 1})
+        stale = generation._replace(position=generation.position - 1)
         advance(conn, stale, generation.position + 1, generation.updated_at)  # another writer moved it
 
 
