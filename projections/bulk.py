@@ -1,17 +1,8 @@
-"""The fast rebuild: many batches folded per write, projections spread over processes, rows written in bulk.
+"""The fast rebuild, an optional strategy of `Runner.rebuild` on the runner's own fold and commit.
 
-An optional strategy of `Runner.rebuild` on the runner's own apply path (`Runner.fold`,
-`Runner.commit`): it folds many batches before it commits, so rows that every batch would
-update (counters, key states) are written once; changes and positions still commit together.
-The changes are written once one projection's hold MAX_PENDING rows (about 30 MB: how long a
-transaction holds SQLite's write lock), and at least every HEARTBEAT_INTERVAL, so nobody
-takes the rebuild for abandoned (`runner.REBUILD_LEASE`). While another process holds
-SQLite's write lock they keep growing, up to twice the bound.
-
-Decoding is most of a rebuild's work, on one core: with enough events, each share of
-projections that decode the same events (keys and audit; usage) gets a process (`spawn`)
-reading only its events, while this process fills the first share. A worker that fails
-fails the rebuild.
+It folds many batches per commit (rows every batch would update are written once), spreads the
+projections over processes (each share decoding only its events) and writes rows in bulk.
+See DEVELOPERS.md, "Read models".
 """
 
 from __future__ import annotations
@@ -23,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic, resolve_topic
@@ -54,7 +45,7 @@ def fill(
     changes were most of the cost. Measured, one process, 100,000 events on SQLite (CPU s):
     4.8 paused, 6.5-6.9 with it deferred to batch boundaries, 9-10 never paused.
     """
-    pending, names = [Pending(g) for g in building], [g.name for g in building]
+    pending, names = [Pending(g, g.position) for g in building], [g.name for g in building]
     position, beat, collecting = min(g.position for g in building), time.monotonic(), gc.isenabled()
     gc.disable()
     try:
@@ -95,27 +86,17 @@ def fill(
     return [p.generation for p in pending]
 
 
-class _Job(NamedTuple):
-    """One worker's share: fill `building` (generations of the projection classes named) up to `stop`."""
+def _work(settings: DatabaseSettings, env: dict[str, str], classes: list[str], *job: Any) -> list[Generation]:
+    """A worker process: fills and indexes `building` (of projections of these class topics) up to `stop`.
 
-    settings: DatabaseSettings
-    store_env: dict[str, str]
-    projections: list[str]  # the classes' topics: the worker makes its own instances
-    topics: list[str]  # of the events they apply: the worker reads no others
-    building: list[Generation]
-    stop: int
-    batch_size: int
-
-
-def _work(job: _Job) -> list[Generation]:
-    """A worker process's entry point: the parent created every table; the worker reads events and writes rows."""
-    ledger = KeyLedger(env={**job.store_env, "CREATE_TABLE": "n"})
-    engine = db.create_read_engine(job.settings, ledger.env.get("SQLITE_DBNAME"))
+    The parent created every table: the worker reads only its events (`topics`) and writes rows.
+    """
+    building, stop, topics, batch_size = job
+    ledger = KeyLedger(env={**env, "CREATE_TABLE": "n"})
+    engine = db.create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
     try:
-        runner = Runner(
-            engine, ledger, [resolve_topic(t)() for t in job.projections], rebuild_batch_size=job.batch_size
-        )
-        return runner.index(fill(runner, job.building, job.stop, topics=job.topics))
+        runner = Runner(engine, ledger, [resolve_topic(t)() for t in classes], rebuild_batch_size=batch_size)
+        return runner.index(fill(runner, building, stop, topics=topics))
     finally:
         engine.dispose()
         ledger.close()
@@ -135,22 +116,12 @@ class Bulk:
             return runner.index(fill(runner, building, stop, progress))
         with multiprocessing.get_context("spawn").Pool(len(others)) as pool:  # leaving it ends what still runs
             own_topics, *topics = stored_topics(runner, [[g.name for g in share] for share in shares])
+            classes = [[get_topic(type(runner.projections[g.name])) for g in share] for share in others]
             results = [
                 pool.apply_async(
-                    _work,
-                    (
-                        _Job(
-                            self.settings,
-                            self.store_env,
-                            [get_topic(type(runner.projections[g.name])) for g in share],
-                            share_topics,
-                            share,
-                            stop,
-                            runner.rebuild_batch_size,
-                        ),
-                    ),
+                    _work, (self.settings, self.store_env, names, share, stop, mine, runner.rebuild_batch_size)
                 )
-                for share, share_topics in zip(others, topics, strict=True)
+                for share, names, mine in zip(others, classes, topics, strict=True)
             ]
 
             def report(_position: int = 0, _stop: int = 0) -> None:

@@ -1,19 +1,8 @@
 """Applying the event stream to read models: batched, exactly once, and rebuilt beside the live ones.
 
-The library's `ProjectionRunner` needs a recorder that can subscribe (SQLite's cannot) and
-commits one event per transaction (30-80x slower than reading). This runner polls
-`select_notifications` and has one way to apply events: `fold` them into each generation's
-pending changes, then `commit` writes those and advances the generation's position in the
-same transaction (`tracking.advance` refuses a position another writer moved). A crash
-re-applies a batch as a whole or not at all, and never skips one. Notification ids may have
-gaps (rolled-back sequence values): a runner reads everything after its position.
-
-Following the stream (`step`) folds and commits a batch per transaction on the active
-generations this process could lock (`FOR UPDATE SKIP LOCKED`: several processes may follow
-one PostgreSQL store; one applies a batch, the others skip it). A rebuild creates new
-generations beside the serving ones, fills them (in bulk if given `projections.bulk`: the
-same fold and commit over many batches), then applies the tail batch by batch in lock-step
-with the serving generations and switches atomically.
+One apply path (`apply`: `fold`, then `commit`) serves following the stream (`step`) and rebuilds
+(`rebuild`, and `projections.bulk`): a generation's rows and its new position commit together,
+and `tracking.advance` refuses a position another writer moved. See DEVELOPERS.md, "Read models".
 """
 
 from __future__ import annotations
@@ -75,11 +64,8 @@ class Pending:
     """A generation's folded changes not yet written: of the events after its position up to `position`."""
 
     generation: Generation
-    position: int = 0
+    position: int
     changes: Any = None
-
-    def __post_init__(self) -> None:
-        self.position = max(self.position, self.generation.position)
 
 
 class Step(NamedTuple):
@@ -157,7 +143,7 @@ class Runner:
 
         One before `start` (it appeared since we read) is left for the next round: it would miss events.
         """
-        pending = [Pending(g) for g in generations if start <= g.position < batch.last]
+        pending = [Pending(g, g.position) for g in generations if start <= g.position < batch.last]
         self.fold(conn, pending, batch)
         return self.commit(conn, pending)
 

@@ -255,17 +255,11 @@ class ReadModels:
 
     def catch_up(self) -> int:
         """Apply everything up to the current head, here and now; returns that position."""
-        if not self._current:
-            self.ensure_current()
-        head, deadline = self.runner.head(), time.monotonic() + CATCH_UP_TIMEOUT
-        while not self._reached(head, self.names):
-            step = self._poll()
-            for name, error in step.failed.items():
-                raise ProjectionFailed(f"read model {name!r} cannot apply the stream: {describe_error(error)}")
-            if not step.advanced:  # another process holds the batch: let it finish
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"read models did not reach position {head}")
-                time.sleep(0.01)
+        if not self.wait(head := self.runner.head(), timeout=CATCH_UP_TIMEOUT):
+            with self._changed:
+                for name, failing in self._failing.items():
+                    raise ProjectionFailed(f"read model {name!r} cannot apply the stream: {failing.error}")
+            raise TimeoutError(f"read models did not reach position {head}")
         return head
 
     def wait(self, position: int, names: Sequence[str] | None = None, timeout: float = 5.0) -> bool:
@@ -335,14 +329,11 @@ class ReadModels:
         """Run `query` on the active generation of a read model, in one snapshot."""
         self._setup()
         for attempt in range(3):
-            generation = None
             try:
                 with read_transaction(self.engine) as conn:
-                    generation = self._active_generation(conn, name)
-                    return query(conn, self.projections[name].tables(generation))
-            except DBAPIError:
-                # A rebuild may have switched generations and dropped this one between our two statements.
-                if attempt == 2 or generation is None or self._active_number(name) == generation:
+                    return query(conn, self.projections[name].tables(self._active_generation(conn, name)))
+            except DBAPIError:  # a rebuild may have switched and dropped it between our two statements
+                if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
@@ -354,13 +345,6 @@ class ReadModels:
         if row.version != code:
             raise ProjectionNotReady(f"read model {name!r} is at version {row.version}; this code reads {code}")
         return int(row.generation)
-
-    def _active_number(self, name: str) -> int | None:
-        with read_transaction(self.engine) as conn:
-            try:
-                return self._active_generation(conn, name)
-            except ProjectionNotReady:
-                return None
 
     def key_ids(self) -> list[UUID]:
         """Every key's id (keys are never deleted): what a verifier knows to exist."""
