@@ -29,8 +29,8 @@ from projections.db import DatabaseSettings, LockTaken, UTCDateTime, read_transa
 from projections.runner import Pending, Progress, Runner
 from projections.tracking import Generation, select_generations
 
-MAX_PENDING = 100_000
-HEARTBEAT_INTERVAL = 5.0
+MAX_PENDING = 100_000  # rows of one projection's pending changes: about 30 MB, written in one transaction
+HEARTBEAT_INTERVAL = 5.0  # at least this often every building generation's position is written
 MIN_EVENTS = 50_000  # below this backlog, starting processes (a second: imports) costs more than it saves
 Rows = Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
 
@@ -56,30 +56,16 @@ def fill(
             position = batch.last
             with read_transaction(runner.engine) as conn:  # building generations: only we write them
                 runner.fold(conn, pending, batch)
-            size = max(
-                (
-                    runner.projections[p.generation.name].pending_size(p.changes)
-                    for p in pending
-                    if p.changes is not None
-                ),
-                default=0,
-            )
-            late = time.monotonic() - beat
-            if size >= MAX_PENDING or late >= HEARTBEAT_INTERVAL:
-                try:  # wait for SQLite's write lock only at twice the bound, or when the heartbeat is late
-                    with write_transaction(
-                        runner.engine, size >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
-                    ) as conn:
-                        runner.relock(conn, [p.generation for p in pending])
-                        runner.commit(conn, pending)
-                    beat = time.monotonic()
-                except LockTaken:
-                    pass
+            sizes = [runner.projections[p.generation.name].pending_size(p.changes) for p in pending if p.changes]
+            size, late = max(sizes, default=0), time.monotonic() - beat
+            # Waiting for SQLite's write lock only at twice the bound, or when the heartbeat is getting late.
+            if (size >= MAX_PENDING or late >= HEARTBEAT_INTERVAL) and _commit(
+                runner, pending, size >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
+            ):
+                beat = time.monotonic()
             if progress is not None:
                 progress(position, stop)
-        with write_transaction(runner.engine) as conn:
-            runner.relock(conn, [p.generation for p in pending])
-            runner.commit(conn, pending)
+        _commit(runner, pending, True)
     finally:
         if collecting:
             gc.enable()
@@ -100,6 +86,16 @@ def _work(settings: DatabaseSettings, env: dict[str, str], classes: list[str], *
     finally:
         engine.dispose()
         ledger.close()
+
+
+def _commit(runner: Runner, pending: Sequence[Pending], wait: bool) -> bool:
+    try:
+        with write_transaction(runner.engine, wait) as conn:
+            runner.relock(conn, [p.generation for p in pending])
+            runner.commit(conn, pending)
+        return True
+    except LockTaken:
+        return False
 
 
 class Bulk:
@@ -140,16 +136,10 @@ class Bulk:
     def shares(runner: Runner, building: Sequence[Generation]) -> list[list[Generation]]:
         """Building generations grouped so that no event class is decoded in two processes."""
         groups: list[tuple[set[type], list[Generation]]] = []
-        for generation in sorted(building, key=lambda g: g.position):
+        for generation in building:  # all at position 0, as `Runner.rebuild` made them
             kinds = set(runner.projections[generation.name].event_types)
-            overlapping = (
-                g
-                for g in groups
-                if g[1][0].position == generation.position
-                and any(issubclass(a, b) or issubclass(b, a) for a in kinds for b in g[0])
-            )
-            group = next(overlapping, None)
-            if group is None:
+            overlap = (g for g in groups if any(issubclass(a, b) or issubclass(b, a) for a in kinds for b in g[0]))
+            if (group := next(overlap, None)) is None:
                 groups.append((kinds, [generation]))
             else:
                 group[0].update(kinds)
@@ -160,8 +150,7 @@ class Bulk:
 def stored_topics(runner: Runner, shares: Sequence[Collection[str]]) -> list[list[str]]:
     """Per share of projection names: the topics of stored events they apply (renamed ones too).
 
-    One scan of the library's events table (its recorder has no such query). On PostgreSQL the
-    table's statistics are refreshed first: topic-filtered pages need them.
+    One scan of the library's events table; on PostgreSQL its statistics first (topic-filtered pages need them).
     """
     if runner.engine.dialect.name == "postgresql":
         with write_transaction(runner.engine) as conn:

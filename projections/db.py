@@ -1,8 +1,4 @@
-"""Database plumbing of the read models: the engine, transactions, portable column types.
-
-Read models live in the event store's database: the same SQLite file, or the configured
-PostgreSQL schema (through `search_path`, so table names stay bare).
-"""
+"""Database plumbing of the read models, in the event store's database: engine, transactions, column types."""
 
 from __future__ import annotations
 
@@ -108,11 +104,7 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 @contextmanager
 def write_transaction(engine: Engine, wait: bool = True) -> Iterator[Connection]:
-    """A transaction that will write: committed on success, rolled back on any error.
-
-    Without `wait`, raises `LockTaken` at once while another connection holds SQLite's write
-    lock (PostgreSQL locks rows, not the database: there it always begins).
-    """
+    """A transaction that will write; without `wait`, `LockTaken` at once while SQLite's write lock is taken."""
     with engine.connect() as conn:
         conn.execution_options(kl_write=True, kl_wait=wait)
         try:
@@ -126,7 +118,7 @@ def write_transaction(engine: Engine, wait: bool = True) -> Iterator[Connection]
 
 
 class LockTaken(Exception):
-    """Another connection holds SQLite's write lock (see `write_transaction`)."""
+    pass
 
 
 @contextmanager
@@ -140,11 +132,7 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 def refresh_statistics(conn: Connection, table: str, stale: float = 0.1) -> None:
-    """ANALYZE a PostgreSQL table never analyzed, or changed by more than `stale` since.
-
-    Without statistics (a fresh bulk load, autovacuum not yet run) the planner read each
-    topic-filtered page of a rebuild by sorting the rest of the events table: 15x slower.
-    """
+    """ANALYZE a PostgreSQL table never analyzed or changed by more than `stale` since (see DEVELOPERS.md)."""
     query = (
         "SELECT n_live_tup, n_mod_since_analyze, coalesce(last_analyze, last_autoanalyze) IS NULL"
         " FROM pg_stat_user_tables WHERE relid = to_regclass(quote_ident(:table))"
@@ -155,10 +143,7 @@ def refresh_statistics(conn: Connection, table: str, stale: float = 0.1) -> None
 
 
 def stored_sizes(conn: Connection, table: str, after: int, limit: int, topics: Sequence[str] | None) -> list[int]:
-    """Stored bytes of the next `limit` events after notification id `after` (of `topics` only, if given).
-
-    Reads the library's events table directly (its recorder has no such query), without the data.
-    """
+    """Stored bytes of the next `limit` events after `after` (of `topics` only): the library's table, no data."""
     position: Any = column("notification_id" if conn.dialect.name == "postgresql" else "rowid")
     events = sql_table(table, position, column("state"), column("topic"))
     query = select(func.length(events.c.state)).where(position > after).order_by(position).limit(limit)

@@ -125,10 +125,7 @@ class Runner:
             each.position = max(after, batch.last)
 
     def commit(self, conn: Connection, pending: Sequence[Pending]) -> list[Generation]:
-        """Write the pending changes and advance their generations, in the caller's transaction.
-
-        Returns the generations advanced; the pending go on from there (void if the transaction fails).
-        """
+        """Write the pending changes and advance their generations, in the caller's transaction; returns those."""
         now, advanced = self.clock(), []
         for each in (p for p in pending if p.position > p.generation.position):
             projection = self.projections[each.generation.name]
@@ -139,19 +136,15 @@ class Runner:
         return advanced
 
     def apply(self, conn: Connection, generations: Sequence[Generation], start: int, batch: Batch) -> list[Generation]:
-        """Fold and commit `batch` (every event after `start`) for the generations that have not applied it all.
-
-        One before `start` (it appeared since we read) is left for the next round: it would miss events.
-        """
+        """Fold and commit `batch` (all events after `start`) for the generations from `start` it takes further."""
         pending = [Pending(g, g.position) for g in generations if start <= g.position < batch.last]
         self.fold(conn, pending, batch)
         return self.commit(conn, pending)
 
     def step(self, known: Collection[Generation] = (), skip: Collection[str] = ()) -> Step:
-        """Apply the next batch to the active generations (as last seen: `known`) no other process is applying.
+        """Apply the next batch to the active generations (last seen: `known`; not `skip`) no other process holds.
 
-        `skip` names projections to leave alone (failing ones waiting for their retry). When the batch
-        fails, each projection tries it in its own transaction; those that fail are reported in `failed`.
+        When the batch fails, each projection tries it alone; those that fail are reported in `failed`.
         """
         seen = [g for g in self.applicable(list(known) or list(self.active().values())) if g.name not in skip]
         batch = self.read(min((g.position for g in seen), default=0), self.batch_size) if seen else None
@@ -186,11 +179,9 @@ class Runner:
         stop: int | None = None,
         topics: Sequence[str] | None = None,
     ) -> Batch:
-        """The next notifications after `position` (up to `stop`), decoding those that `names` (default all) apply.
+        """The next notifications after `position` (up to `stop`; of `topics` only), decoding those `names` apply.
 
-        With `topics` (and `stop`), only those topics are read, and the batch reaches `stop` once a page
-        comes back short. Never called under our write lock: the library's SQLite pool can make a reader
-        wait for writers that wait for that lock.
+        Never under our write lock: the library's SQLite pool can make a reader wait for writers that wait for it.
         """
         if topics is not None and (stop is None or not topics):
             return Batch([], 0, position if stop is None else stop)  # no topic, nothing to read

@@ -1,10 +1,7 @@
 """ReadModels: the facade the API and the CLI use to keep read models caught up and to query them.
 
-A background thread polls the event stream (every `poll_interval`, at once on `nudge()`) and
-applies new events in batches; `wait(position)` returns as soon as that position is committed
-(the thread signals after each batch: read-your-writes in milliseconds, not the library's
-100-800 ms polling back-off). Queries read each read model's active generation, in one
-snapshot, so they never see a half-built one.
+A thread follows the stream (every `poll_interval`, at once on `nudge()`) and signals after each
+batch, so `wait(position)` returns within milliseconds; queries read active generations only.
 """
 
 from __future__ import annotations
@@ -92,11 +89,7 @@ class ReadModels:
         self.failure_counts: dict[str, int] = dict.fromkeys(self.names, 0)  # for the metrics
 
     def start(self) -> None:
-        """Build what is missing or outdated, then keep every read model caught up in the background.
-
-        Never raises for a read model that cannot be built or caught up: that is reported (`status`)
-        and retried by the background thread, while the process serves what it can.
-        """
+        """Build what is missing or outdated, then follow the stream in the background (failures: reported, retried)."""
         if self._thread is None:
             try:
                 self.ensure_current()
@@ -122,10 +115,7 @@ class ReadModels:
         self._wake.set()
 
     def ensure_current(self, progress: Progress | None = None) -> list[str]:
-        """Rebuild every read model never built or whose code VERSION was raised; returns their names.
-
-        Waits while another process rebuilds one of them.
-        """
+        """Rebuild every read model never built or whose VERSION was raised (waiting for other processes' rebuilds)."""
         self._setup()
         rebuilt: list[str] = []
         while True:
@@ -189,10 +179,7 @@ class ReadModels:
                 self._wake.wait(0.01 if self._waiters else self.poll_interval)
 
     def _poll(self) -> Step:
-        """Apply one batch if the store is ahead, leaving out failing projections until their retry is due.
-
-        Advances nothing when another process holds the batch or a generation of other code serves.
-        """
+        """Apply one batch if the store is ahead, leaving out failing projections until their retry is due."""
         if self._reached(self.runner.head(), self.names):
             self._stalled = None
             return Step([], False, {})

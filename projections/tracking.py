@@ -1,10 +1,8 @@
-"""How far each read model has read: one row per projection generation, written with its rows.
+"""How far each read model has read (`kl_projection_state`) and where it is stuck (`kl_projection_failures`).
 
-`kl_projection_state` holds (name, generation, version, position, active). Queries read, and
-runners follow, a projection's active generation; a rebuild fills a new, inactive one and then
-flips `active` in one transaction. `position` is the last notification id applied: it only
-moves forward, and only from the value its writer read (`advance`), like the library's
-tracking records. The same statements serve SQLite and PostgreSQL.
+A row per projection generation: its position (the last notification id applied) moves only
+forward and only from the value its writer read (`advance`), committed with the rows; `active`
+marks the generation queries read. The same statements serve SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -29,9 +27,8 @@ STATE = Table(
     Column("active", Boolean, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),  # a building generation's heartbeat
 )
-# A read model that cannot apply an event: reported by whichever process tried, read by every
-# process's status. Current only while its generation is still at `position` (the last one it
-# applied), so a process running fixed code clears it by advancing.
+# Reported by whichever process failed to apply an event, read by every process's status; current
+# only while the generation is still at `position`, so a process running fixed code clears it.
 FAILURES = Table(
     "kl_projection_failures",
     MetaData(),
@@ -60,11 +57,7 @@ class Generation(NamedTuple):
 def select_generations(
     conn: Connection, names: Collection[str] | None = None, *, active: bool | None = None, lock: bool | str = False
 ) -> list[Generation]:
-    """Generations, optionally locked for this transaction.
-
-    On PostgreSQL, `lock="skip"` leaves out rows another process is writing right now, so several
-    runners never apply the same batch; SQLite serialises writers (BEGIN IMMEDIATE).
-    """
+    """Generations, optionally locked (`"skip"`: leaving out rows another process holds; SQLite writers are serial)."""
     query = select(STATE).order_by(STATE.c.name, STATE.c.generation)
     if names is not None:
         query = query.where(STATE.c.name.in_(list(names)))
@@ -82,11 +75,7 @@ def insert_generation(conn: Connection, name: str, generation: int, version: int
 
 
 def advance(conn: Connection, generation: Generation, position: int, now: datetime) -> Generation:
-    """Record, in the caller's transaction, that `generation` applied everything up to `position`.
-
-    Its row must still hold the position this writer read: otherwise the whole transaction rolls
-    back (`TrackingConflict`), so no event is applied twice when two writers race.
-    """
+    """Record that `generation` applied everything up to `position`: refused unless its row is where we read it."""
     if position <= generation.position:
         raise TrackingConflict(f"{generation.name}: position {position} is not after {generation.position}")
     moved = update(STATE).where(generation.where(), STATE.c.position == generation.position)
