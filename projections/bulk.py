@@ -56,13 +56,15 @@ def fill(
             position = batch.last
             with read_transaction(runner.engine) as conn:  # building generations: only we write them
                 runner.fold(conn, pending, batch)
-            sizes = [runner.projections[p.generation.name].pending_size(p.changes) for p in pending if p.changes]
-            size, late = max(sizes, default=0), time.monotonic() - beat
-            # Waiting for SQLite's write lock only at twice the bound, or when the heartbeat is getting late.
-            if (size >= MAX_PENDING or late >= HEARTBEAT_INTERVAL) and _commit(
-                runner, pending, size >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
-            ):
+            sizes = [runner.projections[p.generation.name].pending_size(p.changes) if p.changes else 0 for p in pending]
+            due, late = [p for p, n in zip(pending, sizes, strict=True) if n >= MAX_PENDING], time.monotonic() - beat
+            # Large changes are written alone; all, as a heartbeat, when it is due. Waiting for SQLite's
+            # write lock only at twice the bound, or when the heartbeat is getting late.
+            wait = max(sizes) >= 2 * MAX_PENDING or late >= 1.5 * HEARTBEAT_INTERVAL
+            if late >= HEARTBEAT_INTERVAL and _commit(runner, pending, wait):
                 beat = time.monotonic()
+            elif due and late < HEARTBEAT_INTERVAL:
+                _commit(runner, due, wait)
             if progress is not None:
                 progress(position, stop)
         _commit(runner, pending, True)
