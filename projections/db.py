@@ -66,7 +66,7 @@ def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = N
             uri=name.startswith("file:"),
             timeout=SQLITE_LOCK_TIMEOUT,
             check_same_thread=False,
-            isolation_level=None,
+            isolation_level=None,  # we issue BEGIN ourselves (`_sqlite_on_begin`)
         ),
         poolclass=QueuePool,  # the URL names no file, which would otherwise pick a memory-only pool
         pool_size=5,

@@ -159,3 +159,22 @@ def test_sums_grow_while_the_write_lock_is_taken_and_still_equal_a_clean_rebuild
     # Every round but the last (what was left at the end) waited because some sums reached twice the bound.
     assert all(max(r) >= 80 for r in written[:-1])
     models.close()
+
+
+def test_a_rebuild_without_the_bulk_strategy_applies_batch_by_batch_and_equals_one_with_it(
+    settings: Settings, ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch
+):
+    run_commands(ledger, 80, seed=35)
+    models = ReadModels(settings, ledger, rebuild_batch_size=9, rebuild_workers=False)
+    written: list[str] = []
+    spy_on_writes(models, monkeypatch, lambda projection, _pending: written.append(projection.name))
+    models.rebuild()
+    expected, in_bulk = dump(models), written.count("audit")
+    written.clear()
+    models.runner.bulk = None  # the tail's path from position 0: fold and commit per batch
+
+    models.rebuild()
+
+    assert dump(models) == expected
+    assert in_bulk == 1 and written.count("audit") > 5  # a write per batch, not one large one
+    models.close()
