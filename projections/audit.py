@@ -22,8 +22,9 @@ from domain.alerts import Alert
 from domain.auditlog import safe_data
 from domain.keys import ApiKey
 from domain.workspace import Workspace
-from projections.base import FoldingProjection, Positioned, Tables, chunks, table_name
-from projections.db import POSITION, StorableText, UTCDateTime, insert_rows
+from projections.base import Positioned, Projection, Tables, chunks, table_name
+from projections.bulk import insert_rows
+from projections.db import POSITION, StorableText, UTCDateTime
 
 MAX_PAGE = 1000
 
@@ -39,7 +40,7 @@ class AuditEntry:
     workspace_id: UUID
 
 
-class AuditProjection(FoldingProjection[list[tuple[Any, ...]]]):
+class AuditProjection(Projection[list[tuple[Any, ...]]]):
     name = "audit"
     VERSION = 2  # 2: alerts (SPEC 8.3) are entries too
     event_types = (ApiKey.Event, Workspace.Event, Alert.Event)  # lifecycle and alerts; usage feeds the quota model

@@ -1,4 +1,4 @@
-"""What every read model provides to the runner: its tables per generation and a batch `apply`."""
+"""What a read model gives the runner: its tables per generation, and `fold` + `write` for events."""
 
 from __future__ import annotations
 
@@ -9,26 +9,24 @@ from typing import Any, ClassVar, Generic, TypeVar
 from sqlalchemy import MetaData, Table
 from sqlalchemy.engine import Connection
 
-# (notification id, decoded domain event)
-Positioned = tuple[int, Any]
+Positioned = tuple[int, Any]  # (notification id, decoded domain event)
 Tables = Mapping[str, Table]
-
 T = TypeVar("T")
 P = TypeVar("P")
 
 
-class Projection(ABC):
-    """A read model: tables named `kl_<table>_g<generation>`, filled from the event stream in batches.
+class Projection(ABC, Generic[P]):
+    """A read model: tables named `kl_<table>_g<generation>`, filled from the event stream.
 
-    Raise VERSION when the tables or the meaning of their rows change: the
-    projection is then rebuilt into a new generation (see `projections.runner`).
+    Events are folded into pending changes, which `write` stores: following the stream folds a
+    batch and writes it in one transaction; a bulk rebuild folds many batches first, so rows every
+    batch would update (counters) are written once. Raise VERSION when the tables or the meaning
+    of their rows change: the projection is then rebuilt into a new generation.
     """
 
     name: ClassVar[str]
     VERSION: ClassVar[int]
-    # The event classes `apply` is given (subclasses included). A rebuild worker decodes
-    # only those, so a projection of a few event types reads the rest as cheap raw rows.
-    event_types: ClassVar[tuple[type, ...]]
+    event_types: ClassVar[tuple[type, ...]]  # what `fold` is given (subclasses too); a rebuild decodes only those
 
     def __init__(self) -> None:
         self._tables: dict[int, Tables] = {}
@@ -43,38 +41,19 @@ class Projection(ABC):
 
     @abstractmethod
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
-        """The generation's tables, keyed by a short name."""
-
-    @abstractmethod
-    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
-        """Write the rows for a batch of events, in stream order, inside the caller's transaction."""
-
-
-class FoldingProjection(Projection, Generic[P]):
-    """A read model whose batches can be summed in memory first and written later in one go.
-
-    A rebuild folds many batches before it writes (see `Runner.fill`): rows that
-    every batch would update are written once, which matters for counters.
-    """
+        """The generation's tables, keyed by a short name (secondary indexes are built after a rebuild's load)."""
 
     @abstractmethod
     def fold(self, conn: Connection, tables: Tables, pending: P | None, events: Sequence[Positioned]) -> P:
-        """Add a batch of events (in stream order) to the pending changes; None starts new ones.
-
-        `conn` reads the tables as written so far (without the pending changes).
-        """
+        """Add events (in stream order) to the pending changes (None: new ones); `conn` reads what is written."""
 
     @abstractmethod
     def pending_size(self, pending: P) -> int:
-        """About how many rows `write` would write: bounds the memory a rebuild holds."""
+        """About how many rows `write` would write: bounds the memory a bulk rebuild holds."""
 
     @abstractmethod
     def write(self, conn: Connection, tables: Tables, pending: P) -> None:
         """Write the pending changes, inside the caller's transaction."""
-
-    def apply(self, conn: Connection, tables: Tables, events: Sequence[Positioned]) -> None:
-        if events:
-            self.write(conn, tables, self.fold(conn, tables, None, events))
 
 
 def table_name(short: str, generation: int) -> str:

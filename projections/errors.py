@@ -1,7 +1,5 @@
 """Errors of the read models."""
 
-from __future__ import annotations
-
 from domain.errors import Conflict, InvalidInput
 
 
@@ -13,17 +11,13 @@ class ProjectionFailed(Exception):
     """A read model cannot apply an event of the stream (reported in status; retried)."""
 
 
+class TrackingConflict(Exception):
+    """A position moved since its writer read it: the transaction rolls back, so no batch is applied twice."""
+
+
 class UnknownProjection(InvalidInput):
     title = "Unknown projection"
 
 
 class RebuildInProgress(Conflict):
     title = "Rebuild in progress"
-
-
-class TrackingConflict(Exception):
-    """A position did not advance from where this writer read it: the whole transaction rolls back.
-
-    The read-model analogue of the library's tracking IntegrityError: it is what keeps
-    a batch from being applied twice when two writers race.
-    """

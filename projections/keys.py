@@ -37,8 +37,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, RowMapping
 
 from domain.keys import ApiKey
-from projections.base import FoldingProjection, Positioned, Tables, chunks, table_name
-from projections.db import CLUSTERED, StorableText, UTCDateTime, insert_rows
+from projections.base import Positioned, Projection, Tables, chunks, table_name
+from projections.bulk import insert_rows
+from projections.db import CLUSTERED, StorableText, UTCDateTime
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
 ATTRIBUTE_COLUMNS = {
@@ -73,7 +74,7 @@ _LIBRARY_ATTRIBUTES = {"_id", "_version", "_pending_events"}
 _API_KEY_TOPIC = get_topic(ApiKey)
 
 
-class KeysProjection(FoldingProjection["KeyChanges"]):
+class KeysProjection(Projection["KeyChanges"]):
     name = "keys"
     # 2: suspension (suspended_at, suspended_reason); 3: meta, owner_id; 4: per-key limits; 5: credits;
     # 6: imported keys (the digest they were imported with)

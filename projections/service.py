@@ -1,11 +1,7 @@
 """ReadModels: the facade the API and the CLI use to keep read models caught up and to query them.
 
-A background thread polls the event stream (every `poll_interval`, at once on
-`nudge()`) and applies new events in batches. `wait(position)` returns as soon
-as the runner has committed that position: the thread signals a condition
-after each batch, so read-your-writes costs a few milliseconds, not the
-library's 100-800 ms polling back-off. Queries read the active generation of
-each read model only, in one snapshot, so they never see a half-built one.
+A thread follows the stream (every `poll_interval`, at once on `nudge()`) and signals after each
+batch, so `wait(position)` returns within milliseconds; queries read active generations only.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from sqlalchemy import select
@@ -38,6 +34,7 @@ from projections.audit import (
     select_history,
 )
 from projections.base import Projection, Tables
+from projections.bulk import MIN_EVENTS, Bulk
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import (
@@ -50,7 +47,7 @@ from projections.keys import (
     select_workspace_keys,
 )
 from projections.runner import Progress, Runner, Step, describe_error
-from projections.tracking import STATE, Generation
+from projections.tracking import STATE, Generation, current_failures
 from projections.usage import (
     KeyUsage,
     MinuteCount,
@@ -61,12 +58,11 @@ from projections.usage import (
     select_refused_minutes,
     select_usage,
 )
-from projections.workers import MIN_EVENTS, Workers
 
 log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 CATCH_UP_TIMEOUT = 600.0
+RETRY_FIRST, RETRY_MAX = 0.25, 30.0  # pauses between retries of a failing projection or follower
 
 
 @dataclass(frozen=True)
@@ -78,26 +74,15 @@ class ProjectionStatus:
     generation: int | None
     code_version: int  # differs from `version` until the projection is rebuilt
     state: str = "ok"  # ok, catching_up (lag > 0) or failing (it cannot apply the event after `position`)
-    error: str | None = None  # why it is failing
+    error: str | None = None
     failing_since: datetime | None = None
 
 
 @dataclass
-class _Failing:
-    """A projection this process saw fail: retried with growing pauses, reported meanwhile."""
-
+class _Failing:  # a projection this process saw fail: retried with growing pauses, reported meanwhile
     error: str
     attempts: int
     retry_at: float  # monotonic
-
-
-# Pauses between retries of a failing projection (or of a follower that cannot reach the store).
-RETRY_FIRST = 0.25
-RETRY_MAX = 30.0
-
-
-def default_projections() -> list[Projection]:
-    return [KeysProjection(), UsageProjection(), AuditProjection()]
 
 
 class ReadModels:
@@ -106,55 +91,40 @@ class ReadModels:
         settings: DatabaseSettings,
         ledger: KeyLedger,
         *,
-        projections: Sequence[Projection] | None = None,
+        projections: Sequence[Projection[Any]] | None = None,
         batch_size: int = 1000,
         rebuild_batch_size: int = 5000,
         poll_interval: float = 0.075,
         rebuild_workers: bool = True,
         rebuild_workers_min_events: int = MIN_EVENTS,
     ) -> None:
-        self.ledger = ledger
-        self.catalog = ledger.catalog
+        self.ledger, self.catalog, self.poll_interval = ledger, ledger.catalog, poll_interval
         self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
-        self.projections = {p.name: p for p in (projections or default_projections())}
+        listed = projections or [KeysProjection(), UsageProjection(), AuditProjection()]
+        self.projections = {p.name: p for p in listed}
         self.names = tuple(self.projections)
-        listed = list(self.projections.values())
-        workers = (
-            Workers(settings, ledger, listed, rebuild_batch_size, min_events=rebuild_workers_min_events)
-            if rebuild_workers
-            else None
-        )
-        self.runner = Runner(self.engine, ledger, listed, batch_size, rebuild_batch_size, workers=workers)
-        self.poll_interval = poll_interval
-        self._generations: dict[str, Generation] = {}  # active ones, as last seen
-        self._changed = threading.Condition()  # signalled whenever _generations moves
+        bulk = Bulk(settings, ledger, rebuild_workers, rebuild_workers_min_events)
+        self.runner = Runner(self.engine, ledger, listed, batch_size, rebuild_batch_size, bulk)
+        self._changed = threading.Condition()  # on an RLock; signalled whenever what it guards moves
+        self._generations: dict[str, Generation] = {}  # the active ones, as last seen
+        self._failing: dict[str, _Failing] = {}
         self._waiters = 0
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
-        self._set_up = False
-        self._current = False
-        self._failing: dict[str, _Failing] = {}  # guarded by _changed
+        self._set_up = self._current = False
         self._stalled: str | None = None  # why the follower itself last failed (the store unreachable, say)
         self.failure_counts: dict[str, int] = dict.fromkeys(self.names, 0)  # for the metrics
 
-    # --- lifecycle ------------------------------------------------------------
-
     def start(self) -> None:
-        """Build what is missing or outdated, then keep every read model caught up in the background.
-
-        Never raises for a read model that cannot be built or caught up: that is reported
-        (`status`) and retried by the background thread, while the process serves what it can.
-        """
-        if self._thread is not None:
-            return
-        try:
-            self.ensure_current()
-        except Exception as error:
-            self._stall(error)
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._follow, name="keyledger-read-models", daemon=True)
-        self._thread.start()
+        """Build what is missing or outdated, then follow the stream in the background (failures: reported, retried)."""
+        if self._thread is None:
+            try:
+                self.ensure_current()
+            except Exception as error:
+                self._stall(error)
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._follow, name="keyledger-read-models", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         thread, self._thread = self._thread, None
@@ -172,17 +142,13 @@ class ReadModels:
         self._wake.set()
 
     def ensure_current(self, progress: Progress | None = None) -> list[str]:
-        """Rebuild every read model that was never built or whose code VERSION was raised.
-
-        Returns the names rebuilt. Waits while another process rebuilds one of them.
-        """
+        """Rebuild every read model never built or whose VERSION was raised (waiting for other processes' rebuilds)."""
         self._setup()
         rebuilt: list[str] = []
         while True:
             active = self.runner.active()
             for name, generation in active.items():
-                code = self.projections[name].VERSION
-                if generation.version > code:
+                if generation.version > (code := self.projections[name].VERSION):
                     raise ProjectionNotReady(
                         f"read model {name!r} was built by newer code (version {generation.version}, "
                         f"this code has {code}); upgrade this process"
@@ -199,26 +165,22 @@ class ReadModels:
             except Exception as error:
                 if len(stale) == 1:
                     self._fail(stale[0], error)
-                    raise
-                # One read model failing to build must not leave the others unbuilt: one at a time.
-                for name in stale:
+                for name in stale if len(stale) > 1 else ():  # one failing must not leave the others unbuilt
                     try:
                         self.runner.rebuild([name], progress)
                         rebuilt.append(name)
                     except Exception as one:
                         self._fail(name, one)
-                self._refresh_positions()
+                self._record(list(self.runner.active().values()))
                 raise
         self._current = True
-        self._refresh_positions()
+        self._record(list(self.runner.active().values()))
         return rebuilt
 
     def _setup(self) -> None:
         if not self._set_up:
             self.runner.setup()
             self._set_up = True
-
-    # --- following the stream ---------------------------------------------------
 
     def _follow(self) -> None:
         failures = build_failures = 0
@@ -244,19 +206,13 @@ class ReadModels:
                 self._wake.wait(0.01 if self._waiters else self.poll_interval)
 
     def _poll(self) -> Step:
-        """Apply one batch if the store is ahead of us.
-
-        Advances nothing when another process holds the batch, or a generation of other
-        code (a newer VERSION) now serves: polling again at once would only spin.
-        A failing projection is left out until its retry is due.
-        """
+        """Apply one batch if the store is ahead, leaving out failing projections until their retry is due."""
         if self._reached(self.runner.head(), self.names):
             self._stalled = None
-            return Step([], False)
-        now = time.monotonic()
+            return Step([], False, {})
         with self._changed:
             known = list(self._generations.values())
-            waiting = {name for name, failing in self._failing.items() if failing.retry_at > now}
+            waiting = {name for name, failing in self._failing.items() if failing.retry_at > time.monotonic()}
         step = self.runner.step(known, waiting)
         self._stalled = None
         for name, error in step.failed.items():
@@ -264,24 +220,20 @@ class ReadModels:
         if step.advanced and len(step.advanced) == len(known) == len(self.names):
             self._record(step.advanced)
         else:  # skipped some (another process is on them) or saw none: read what is there
-            self._refresh_positions()
+            self._record(list(self.runner.active().values()))
         return step
 
     def _fail(self, name: str, error: Exception) -> None:
         """One projection cannot apply the next event: report it, retry it later, let the others go on."""
         with self._changed:
-            previous = self._failing.get(name)
-            attempts = previous.attempts + 1 if previous else 1
+            attempts = self._failing[name].attempts + 1 if name in self._failing else 1
             delay = min(RETRY_MAX, RETRY_FIRST * 2**attempts)
             self._failing[name] = _Failing(describe_error(error), attempts, time.monotonic() + delay)
             self.failure_counts[name] += 1
             self._changed.notify_all()  # whoever waits for it stops waiting
         log.error(
             "read model %r cannot apply the event after its position (attempt %d, next in %.1fs): %s",
-            name,
-            attempts,
-            delay,
-            describe_error(error),
+            *(name, attempts, delay, describe_error(error)),
             exc_info=error if attempts == 1 else None,
         )
         try:
@@ -296,112 +248,76 @@ class ReadModels:
             self._changed.notify_all()
         log.error("read models: following the event stream failed; retrying: %s", self._stalled, exc_info=error)
 
-    def _blocked(self, position: int, names: Sequence[str]) -> bool:
-        with self._changed:
-            return self._blocked_locked(position, names)
-
-    def _blocked_locked(self, position: int, names: Sequence[str]) -> bool:
-        """Whether one of these read models is failing before `position` (it will not reach it soon)."""
-        for name in names:
-            generation = self._generations.get(name)
-            if name in self._failing and (generation is None or generation.position < position):
-                return True
-        return False
-
-    def _refresh_positions(self) -> None:
-        self._record(list(self.runner.active().values()))
-
     def _record(self, generations: Sequence[Generation]) -> None:
         """Remember the active generations this code can apply, and wake whoever waits on them."""
         with self._changed:
-            for generation in generations:
-                if generation.version == self.projections[generation.name].VERSION:
-                    known = self._generations.get(generation.name)
-                    if known is None or generation.position > known.position:
-                        self._failing.pop(generation.name, None)  # built, or moved on: no longer failing
-                    self._generations[generation.name] = generation
+            for generation in self.runner.applicable(generations):
+                known = self._generations.get(generation.name)
+                if known is None or generation.position > known.position:
+                    self._failing.pop(generation.name, None)  # built, or moved on: no longer failing
+                self._generations[generation.name] = generation
             self._changed.notify_all()
 
     def _reached(self, position: int, names: Sequence[str]) -> bool:
         with self._changed:
-            return self._reached_locked(position, names)
+            return all(n in self._generations and self._generations[n].position >= position for n in names)
 
-    def _reached_locked(self, position: int, names: Sequence[str]) -> bool:
-        return all(name in self._generations and self._generations[name].position >= position for name in names)
+    def _blocked(self, position: int, names: Sequence[str]) -> bool:
+        """Whether one of these read models is failing before `position` (it will not reach it soon)."""
+        with self._changed:
+            return any(n in self._failing and not self._reached(position, [n]) for n in names)
 
     def catch_up(self) -> int:
         """Apply everything up to the current head, here and now; returns that position."""
-        if not self._current:
-            self.ensure_current()
-        head = self.runner.head()
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT
-        while not self._reached(head, self.names):
-            step = self._poll()
-            if step.failed:
-                name, error = next(iter(step.failed.items()))
-                raise ProjectionFailed(f"read model {name!r} cannot apply the stream: {describe_error(error)}")
-            if not step.advanced:  # another process holds the batch: let it finish
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"read models did not reach position {head}")
-                time.sleep(0.01)
+        if not self.wait(head := self.runner.head(), timeout=CATCH_UP_TIMEOUT):
+            with self._changed:
+                for name, failing in self._failing.items():
+                    raise ProjectionFailed(f"read model {name!r} cannot apply the stream: {failing.error}")
+            raise TimeoutError(f"read models did not reach position {head}")
         return head
 
     def wait(self, position: int, names: Sequence[str] | None = None, timeout: float = 5.0) -> bool:
         """True once the named read models (default all) have applied `position`; False on timeout."""
-        wanted = self.check_names(names) if names else self.names
-        deadline = time.monotonic() + timeout
-        if self._reached(position, wanted):
-            return True
-        if self._thread is None:  # nobody follows the stream: do it in this thread
+        wanted, deadline = self.check_names(names) if names else self.names, time.monotonic() + timeout
+        if self._thread is None and not self._reached(position, wanted):  # nobody follows: do it here
             if not self._current:
                 self.ensure_current()
             while not self._reached(position, wanted):
-                if time.monotonic() >= deadline:
-                    return False
                 step = self._poll()
-                if self._blocked(position, wanted):
+                if self._blocked(position, wanted) or time.monotonic() >= deadline:
                     return False
                 if not step.advanced:
                     time.sleep(0.005)
-            return True
         with self._changed:
             self._waiters += 1
             try:
                 self._wake.set()
-                while not self._reached_locked(position, wanted):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._blocked_locked(position, wanted):
+                while not self._reached(position, wanted):
+                    if (remaining := deadline - time.monotonic()) <= 0 or self._blocked(position, wanted):
                         return False
                     self._changed.wait(remaining)
                 return True
             finally:
                 self._waiters -= 1
 
-    # --- operations -----------------------------------------------------------------
-
     def status(self) -> list[ProjectionStatus]:
         """Each read model's position and lag, and whether it is failing (seen here or by any process)."""
         self._setup()
-        head = self.runner.head()
-        active = self.runner.active()
-        recorded = self.runner.failures(list(active.values()))
+        head, active = self.runner.head(), self.runner.active()
+        with read_transaction(self.engine) as conn:
+            recorded = current_failures(conn, list(active.values()))
         with self._changed:
             local = {name: failing.error for name, failing in self._failing.items()}
         result = []
         for name, projection in self.projections.items():
-            generation = active.get(name)
+            generation, failure = active.get(name), recorded.get(name)
             position = generation.position if generation else 0
             lag = max(0, head - position)
-            failure = recorded.get(name)
             error = local.get(name) or (failure.error if failure else None) or (self._stalled if lag else None)
             result.append(
                 ProjectionStatus(
-                    name=name,
-                    version=generation.version if generation else None,
-                    position=position,
-                    lag=lag,
-                    generation=generation.generation if generation else None,
-                    code_version=projection.VERSION,
+                    *(name, generation.version if generation else None, position, lag),
+                    *(generation.generation if generation else None, projection.VERSION),
                     state="failing" if error else "catching_up" if lag else "ok",
                     error=error,
                     failing_since=failure.first_failed_at if failure else None,
@@ -414,12 +330,11 @@ class ReadModels:
         names = self.check_names([name]) if name is not None else self.names
         self._setup()
         self.runner.rebuild(names, progress)
-        self._refresh_positions()
+        self._record(list(self.runner.active().values()))
 
     def check_names(self, names: Sequence[str]) -> tuple[str, ...]:
-        unknown = [n for n in names if n not in self.projections]
-        if unknown:
-            raise UnknownProjection(f"unknown projection {unknown[0]!r}; known projections: {', '.join(self.names)}")
+        for unknown in (n for n in names if n not in self.projections):
+            raise UnknownProjection(f"unknown projection {unknown!r}; known projections: {', '.join(self.names)}")
         return tuple(names)
 
     # --- queries ------------------------------------------------------------------
@@ -427,37 +342,23 @@ class ReadModels:
     def _read(self, name: str, query: Callable[[Connection, Tables], T]) -> T:
         """Run `query` on the active generation of a read model, in one snapshot."""
         self._setup()
-        projection = self.projections[name]
         for attempt in range(3):
-            generation = None
             try:
                 with read_transaction(self.engine) as conn:
-                    generation = self._active_generation(conn, name)
-                    return query(conn, projection.tables(generation))
-            except DBAPIError:
-                # A rebuild may have switched generations and dropped this one between our
-                # two statements: read again from the new one.
-                if attempt == 2 or generation is None or self._active_number(name) == generation:
+                    return query(conn, self.projections[name].tables(self._active_generation(conn, name)))
+            except DBAPIError:  # a rebuild may have switched and dropped it between our two statements
+                if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def _active_generation(self, conn: Connection, name: str) -> int:
-        row = conn.execute(
-            select(STATE.c.generation, STATE.c.version).where(STATE.c.name == name, STATE.c.active)
-        ).first()
-        code = self.projections[name].VERSION
+        query = select(STATE.c.generation, STATE.c.version).where(STATE.c.name == name, STATE.c.active)
+        row, code = conn.execute(query).first(), self.projections[name].VERSION
         if row is None:
             raise ProjectionNotReady(f"read model {name!r} is not built yet (keyledger projections rebuild)")
         if row.version != code:
             raise ProjectionNotReady(f"read model {name!r} is at version {row.version}; this code reads {code}")
         return int(row.generation)
-
-    def _active_number(self, name: str) -> int | None:
-        with read_transaction(self.engine) as conn:
-            try:
-                return self._active_generation(conn, name)
-            except ProjectionNotReady:
-                return None
 
     def digest_held(self, digest: str) -> bool:
         """Whether any key's current or previous secret has this digest (an import of it is refused)."""
@@ -505,7 +406,7 @@ class ReadModels:
         until: datetime | None = None,
     ) -> list[KeyUsage]:
         """Per key (most used first): totals, top endpoints, minute and day series in [since, until)."""
-        return self._read("usage", lambda conn, tables: select_usage(conn, tables, workspace_id, key_id, since, until))
+        return self._read("usage", lambda c, t: select_usage(c, t, workspace_id, key_id, since, until))
 
     def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
         """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
@@ -540,10 +441,8 @@ class ReadModels:
         """A page of a workspace's audit trail after cursor `after`; the next cursor or None at the end."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
-        return self._read(
-            "audit",
-            lambda conn, tables: select_entries(conn, tables, workspace_id, key_id, types, since, until, after, limit),
-        )
+        entries = (workspace_id, key_id, types, since, until, after, limit)
+        return self._read("audit", lambda conn, tables: select_entries(conn, tables, *entries))
 
     def changes(self, after: int, limit: int = 100) -> list[Change]:
         """Which keys and workspaces changed after position `after`, across workspaces."""

@@ -28,8 +28,9 @@ from sqlalchemy.sql import ColumnElement
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
-from projections.base import FoldingProjection, Positioned, Tables, table_name
-from projections.db import CLUSTERED, StorableText, UTCDateTime, upsert
+from projections.base import Positioned, Projection, Tables, table_name
+from projections.bulk import upsert
+from projections.db import CLUSTERED, StorableText, UTCDateTime
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
@@ -86,7 +87,7 @@ class UsageSums:
     spends: defaultdict[tuple[str, int, str], int] = field(default_factory=lambda: defaultdict(int))
 
 
-class UsageProjection(FoldingProjection[UsageSums]):
+class UsageProjection(Projection[UsageSums]):
     name = "usage"
     VERSION = 2  # 2: credits spent per key, credits generation and period
     event_types = (UsageBatch.UsageRecorded,)

@@ -15,17 +15,15 @@ from domain.errors import InvalidInput
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
+from projections.bulk import sqlite_date_text, sqlite_utc_text, uuid_hex
 from projections.db import (
     SQLITE_LOCK_TIMEOUT,
+    LockTaken,
     UTCDateTime,
-    _sqlite_date_text,
-    _sqlite_utc_text,
-    _uuid_hex,
     create_read_engine,
     read_transaction,
     refresh_statistics,
     write_transaction,
-    write_transaction_if_free,
 )
 from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 
@@ -44,26 +42,26 @@ DIALECT = sqlite.pysqlite.dialect()
 def test_times_are_stored_as_sqlalchemy_stores_them(moment: datetime | None):
     expected = UTCDateTime().dialect_impl(DIALECT).bind_processor(DIALECT)
 
-    assert _sqlite_utc_text(moment) == expected(moment)
+    assert sqlite_utc_text(moment) == expected(moment)
 
 
 def test_uuids_are_stored_as_sqlalchemy_stores_them():
     value = uuid4()
     expected = Uuid().dialect_impl(DIALECT).bind_processor(DIALECT)
 
-    assert _uuid_hex(value) == expected(value) and _uuid_hex(None) is None
+    assert uuid_hex(value) == expected(value) and uuid_hex(None) is None
 
 
 @pytest.mark.parametrize("day", [date(2027, 3, 1), date(987, 12, 31), datetime(2027, 3, 1, 23, 59, tzinfo=UTC), None])
 def test_days_are_stored_as_sqlalchemy_stores_them(day: date | None):
     expected = Date().dialect_impl(DIALECT).bind_processor(DIALECT)
 
-    assert _sqlite_date_text(day) == expected(day)
+    assert sqlite_date_text(day) == expected(day)
 
 
 def test_a_naive_time_is_refused():
     with pytest.raises(ValueError, match="naive"):
-        _sqlite_utc_text(datetime(2027, 3, 1))
+        sqlite_utc_text(datetime(2027, 3, 1))
 
 
 def test_an_in_memory_sqlite_store_is_refused_with_the_setting_named():
@@ -75,7 +73,7 @@ def test_an_in_memory_sqlite_store_is_refused_with_the_setting_named():
     ledger.close()
 
 
-def test_a_write_transaction_if_free_does_not_wait_for_sqlites_write_lock(settings: Settings):
+def test_a_write_transaction_without_waiting_does_not_wait_for_sqlites_write_lock(settings: Settings):
     engine = create_read_engine(settings)
     try:
         with write_transaction(engine) as conn:
@@ -83,15 +81,14 @@ def test_a_write_transaction_if_free_does_not_wait_for_sqlites_write_lock(settin
         with write_transaction(engine) as holder:
             holder.exec_driver_sql("INSERT INTO kl_lock_test VALUES (1)")
             started = time.monotonic()
-            with write_transaction_if_free(engine) as conn:
-                if settings.is_postgres:  # row locks only: the transaction begins
-                    assert conn is not None
+            if settings.is_postgres:  # row locks only: the transaction begins
+                with write_transaction(engine, wait=False) as conn:
                     conn.exec_driver_sql("INSERT INTO kl_lock_test VALUES (2)")
-                else:
-                    assert conn is None
+            else:
+                with pytest.raises(LockTaken), write_transaction(engine, wait=False):
+                    pass
             assert time.monotonic() - started < 1
-        with write_transaction_if_free(engine) as conn:
-            assert conn is not None
+        with write_transaction(engine, wait=False) as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM kl_lock_test").scalar() == (
                 2 if settings.is_postgres else 1
             )

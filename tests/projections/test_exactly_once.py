@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from domain.application import KeyLedger
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections.base import FoldingProjection, Positioned, Tables
+from projections.base import Positioned, Tables
 from projections.db import write_transaction
 from projections.errors import ProjectionFailed, TrackingConflict
 from projections.tracking import advance, select_generations
@@ -27,32 +27,18 @@ class InjectedFailure(Exception):
 def fail_after(models: ReadModels, name: str, events: int) -> None:
     """Make projection `name` raise once it has been handed `events` events in total (mid-batch)."""
     projection = models.projections[name]
-    if isinstance(projection, FoldingProjection):  # its `apply` folds, then writes
-        fold = projection.fold
-        seen = 0
-
-        def failing_fold(conn: Connection, tables: Tables, pending: Any, batch: Sequence[Positioned]) -> Any:
-            nonlocal seen
-            if seen + len(batch) > events:
-                fold(conn, tables, pending, batch[: events - seen])  # half folded, then the crash
-                raise InjectedFailure(f"after {events} events")
-            seen += len(batch)
-            return fold(conn, tables, pending, batch)
-
-        projection.fold = failing_fold  # type: ignore[method-assign]
-        return
-    apply = projection.apply
+    fold = projection.fold
     seen = 0
 
-    def failing(conn: Connection, tables: Tables, batch: Sequence[Positioned]) -> None:
+    def failing_fold(conn: Connection, tables: Tables, pending: Any, batch: Sequence[Positioned]) -> Any:
         nonlocal seen
         if seen + len(batch) > events:
-            apply(conn, tables, batch[: events - seen])  # rows written, then the crash
+            fold(conn, tables, pending, batch[: events - seen])  # half folded, then the crash
             raise InjectedFailure(f"after {events} events")
         seen += len(batch)
-        apply(conn, tables, batch)
+        return fold(conn, tables, pending, batch)
 
-    projection.apply = failing  # type: ignore[method-assign]
+    projection.fold = failing_fold  # type: ignore[method-assign]
 
 
 def test_a_runner_failing_midway_and_restarted_equals_a_clean_rebuild(
@@ -93,11 +79,11 @@ def test_a_position_that_does_not_advance_is_refused(settings: Settings, ledger:
 
     with pytest.raises(TrackingConflict), write_transaction(models.engine) as conn:
         [generation] = select_generations(conn, ["audit"], active=True)
-        advance(conn, [generation], generation.position, generation.updated_at)
+        advance(conn, generation, generation.position, generation.updated_at)
     with pytest.raises(TrackingConflict), write_transaction(models.engine) as conn:
         [generation] = select_generations(conn, ["audit"], active=True)
-        stale = generation.__class__(**{**vars(generation), "position": generation.position - 1})
-        advance(conn, [stale], generation.position + 1, generation.updated_at)  # another writer moved it
+        stale = generation._replace(position=generation.position - 1)
+        advance(conn, stale, generation.position + 1, generation.updated_at)  # another writer moved it
 
 
 def test_two_processes_following_one_store_apply_each_event_once(settings: Settings, ledger: KeyLedger):

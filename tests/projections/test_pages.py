@@ -12,7 +12,7 @@ from sqlalchemy import select
 from domain.application import KeyLedger
 from domain.usage import UsageCount
 from keyledger.settings import Settings
-from projections import ReadModels
+from projections import ReadModels, bulk
 from projections import runner as runner_module
 from projections.db import read_transaction
 from tests.projections.conftest import dump
@@ -98,8 +98,8 @@ def test_a_worker_reading_only_its_topics_reads_bounded_pages_too(
     pages = page_bytes(ledger, monkeypatch)
 
     building = runner._start_generations(["usage"])  # as a rebuild worker fills its share
-    (topics,) = runner.stored_topics([["usage"]])
-    filled = runner.fill(building, runner.head(), None, topics)
+    (topics,) = bulk.stored_topics(runner, [["usage"]])
+    filled = bulk.fill(runner, building, runner.head(), None, topics)
 
     table = models.projections["usage"].tables(filled[0].generation)["minute"]
     with read_transaction(models.engine) as conn:

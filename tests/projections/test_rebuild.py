@@ -47,7 +47,7 @@ def test_queries_during_a_rebuild_see_the_complete_read_models(settings: Setting
         try:
             while not stop.is_set():
                 seen.append(observe(serving, work.workspaces) == expected)
-                generations.add(serving._active_number("audit"))
+                generations.add(serving.status()[2].generation)
         except BaseException as error:  # reported below
             errors.append(error)
 
@@ -59,7 +59,7 @@ def test_queries_during_a_rebuild_see_the_complete_read_models(settings: Setting
         rebuilds += 1
     stop.set()
     reader.join()
-    serving_now = serving._active_number("audit")
+    serving_now = serving.status()[2].generation
     rebuilder.close()
     serving.close()
 

@@ -16,12 +16,13 @@ from domain.application import KeyLedger
 from domain.usage import UsageBatch
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections import runner as runner_module
+from projections import bulk as bulk_module
 from projections.audit import AuditProjection
 from projections.base import Positioned, Tables
+from projections.bulk import Bulk, stored_topics
+from projections.db import LockTaken
 from projections.keys import KeysProjection
 from projections.usage import UsageProjection, UsageSums
-from projections.workers import Workers
 from tests.projections.conftest import dump
 from tests.projections.workload import run_commands
 
@@ -54,19 +55,18 @@ def test_worker_processes_rebuild_what_one_process_rebuilds(settings: Settings, 
     [built] = {s.generation for s in alone.status()}
     alone.close()
     spread = ReadModels(settings, ledger, rebuild_workers_min_events=0)
-    workers = spread.runner.workers
-    assert isinstance(workers, Workers)
+    assert isinstance(spread.runner.bulk, Bulk)
     building = list(spread.runner.active().values())
     progress: list[tuple[int, int]] = []
 
     spread.rebuild(progress=lambda done, total: progress.append((done, total)))
 
     # Key events feed keys and audit: one process decodes them; usage gets its own.
-    assert sorted(sorted(g.name for g in share) for share in workers.shares(building)) == [
+    assert sorted(sorted(g.name for g in share) for share in Bulk.shares(spread.runner, building)) == [
         ["audit", "keys"],
         ["usage"],
     ]
-    assert spread.runner.stored_topics([["usage"]]) == [[get_topic(UsageBatch.UsageRecorded)]]
+    assert stored_topics(spread.runner, [["usage"]]) == [[get_topic(UsageBatch.UsageRecorded)]]
     assert dump(spread) == expected
     assert index_names(spread) == {i.replace(f"_g{built}_", f"_g{built + 1}_") for i in indexes}  # after the load
     assert progress and progress[-1][0] == progress[-1][1] == ledger.max_position()
@@ -118,7 +118,7 @@ def test_sums_written_in_several_rounds_equal_one_round(
     expected = dump(models)
     written: list[str] = []
     spy_on_writes(models, monkeypatch, lambda projection, _pending: written.append(projection.name))
-    monkeypatch.setattr(runner_module, "MAX_PENDING", 8)  # flush every few batches: keys reload stored rows
+    monkeypatch.setattr(bulk_module, "MAX_PENDING", 8)  # flush every few batches: keys reload stored rows
 
     models.rebuild()
 
@@ -137,22 +137,19 @@ def test_sums_grow_while_the_write_lock_is_taken_and_still_equal_a_clean_rebuild
     rounds: list[list[int]] = []  # per write transaction: the sizes of the sums written
     tries: list[None] = []
     spy_on_writes(models, monkeypatch, lambda projection, pending: rounds[-1].append(projection.pending_size(pending)))
-    waiting = runner_module.write_transaction
+    waiting = bulk_module.write_transaction
 
     @contextmanager
-    def counted(engine: Any) -> Iterator[Connection]:
+    def counted(engine: Any, wait: bool = True) -> Iterator[Connection]:
+        if not wait:  # another process always holds the write lock when we try without waiting
+            tries.append(None)
+            raise LockTaken
         rounds.append([])
         with waiting(engine) as conn:
             yield conn
 
-    @contextmanager
-    def never_free(_engine: Any) -> Iterator[None]:
-        tries.append(None)
-        yield None  # another process always holds the write lock when we try without waiting
-
-    monkeypatch.setattr(runner_module, "MAX_PENDING", 40)
-    monkeypatch.setattr(runner_module, "write_transaction", counted)
-    monkeypatch.setattr(runner_module, "write_transaction_if_free", never_free)
+    monkeypatch.setattr(bulk_module, "MAX_PENDING", 40)
+    monkeypatch.setattr(bulk_module, "write_transaction", counted)
 
     models.rebuild()
 
@@ -161,4 +158,23 @@ def test_sums_grow_while_the_write_lock_is_taken_and_still_equal_a_clean_rebuild
     assert len(written) > 3 and len(tries) > len(written)
     # Every round but the last (what was left at the end) waited because some sums reached twice the bound.
     assert all(max(r) >= 80 for r in written[:-1])
+    models.close()
+
+
+def test_a_rebuild_without_the_bulk_strategy_applies_batch_by_batch_and_equals_one_with_it(
+    settings: Settings, ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch
+):
+    run_commands(ledger, 80, seed=35)
+    models = ReadModels(settings, ledger, rebuild_batch_size=9, rebuild_workers=False)
+    written: list[str] = []
+    spy_on_writes(models, monkeypatch, lambda projection, _pending: written.append(projection.name))
+    models.rebuild()
+    expected, in_bulk = dump(models), written.count("audit")
+    written.clear()
+    models.runner.bulk = None  # the tail's path from position 0: fold and commit per batch
+
+    models.rebuild()
+
+    assert dump(models) == expected
+    assert in_bulk == 1 and written.count("audit") > 5  # a write per batch, not one large one
     models.close()
