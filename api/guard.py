@@ -58,9 +58,7 @@ class KeyledgerGuard:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        header = Headers(scope=scope).get("authorization", "")
-        kind, _, token = header.partition(" ")
-        secret = token.strip() if kind.lower() == "bearer" else None
+        secret = bearer_of(scope)
         try:
             needed = self.scope_for(method, path)
         except AmbiguousPath as error:
@@ -74,18 +72,38 @@ class KeyledgerGuard:
             await problem_response(refusal)(scope, receive, send)
             return
 
-        status = 500  # what an app that fails before answering amounts to
+        headers = answer.quota.headers() if answer.quota else {}
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await pass_through(
+            self.app, scope, receive, send, extra, lambda status: self.verification.record(answer, endpoint, status)
+        )
 
-        extra = [(k.lower().encode(), v.encode()) for k, v in (answer.quota.headers() if answer.quota else {}).items()]
 
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
+def bearer_of(scope: Scope) -> str | None:
+    """The Bearer token of an ASGI request, if any."""
+    kind, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+    return (token.strip() or None) if kind.lower() == "bearer" else None
 
-        try:
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            self.verification.record(answer, endpoint, status)
+
+async def pass_through(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    extra: list[tuple[bytes, bytes]],
+    done: Callable[[int], None],
+) -> None:
+    """Run the guarded app with `extra` headers on its answer; `done(status)` with the status it answered."""
+    status = 500  # what an app that fails before answering amounts to
+
+    async def send_and_watch(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    try:
+        await app(scope, receive, send_and_watch)
+    finally:
+        done(status)

@@ -31,12 +31,11 @@ from typing import Any
 
 import httpx
 from fastapi import Request
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.forwarded_path import AmbiguousPath
-from api.guard import KeyledgerGuard, ScopeFor, scope_from_method_and_path
+from api.guard import KeyledgerGuard, ScopeFor, bearer_of, pass_through, scope_from_method_and_path
 from api.problems import PROBLEM_JSON, ambiguous_path_response
 from api.verification import VerificationService
 from domain.text import MAX_ENDPOINT_LENGTH
@@ -257,7 +256,7 @@ class RemoteGuard:
             return
         self._start()
         method, path = scope["method"], scope["path"]
-        secret = _bearer(scope)
+        secret = bearer_of(scope)
         try:
             needed = self.scope_for(method, path)
         except AmbiguousPath as error:
@@ -270,20 +269,8 @@ class RemoteGuard:
             self._report(secret, endpoint, refusal.status_code)
             await refusal(scope, receive, send)
             return
-        status = 500  # what an app that fails before answering amounts to
         extra = [(k.encode(), v.encode()) for k, v in verdict.headers.items() if k != "retry-after"]
-
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            self._report(secret, endpoint, status)
+        await pass_through(self.app, scope, receive, send, extra, lambda status: self._report(secret, endpoint, status))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_and_watch() -> Message:
@@ -435,11 +422,6 @@ async def _events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[int, dict[st
             fields[name] = value.removeprefix(" ")
 
 
-def _bearer(scope: Scope) -> str | None:
-    kind, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-    return token.strip() or None if kind.lower() == "bearer" else None
-
-
 # --- the FastAPI dependency -------------------------------------------------------------------
 
 
@@ -473,7 +455,7 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[str]]:
 
     async def dependency(request: Request) -> str:
         guard: Verifier = request.app.state.keyledger_guard
-        secret = _bearer(request.scope)
+        secret = bearer_of(request.scope)
         endpoint = f"{request.method} {request.url.path}"[:MAX_ENDPOINT_LENGTH]
         if isinstance(guard, RemoteGuard):
             guard._start()
