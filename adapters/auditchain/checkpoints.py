@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ class Signer:
     @classmethod
     def from_file(cls, path: Path, what: str) -> Signer:
         try:
-            return cls.from_seed(_read_key_file(path, what))
+            return cls.from_seed(_read_written_key_file(path, what))
         except FileNotFoundError:
             pass
         seed = os.urandom(KEY_SIZE)
@@ -150,12 +151,21 @@ class Signer:
             # O_EXCL: two processes starting together keep the first one's key.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return cls.from_seed(_read_key_file(path, what))
+            return cls.from_seed(_read_written_key_file(path, what))
         except OSError as error:
             raise InvalidInput(f"{what}: cannot create the audit signing key {path}: {error.strerror}") from None
         with os.fdopen(fd, "w", encoding="ascii") as file:
             file.write(base64.b64encode(seed).decode("ascii") + "\n")
         return cls.from_seed(seed)
+
+
+def _read_written_key_file(path: Path, what: str) -> bytes:
+    """The key file, which another process may have created and not yet written (both starting at once)."""
+    for _ in range(50):
+        if path.stat().st_size:
+            break
+        time.sleep(0.02)
+    return _read_key_file(path, what)
 
 
 def _read_key_file(path: Path, what: str) -> bytes:

@@ -428,8 +428,9 @@ class Run:
             for scope in args["scopes"]:
                 argv += ["--scope", scope]
             if "expires_in" in args:
-                # The command needs most of a second to start: its expiry counts from about when it runs.
-                expires_at = datetime.now(UTC) + timedelta(seconds=args["expires_in"] + 1.0)
+                # The command needs a second or more to start (several on a loaded machine, where one took 7 s):
+                # its expiry counts from about when it runs.
+                expires_at = datetime.now(UTC) + timedelta(seconds=args["expires_in"] + 5.0)
                 argv += ["--expires-at", rfc3339(expires_at)]
         elif command.kind == "plan":
             argv = ["workspace", "plan", str(self.workspace_id), "--plan", "enterprise"]
