@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from domain.addresses import canonical_address
 from domain.application import AUDIT_TYPES
 from domain.errors import InvalidInput
 from domain.imports import MAX_SECRET_LENGTH, MIN_SECRET_LENGTH
@@ -145,6 +146,20 @@ Cursor = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,1
 # defines from the running catalog.
 SCOPE_MARKER = "x-keyledger-scope"
 Scope = Annotated[str, WithJsonSchema({"type": "string", SCOPE_MARKER: True})]
+
+
+def _ip(value: str) -> str:
+    address = canonical_address(value) if len(value) <= 64 else None
+    if address is None:
+        raise ValueError("client_ip must be an IPv4 or IPv6 address")
+    return address
+
+
+ClientIp = Annotated[
+    str,
+    AfterValidator(_ip),
+    WithJsonSchema({"type": "string", "maxLength": 64, "description": "the client's IPv4 or IPv6 address"}),
+]
 
 
 class RequestBody(BaseModel):
@@ -376,6 +391,9 @@ class VerifyRequest(RequestBody):
     key: str = Field(description="the presented secret")
     scope: Scope
     endpoint: Endpoint | None = None
+    client_ip: ClientIp | None = Field(
+        default=None, description="the address of the client that presented the key, recorded with usage (SPEC 8.2)"
+    )
     record: StrictBool = Field(
         default=True,
         description="false: the answer is not recorded as usage, the caller reports it with the real status "
@@ -392,6 +410,7 @@ class UsageReportItem(RequestBody):
     status: Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 100, "maximum": 599})] = Field(
         description="the status the service answered"
     )
+    client_ip: ClientIp | None = Field(default=None, description="the address of the client that presented the key")
 
     @field_validator("status")
     @classmethod
@@ -437,6 +456,13 @@ class EndpointCount(BaseModel):
     count: int
 
 
+class ScopeCount(BaseModel):
+    scope: str
+    allowed: int = Field(description="answers that needed this scope and found it held (limited ones too)")
+    refused: int = Field(description="answers refused because the key lacked it")
+    last_seen: datetime | None = Field(description="the UTC minute of the last such answer")
+
+
 class UsagePoint(BaseModel):
     start: datetime
     requests: int
@@ -454,6 +480,7 @@ class KeyUsagePublic(BaseModel):
     rate_limited: int
     last_used: datetime | None
     top_endpoints: list[EndpointCount]
+    scopes: list[ScopeCount] = Field(description="per scope the answers needed, over the UTC days of the window")
     per_minute: list[UsagePoint] = Field(description="per UTC minute with answers; empty when `bucket` is asked")
     per_day: list[UsagePoint]
     series: list[UsagePoint] | None = Field(
