@@ -158,7 +158,13 @@ def _ip(value: str) -> str:
 ClientIp = Annotated[
     str,
     AfterValidator(_ip),
-    WithJsonSchema({"type": "string", "maxLength": 64, "description": "the client's IPv4 or IPv6 address"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+            "description": "the client's IPv4 or IPv6 address",
+        }
+    ),
 ]
 
 
@@ -656,3 +662,71 @@ class DeliveryPublic(BaseModel):
 
 class DeliveryList(BaseModel):
     items: list[DeliveryPublic] = Field(description="the webhook's latest 100 deliveries, newest first")
+
+
+# --- insights and exposure (SPEC 8.2) ------------------------------------------------------
+
+
+class FindingPublic(BaseModel):
+    kind: Literal["unused_key", "unused_scope", "denied_scope", "rotation_due", "expiring_soon"]
+    key_id: UUID
+    key_name: str
+    observed_days: int = Field(description="whole days the finding covers: the window or since the grant, if shorter")
+    detail: dict[str, Any]
+    suggestion: dict[str, Any] | None = Field(
+        description="unused_scope: `{scopes}`, the smallest granted set covering every needed scope (apply it with "
+        "PUT .../keys/{key}/scopes); unused_key: `{action: revoke}`; rotation_due: `{action: rotate}`"
+    )
+
+
+class InsightsReport(BaseModel):
+    window_days: int
+    generated_at: datetime
+    findings: list[FindingPublic]
+
+
+class SecretValidity(BaseModel):
+    fingerprint: str
+    valid_from: datetime
+    valid_until: datetime | None = Field(description="null: still valid")
+
+
+class ScopesFrom(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: datetime = Field(alias="from")
+    scopes: list[str]
+
+
+class ExposureRequests(BaseModel):
+    total: int
+    allowed: int = Field(description="2xx answers")
+    refused: int
+    first: datetime | None = Field(description="the UTC minute of the first answer")
+    last: datetime | None
+
+
+class ExposureEndpoint(BaseModel):
+    endpoint: str
+    count: int
+    allowed: int
+
+
+class ExposureSource(BaseModel):
+    address: str
+    count: int
+    first: datetime
+    last: datetime
+
+
+class ExposureReport(BaseModel):
+    key_id: UUID
+    since: datetime
+    until: datetime
+    secrets: list[SecretValidity]
+    scopes: list[ScopesFrom]
+    requests: ExposureRequests
+    endpoints: list[ExposureEndpoint] = Field(description="over whole UTC days from the day of `since`")
+    sources: list[ExposureSource] = Field(
+        description="client addresses (at most 100 per UTC day kept), over whole UTC days from the day of `since`"
+    )

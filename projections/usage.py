@@ -476,13 +476,15 @@ def select_scope_usage(
     for key, scope, allowed, refused, last_allowed, last_refused in conn.execute(
         query.group_by(table.c.key_id, table.c.scope)
     ):
-        found[key].append(ScopeUsage(scope, int(allowed), int(refused), _utc(last_allowed), _utc(last_refused)))
+        found[key].append(
+            ScopeUsage(scope, int(allowed), int(refused), aggregate_time(last_allowed), aggregate_time(last_refused))
+        )
     for usages in found.values():
         usages.sort(key=lambda u: (-(u.allowed + u.refused), u.scope))
     return found
 
 
-def _utc(value: datetime | str | None) -> datetime | None:
+def aggregate_time(value: datetime | str | None) -> datetime | None:
     """An aggregate's time: SQLite answers max() of a time column as its stored text."""
     if value is None or isinstance(value, datetime):
         return value
