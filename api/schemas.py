@@ -417,6 +417,9 @@ class UsageReportItem(RequestBody):
         description="the status the service answered"
     )
     client_ip: ClientIp | None = Field(default=None, description="the address of the client that presented the key")
+    scope: Scope | None = Field(
+        default=None, description="the scope the request needed (as asked of /v1/verify), counted by insights"
+    )
 
     @field_validator("status")
     @classmethod

@@ -130,7 +130,7 @@ def findings(
             last = usage.last_answer
             detail: dict[str, Any] = {"last_answer": last.isoformat() if last is not None else None}
             found.append(Finding("unused_key", key.key_id, key.name, observed, detail, {"action": "revoke"}))
-        else:
+        elif usage.scopes:  # answers recorded without their scope (older code) say nothing about what was needed
             found.extend(_unused_scope(key, usage, now, window_start, resources))
         denied: list[dict[str, Any]] = [
             {"scope": s.scope, "count": s.refused, "last_seen": to_rfc3339(s.last_refused)}

@@ -268,12 +268,13 @@ class RemoteGuard:
         address = _address(scope)
         if not verdict.allowed:
             refusal = verdict.refusal(self.insufficient_scope_status)
-            self._report(secret, endpoint, refusal.status_code, address)
+            self._report(secret, endpoint, refusal.status_code, address, needed)
             await refusal(scope, receive, send)
             return
         extra = [(k.encode(), v.encode()) for k, v in verdict.headers.items() if k != "retry-after"]
+        report = self._report
         await pass_through(
-            self.app, scope, receive, send, extra, lambda status: self._report(secret, endpoint, status, address)
+            self.app, scope, receive, send, extra, lambda status: report(secret, endpoint, status, address, needed)
         )
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -326,11 +327,15 @@ class RemoteGuard:
 
     # usage ------------------------------------------------------------------------------------
 
-    def _report(self, secret: str | None, endpoint: str, status: int, address: str | None = None) -> None:
+    def _report(
+        self, secret: str | None, endpoint: str, status: int, address: str | None = None, scope: str | None = None
+    ) -> None:
         if secret:
             item: dict[str, Any] = {"key": secret, "endpoint": endpoint, "status": status}
             if address is not None:
                 item["client_ip"] = address
+            if scope is not None:  # the scope the request needed: keyledger's insights count it (SPEC 8.2)
+                item["scope"] = scope
             self._reports.append(item)
 
     async def _flush_reports(self) -> None:
@@ -470,9 +475,9 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[str]]:
             address = _address(request.scope)
             if not verdict.allowed:
                 refusal = verdict.refusal(guard.insufficient_scope_status)
-                guard._report(secret, endpoint, refusal.status_code, address)
+                guard._report(secret, endpoint, refusal.status_code, address, scope)
                 raise Refused(refusal)
-            guard._report(secret, endpoint, 200, address)
+            guard._report(secret, endpoint, 200, address, scope)
             return str(verdict.answer["key_id"])
         return await _local(guard, secret, scope, endpoint, request.scope)
 

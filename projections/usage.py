@@ -349,10 +349,18 @@ def _keep_top_addresses(conn: Connection, table: Table, touched: set[tuple[UUID,
     """
     if not touched:
         return
-    days = sorted({d for _, d in touched})
-    crowded = select(table.c.key_id, table.c.day).where(table.c.day.in_(days)).group_by(table.c.key_id, table.c.day)
-    crowded = crowded.having(func.count() > TOP_ADDRESSES)
-    for key_id, day in conn.execute(crowded).all():
+    # Only the touched keys and days, so the key-first primary key serves the count (no scan of the table).
+    keys, days = sorted({k for k, _ in touched}, key=str), sorted({d for _, d in touched})
+    found: list[tuple[UUID, date]] = []
+    for part in chunks(keys, 500):
+        crowded = (
+            select(table.c.key_id, table.c.day)
+            .where(table.c.key_id.in_(list(part)), table.c.day.in_(days))
+            .group_by(table.c.key_id, table.c.day)
+            .having(func.count() > TOP_ADDRESSES)
+        )
+        found += [(k, d) for k, d in conn.execute(crowded)]
+    for key_id, day in found:
         if (key_id, day) not in touched:
             continue
         ranked = (

@@ -20,6 +20,7 @@ from api.schemas import (
 )
 from api.verification import Answer, needed_scope
 from domain.addresses import forwarded_client
+from domain.errors import DomainError
 from domain.text import MAX_ENDPOINT_LENGTH
 from domain.verification import VerifyCode
 
@@ -108,6 +109,16 @@ async def forward_auth(
     return Response(status_code=204, headers=headers)
 
 
+def _scope(services: Services, scope: str | None) -> str | None:
+    """A reported scope as the catalog spells it; one the catalog refuses is recorded as none (no 422 for a report)."""
+    if scope is None:
+        return None
+    try:
+        return services.ledger.catalog.parse(scope)
+    except DomainError:
+        return None
+
+
 @router.post("/v1/usage/report", status_code=202, response_model=UsageReportAccepted)
 async def report_usage(body: UsageReport, request: Request) -> UsageReportAccepted:
     """Usage a service recorded itself (the remote guard: each request's real status, after `record: false`).
@@ -120,7 +131,8 @@ async def report_usage(body: UsageReport, request: Request) -> UsageReportAccept
 
     def record() -> None:
         for item in body.items:
-            answer = verification.judge(item.key, None)  # the key rules alone: found keys, whatever their state
+            # The key rules alone: found keys, whatever their state; with the scope, whether the key held it.
+            answer = verification.judge(item.key, _scope(services, item.scope))
             if answer.key is not None:
                 verification.record(answer, item.endpoint, item.status, item.client_ip)
 

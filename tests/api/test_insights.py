@@ -281,3 +281,31 @@ def test_a_bad_client_ip_is_refused_with_422(api: Api):
 
 def _t(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_usage_reported_by_a_remote_guard_counts_its_scope_and_address(api: Api):
+    key_id, secret = api.issue("guarded", ["write:nodes", "read:edges"])
+    items = [
+        {"key": secret, "endpoint": "GET /nodes/1", "status": 200, "scope": "read:nodes", "client_ip": "192.0.2.1"},
+        {"key": secret, "endpoint": "GET /nodes/2", "status": 404, "scope": "read:nodes", "client_ip": "192.0.2.1"},
+        {"key": secret, "endpoint": "POST /events", "status": 403, "scope": "write:events"},
+        {"key": secret, "endpoint": "GET /jobs", "status": 200, "scope": "read:jobs"},  # outside the catalog
+    ]
+    sent = api.client.post("/v1/usage/report", json={"items": items})
+    since = (utc_now() - timedelta(minutes=1)).isoformat()
+
+    found = api.findings(key_id)
+    usage = api.client.get(f"/v1/workspaces/{api.ws}/usage", params={"key": key_id}, headers=api.admin).json()
+    report = api.client.get(
+        f"/v1/workspaces/{api.ws}/keys/{key_id}/exposure", params={"since": since}, headers=api.admin
+    ).json()
+
+    assert sent.status_code == 202
+    assert {s["scope"]: (s["allowed"], s["refused"]) for s in usage["items"][0]["scopes"]} == {
+        "read:nodes": (2, 0),
+        "write:events": (0, 1),
+    }
+    assert found["unused_scope"]["suggestion"] == {"scopes": ["read:nodes"]}
+    assert found["denied_scope"]["detail"]["scopes"][0]["scope"] == "write:events"
+    assert [(s["address"], s["count"]) for s in report["sources"]] == [("192.0.2.1", 2)]
+    assert report["requests"]["total"] == 4
