@@ -26,5 +26,5 @@ def workspace_findings(models: ReadModels, ws: UUID, now: datetime, days: int) -
         )
         for k in models.list_keys(ws, now)
     ]
-    use = models.key_use(ws, (now - timedelta(days=days)).date())
+    use = models.key_use([k.key_id for k in facts if k.status != "revoked"], (now - timedelta(days=days)).date())
     return findings(facts, use, now, days, models.catalog.resources)

@@ -9,6 +9,7 @@ thousand rows rather than the per-minute series.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from uuid import UUID
@@ -19,27 +20,45 @@ from sqlalchemy.engine import Connection
 from domain.exposure import ISSUES
 from domain.insights import KeyUse, ScopeUse
 from domain.timefmt import floor_minute
-from projections.base import Tables
-from projections.usage import aggregate_time, select_scope_usage
+from projections.base import Tables, chunks
+from projections.usage import aggregate_time
 
 GRANTS = (*ISSUES, "ScopesGranted", "ScopesSet")
 
 
-def select_key_use(conn: Connection, tables: Tables, workspace_id: UUID, first_day: date) -> dict[UUID, KeyUse]:
-    """Per key of the workspace with answers from `first_day`: its last day with one, its answers per scope."""
-    day = tables["day"]
-    query = (
-        select(day.c.key_id, func.max(day.c.day))
-        .where(day.c.workspace_id == workspace_id, day.c.day >= first_day, day.c.requests > 0)
-        .group_by(day.c.key_id)
-    )
-    last = {key: _date(value) for key, value in conn.execute(query)}
-    scopes = select_scope_usage(conn, tables, workspace_id, first_day)
-    use = {}
-    for key in last.keys() | scopes.keys():
-        found = [ScopeUse(s.scope, s.allowed, s.refused, s.last_allowed, s.last_refused) for s in scopes.get(key, [])]
-        use[key] = KeyUse(last.get(key), found)
-    return use
+def select_key_use(conn: Connection, tables: Tables, key_ids: Sequence[UUID], first_day: date) -> dict[UUID, KeyUse]:
+    """Per key with answers from `first_day`: its last UTC day with one, its answers per needed scope.
+
+    By key id, not workspace: the day and scope rows are clustered by key, so each key is one range.
+    """
+    day, scope = tables["day"], tables["scope"]
+    last: dict[UUID, date] = {}
+    sums: dict[UUID, list[ScopeUse]] = defaultdict(list)
+    for part in chunks(list(key_ids), 500):
+        query = (
+            select(day.c.key_id, func.max(day.c.day))
+            .where(day.c.key_id.in_(list(part)), day.c.day >= first_day, day.c.requests > 0)
+            .group_by(day.c.key_id)
+        )
+        last.update({key: _date(value) for key, value in conn.execute(query)})
+        query = (
+            select(
+                scope.c.key_id,
+                scope.c.scope,
+                func.sum(scope.c.allowed),
+                func.sum(scope.c.refused),
+                func.max(scope.c.last_allowed),
+                func.max(scope.c.last_refused),
+            )
+            .where(scope.c.key_id.in_(list(part)), scope.c.day >= first_day)
+            .group_by(scope.c.key_id, scope.c.scope)
+        )
+        for key, name, allowed, refused, last_allowed, last_refused in conn.execute(query):
+            found = ScopeUse(
+                name, int(allowed), int(refused), aggregate_time(last_allowed), aggregate_time(last_refused)
+            )
+            sums[key].append(found)
+    return {key: KeyUse(last.get(key), sums.get(key, [])) for key in last.keys() | sums.keys()}
 
 
 def _date(value: date | str) -> date:

@@ -474,8 +474,8 @@ class ReadModels:
 
     # --- insights and exposure (SPEC 8.2): the queries live in projections/insights.py ---------
 
-    def key_use(self, workspace_id: UUID, first_day: date) -> dict[UUID, KeyUse]:
-        return self._read("usage", lambda conn, tables: select_key_use(conn, tables, workspace_id, first_day))
+    def key_use(self, key_ids: Sequence[UUID], first_day: date) -> dict[UUID, KeyUse]:
+        return self._read("usage", lambda conn, tables: select_key_use(conn, tables, key_ids, first_day))
 
     def grant_times(self, workspace_id: UUID) -> dict[UUID, dict[str, datetime]]:
         return self._read("audit", lambda conn, tables: select_grant_times(conn, tables, workspace_id))

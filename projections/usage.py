@@ -21,7 +21,19 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, Uuid, delete, func, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Uuid,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
@@ -151,14 +163,16 @@ class UsageProjection(Projection[UsageSums]):
         scope = Table(
             table_name("usage_scope", generation),
             metadata,
-            Column("key_id", Uuid, primary_key=True),
-            Column("day", Date, primary_key=True),
-            Column("scope", String(MAX_SCOPE_LENGTH), primary_key=True),
+            Column("key_id", Uuid, nullable=False),
+            Column("day", Date, nullable=False),
+            Column("scope", String(MAX_SCOPE_LENGTH), nullable=False),
             Column("workspace_id", Uuid, nullable=False, index=True),
             Column("allowed", BigInteger, nullable=False),
             Column("refused", BigInteger, nullable=False),
             Column("last_allowed", UTCDateTime, nullable=True),  # the UTC minute
             Column("last_refused", UTCDateTime, nullable=True),
+            # Key, then scope, then day: insights sum each key's scopes over a window of days (one range each).
+            PrimaryKeyConstraint("key_id", "scope", "day"),
             **CLUSTERED,
         )
         address = Table(
