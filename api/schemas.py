@@ -417,8 +417,11 @@ class UsageReportItem(RequestBody):
         description="the status the service answered"
     )
     client_ip: ClientIp | None = Field(default=None, description="the address of the client that presented the key")
-    scope: Scope | None = Field(
-        default=None, description="the scope the request needed (as asked of /v1/verify), counted by insights"
+    scope: str | None = Field(
+        default=None,
+        max_length=200,
+        description="the scope the request needed (as asked of /v1/verify), counted by insights; "
+        "one the catalog does not know is recorded as none",
     )
 
     @field_validator("status")
