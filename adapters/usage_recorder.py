@@ -3,8 +3,9 @@
 `record()` is on the request path: it only adds one to a counter under a lock
 (no I/O). A flusher thread turns the counters into `UsageRecorded` events about
 every `flush_interval` seconds, or sooner once `flush_every` answers are
-waiting. Counts are kept per (key, UTC minute, endpoint, status), so a busy key
-adds one entry per minute and endpoint and status, not one per request.
+waiting. Counts are kept per (key, UTC minute, endpoint, status, needed scope,
+client address), so a busy key adds one entry per minute and combination, not
+one per request.
 
 What a crash can lose: the counts not flushed yet (at most about one flush
 interval of answers). Lifecycle events never pass through here: they are saved
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
+from domain.addresses import canonical_address
 from domain.application import KeyLedger
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
@@ -29,7 +31,8 @@ from domain.usage import MAX_ENTRIES_PER_BATCH, CreditSpend, UsageCount
 
 log = logging.getLogger(__name__)
 
-_Slot = tuple[UUID, UUID, datetime, str, int]  # key, workspace, minute, endpoint, status
+# key, workspace, minute, endpoint, status, needed scope, refused for that scope, client address
+_Slot = tuple[UUID, UUID, datetime, str, int, str | None, bool, str | None]
 
 
 class UsageRecorder:
@@ -57,11 +60,35 @@ class UsageRecorder:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime | None = None) -> None:
-        """Count one answer to a key. Cheap and thread-safe; never touches the store."""
+    def record(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        endpoint: str,
+        status: int,
+        at: datetime | None = None,
+        *,
+        needed_scope: str | None = None,
+        client: str | None = None,
+        scope_refused: bool = False,
+    ) -> None:
+        """Count one answer to a key. Cheap and thread-safe; never touches the store.
+
+        `needed_scope`: the scope the answer needed (SPEC 8.2), `scope_refused` when the key lacked it;
+        `client`: the client's address (kept only when it is an IP address, canonical text).
+        """
         moment = (at or datetime.now(UTC)).astimezone(UTC)
         minute = floor_minute(moment)
-        slot = (key_id, workspace_id, minute, storable_text(endpoint[:MAX_ENDPOINT_LENGTH]), status)
+        slot = (
+            key_id,
+            workspace_id,
+            minute,
+            storable_text(endpoint[:MAX_ENDPOINT_LENGTH]),
+            status,
+            needed_scope,
+            scope_refused and needed_scope is not None,
+            canonical_address(client) if client else None,
+        )
         with self._lock:
             self._counts[slot] += 1
             self._answers += 1
@@ -97,7 +124,7 @@ class UsageRecorder:
                 spent, self._spends = self._spends, Counter()
                 refills, self._refills = self._refills, set()
                 self._answers = 0
-            counts = [UsageCount(k, w, m, e, s, n) for (k, w, m, e, s), n in taken.items()]
+            counts = [UsageCount(k, w, m, e, s, n, sc, r, c) for (k, w, m, e, s, sc, r, c), n in taken.items()]
             spends = [CreditSpend(k, w, g, p, n) for (k, w, g, p), n in spent.items()]
             position = None
             for start in range(0, max(len(counts), len(spends)), MAX_ENTRIES_PER_BATCH):
@@ -123,7 +150,8 @@ class UsageRecorder:
     ) -> None:
         with self._lock:
             for c in counts:
-                self._counts[c.key_id, c.workspace_id, c.minute, c.endpoint, c.status] += c.count
+                slot = (c.key_id, c.workspace_id, c.minute, c.endpoint, c.status, c.scope, c.scope_refused, c.client)
+                self._counts[slot] += c.count
                 self._answers += c.count
             for s in spends:
                 self._spends[s.key_id, s.workspace_id, s.generation, s.period] += s.count

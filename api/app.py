@@ -9,7 +9,20 @@ from fastapi import FastAPI
 
 from api import openapi, problems
 from api.context import Services
-from api.routes import audit, audit_log, dashboard, keys, me, ops, stream, usage, verify, webhooks, workspaces
+from api.routes import (
+    audit,
+    audit_log,
+    dashboard,
+    insights,
+    keys,
+    me,
+    ops,
+    stream,
+    usage,
+    verify,
+    webhooks,
+    workspaces,
+)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -31,6 +44,6 @@ def create_app(services: Services) -> FastAPI:
     problems.install(app)
     openapi.install(app, lambda: services.ledger.catalog)
     # The verification routes come first: routing tries routes in order, and they are the hot path.
-    for module in (verify, workspaces, keys, usage, audit, audit_log, stream, webhooks, me, ops, dashboard):
+    for module in (verify, workspaces, keys, usage, insights, audit, audit_log, stream, webhooks, me, ops, dashboard):
         app.include_router(module.router)
     return app

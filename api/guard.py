@@ -65,18 +65,19 @@ class KeyledgerGuard:
             await ambiguous_path_response(error)(scope, receive, send)
             return
         endpoint = f"{method} {path}"[:MAX_ENDPOINT_LENGTH]
+        address = scope["client"][0] if scope.get("client") else None  # the guard's connection (SPEC 8.2)
         answer = await run_in_threadpool(self.verification.verify, secret, needed, endpoint, "guard", False)
         refusal = refusal_for(answer, self.insufficient_scope_status)
         if refusal is not None:
-            self.verification.record(answer, endpoint, refusal.status)
+            self.verification.record(answer, endpoint, refusal.status, address)
             await problem_response(refusal)(scope, receive, send)
             return
 
         headers = answer.quota.headers() if answer.quota else {}
         extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        await pass_through(
-            self.app, scope, receive, send, extra, lambda status: self.verification.record(answer, endpoint, status)
-        )
+        record = self.verification.record
+        done = lambda status: record(answer, endpoint, status, address)  # noqa: E731
+        await pass_through(self.app, scope, receive, send, extra, done)
 
 
 def bearer_of(scope: Scope) -> str | None:

@@ -26,7 +26,20 @@ from domain.verification import VerifyCode, check_credentials
 
 
 class UsageSink(Protocol):
-    def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime) -> None: ...
+    def record(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        endpoint: str,
+        status: int,
+        at: datetime,
+        *,
+        needed_scope: str | None = None,
+        client: str | None = None,
+        scope_refused: bool = False,
+    ) -> None:
+        """One answer to a key: the scope it needed (`scope_refused`: the key lacked it) and the client's address."""
+        ...
 
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """A credit spent by an allowed answer (kept with the usage, to restore in-process counters)."""
@@ -117,11 +130,13 @@ class VerificationService:
         via: str = "verify",
         record_usage: bool = True,
         client: str | None = None,
+        address: str | None = None,
     ) -> Answer:
         """Rules, then quota for allowed keys; records the answer as usage unless the caller will.
 
         `client` (the caller's address) is throttled after too many NOT_FOUND answers
-        (GuessingThrottled) for ids no key is known to have.
+        (GuessingThrottled) for ids no key is known to have. `address`: the client address usage
+        records (SPEC 8.2: verify's `client_ip`, a gateway's forwarded address, the guard's connection).
         """
         started = time.perf_counter()
         key_id, digest = self._parse(secret)  # parsed once: the throttle and the lookup share it
@@ -141,7 +156,7 @@ class VerificationService:
         if answer.key is not None:
             answer = self._count(answer, needed_scope)
             if record_usage:
-                self.record(answer, endpoint, answer.status)
+                self.record(answer, endpoint, answer.status, address)
         self.metrics.verify_latency.observe(time.perf_counter() - started)
         self.metrics.answer(via, answer.code.value)
         return answer
@@ -182,10 +197,27 @@ class VerificationService:
         remaining = spent.remaining if spent is not None else None
         return Answer(VerifyCode.VALID, self.statuses[VerifyCode.VALID], needed_scope, key, decision, remaining)
 
-    def record(self, answer: Answer, endpoint: str, status: int) -> None:
+    def record(self, answer: Answer, endpoint: str, status: int, client: str | None = None) -> None:
         if answer.key is not None:
             creds = answer.key.credentials
-            self.usage.record(creds.key_id, creds.workspace_id, endpoint, status, self.clock())
+            # The scope counts as needed when the key's scopes decided the answer: allowed, limited after the
+            # scope check, or refused for lacking it; a revoked, expired or suspended key's answer says nothing.
+            scoped = answer.code in _SCOPE_DECIDED
+            self.usage.record(
+                creds.key_id,
+                creds.workspace_id,
+                endpoint,
+                status,
+                self.clock(),
+                needed_scope=answer.needed_scope if scoped else None,
+                client=client,
+                scope_refused=answer.code is VerifyCode.INSUFFICIENT_SCOPE,
+            )
+
+
+_SCOPE_DECIDED = frozenset(
+    {VerifyCode.VALID, VerifyCode.RATE_LIMITED, VerifyCode.USAGE_EXCEEDED, VerifyCode.INSUFFICIENT_SCOPE}
+)
 
 
 def needed_scope(method: str, uri: str) -> tuple[str | None, str]:
