@@ -19,7 +19,7 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from adapters.change_feed import ChangeFeed, FeedUnavailable
+from adapters.change_feed import ChangeFeed, FeedUnavailable, RedisChangeFeed
 from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
 from domain.imports import claim_id
@@ -45,11 +45,18 @@ class CachedKey:
 
 
 @dataclass
-class _Entry:
+class CacheEntry:
+    """A cached key (or a known absence) with the change markers it was loaded at. Replaced, never changed:
+    whoever holds one can tell it is still current by `entry_of(key_id) is entry`."""
+
     value: CachedKey | None  # None: no such key (cached too, so guessing costs no I/O)
     key_marker: int
     workspace_marker: int
     workspace_id: UUID | None
+    current: bool = True  # False once it left the cache (replaced, dropped or evicted): for those who hold it
+
+
+_Entry = CacheEntry
 
 
 class CredentialCache:
@@ -69,6 +76,8 @@ class CredentialCache:
         self._unclaimed: OrderedDict[str, int] = OrderedDict()
         self._claims: dict[UUID, str] = {}  # claim id -> digest, of the digests remembered as unclaimed
         self._lock = threading.Lock()
+        # The current entry of a found key, without checking markers (the hot path checks them its own way).
+        self.entry_of = self._entries.get
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.loads = 0  # how often the store was read: lets tests prove the hot path does no I/O
@@ -80,6 +89,19 @@ class CredentialCache:
         each KeyIssued), and those `know` was told of (the keys read model at start-up).
         """
         return key_id in self._known
+
+    def marker_names(self, key_id: UUID, workspace_id: UUID) -> list[str]:
+        """The Redis keys of a key's and its workspace's markers; none without Redis."""
+        feed = self.feed
+        return [feed.name_of(key_id), feed.name_of(workspace_id)] if isinstance(feed, RedisChangeFeed) else []
+
+    def remembers(self, key_id: UUID) -> bool:
+        """Whether `get(key_id)` answers from memory (found or known missing), unless a change reloads it."""
+        return key_id in self._entries or key_id in self._missing
+
+    def remembers_digest(self, digest: str) -> bool:
+        """Whether `imported(digest)` answers from memory, unless a claim made since reloads it."""
+        return digest in self._digests or digest in self._unclaimed
 
     def know(self, key_ids: Iterable[UUID]) -> None:
         self._known.update(key_ids)
@@ -179,10 +201,10 @@ class CredentialCache:
         with self._lock:
             self._known.add(key_id)
             self._missing.pop(key_id, None)
+            self._drop(key_id)
             self._entries[key_id] = entry
-            self._entries.move_to_end(key_id)
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                self._entries.popitem(last=False)[1].current = False
         return entry.value
 
     def _marker(self, item: UUID) -> int:
@@ -196,14 +218,19 @@ class CredentialCache:
         """Forget ids (keys or workspaces) at once, in this process."""
         with self._lock:
             for item in ids:
-                self._entries.pop(item, None)
+                self._drop(item)
                 self._missing.pop(item, None)
                 digest = self._claims.pop(item, None)  # a claim made by a writer that publishes no marker
                 if digest is not None:
                     self._unclaimed.pop(digest, None)
             stale = [k for k, e in self._entries.items() if e.workspace_id in ids]
             for key_id in stale:
-                self._entries.pop(key_id, None)
+                self._drop(key_id)
+
+    def _drop(self, key_id: UUID) -> None:
+        entry = self._entries.pop(key_id, None)
+        if entry is not None:
+            entry.current = False
 
     def refresh(self, ids: Iterable[UUID], keys: Iterable[UUID]) -> None:
         """After this process changed them: forget `ids` (keys or workspaces), and load `keys` again.

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
@@ -48,6 +48,8 @@ class UsageRecorder:
         self.flush_every = flush_every
         self.on_flush = on_flush
         self._counts: Counter[_Slot] = Counter()
+        # Answers of the hot path, appended without a lock (deque.append is atomic) and counted at the flush.
+        self._answered: deque[tuple[UUID, UUID, int, str, int, str | None, str | None]] = deque()
         self._spends: Counter[tuple[UUID, UUID, int, str]] = Counter()  # key, workspace, credits generation, period
         self._refills: set[tuple[UUID, int, str]] = set()
         self._answers = 0
@@ -57,8 +59,21 @@ class UsageRecorder:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime | None = None) -> None:
-        """Count one answer to a key. Cheap and thread-safe; never touches the store."""
+    def record(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        endpoint: str,
+        status: int,
+        at: datetime | None = None,
+        *,
+        needed_scope: str | None = None,
+        client: str | None = None,
+    ) -> None:
+        """Count one answer to a key. Cheap and thread-safe; never touches the store.
+
+        `needed_scope` and `client` are accepted for the usage insights (issue 15) and not recorded yet.
+        """
         moment = (at or datetime.now(UTC)).astimezone(UTC)
         minute = floor_minute(moment)
         slot = (key_id, workspace_id, minute, storable_text(endpoint[:MAX_ENDPOINT_LENGTH]), status)
@@ -68,6 +83,38 @@ class UsageRecorder:
             full = self._answers >= self.flush_every
         if full:
             self._wake.set()
+
+    def count(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        minute: int,
+        endpoint: str,
+        status: int,
+        needed_scope: str | None = None,
+        client: str | None = None,
+    ) -> None:
+        """`record` for the hot path, `minute` being the UTC minute's number since the epoch: one append."""
+        answered = self._answered
+        answered.append((key_id, workspace_id, minute, endpoint, status, needed_scope, client))
+        if len(answered) == self.flush_every:  # once: the flusher takes them all
+            self._wake.set()
+
+    def _take_answered(self) -> None:
+        """Move the hot path's answers into the counts (under `_lock`), as `record` would have counted them."""
+        answered, counts = self._answered, self._counts
+        minutes: dict[int, datetime] = {}
+        endpoints: dict[str, str] = {}
+        while answered:
+            key_id, workspace_id, number, endpoint, status, _scope, _client = answered.popleft()
+            minute = minutes.get(number)
+            if minute is None:
+                minute = minutes[number] = datetime.fromtimestamp(number * 60, UTC)
+            text = endpoints.get(endpoint)
+            if text is None:
+                text = endpoints[endpoint] = storable_text(endpoint[:MAX_ENDPOINT_LENGTH])
+            counts[key_id, workspace_id, minute, text, status] += 1
+            self._answers += 1
 
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """Count one credit spent (recorded with the usage, so in-process counters can be restored)."""
@@ -84,7 +131,7 @@ class UsageRecorder:
     def pending(self) -> int:
         """Answers counted but not recorded yet."""
         with self._lock:
-            return self._answers
+            return self._answers + len(self._answered)
 
     def flush(self) -> int | None:
         """Record every pending count now; returns the position of the last event recorded, or None.
@@ -93,6 +140,7 @@ class UsageRecorder:
         """
         with self._flushing:
             with self._lock:
+                self._take_answered()
                 taken, self._counts = self._counts, Counter()
                 spent, self._spends = self._spends, Counter()
                 refills, self._refills = self._refills, set()

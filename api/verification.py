@@ -6,27 +6,60 @@ buffer (flushed as batched events); only allowed answers consume quota.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from hashlib import sha256
+from time import perf_counter, time
 from typing import Protocol
 from uuid import UUID
 
-from adapters.credential_cache import CachedKey, CredentialCache
+import msgspec
+from redis import RedisError
+
+from adapters.change_feed import RedisChangeFeed
+from adapters.credential_cache import CachedKey, CacheEntry, CredentialCache
 from adapters.credits import CreditDecision, CreditGate
-from adapters.quotas import QuotaDecision, QuotaGate
+from adapters.quotas import LocalCounters, QuotaDecision, QuotaGate
 from api.forwarded_path import normalise
 from api.guesses import GuessLimit
 from api.metrics import Metrics
 from domain import credentials
+from domain.application import utc_now
 from domain.errors import MalformedSecret
 from domain.imports import importable
+from domain.scopes import ADMIN
 from domain.verification import VerifyCode, check_credentials
+
+_encode = msgspec.json.Encoder().encode
 
 
 class UsageSink(Protocol):
-    def record(self, key_id: UUID, workspace_id: UUID, endpoint: str, status: int, at: datetime) -> None: ...
+    def record(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        endpoint: str,
+        status: int,
+        at: datetime,
+        *,
+        needed_scope: str | None = None,
+        client: str | None = None,
+    ) -> None: ...
+
+    def count(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        minute: int,
+        endpoint: str,
+        status: int,
+        needed_scope: str | None,
+        client: str | None,
+    ) -> None:
+        """`record` for the hot path: the moment as its UTC minute number since the epoch."""
+        ...
 
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """A credit spent by an allowed answer (kept with the usage, to restore in-process counters)."""
@@ -37,7 +70,7 @@ class UsageSink(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     code: VerifyCode
     status: int  # the HTTP status this answer means (what /v1/auth would send)
@@ -50,6 +83,61 @@ class Answer:
     @property
     def allowed(self) -> bool:
         return self.code is VerifyCode.VALID
+
+
+class _Hot:
+    """What a presented secret's digest opened at its last decision, precomputed for the next one.
+
+    Valid while its key's cache entry is the one it was built from (`CredentialCache.entry_of`): a
+    change replaces that entry, so a revoked key is never answered from here once its command returned.
+    """
+
+    __slots__ = (
+        "admin",
+        "day",
+        "day_key",
+        "entry",
+        "expected",
+        "key",
+        "key_id",
+        "markers",
+        "metered",
+        "minute",
+        "minute_key",
+        "per_day",
+        "per_minute",
+        "refused",
+        "scopes",
+        "valid_until",
+        "workspace_id",
+    )
+
+    def __init__(self, entry: CacheEntry, key: CachedKey, previous: bool, markers: list[str]) -> None:
+        creds = key.credentials
+        self.entry = entry
+        self.key = key
+        self.key_id = creds.key_id
+        self.workspace_id = creds.workspace_id
+        # The rules of `check_credentials` that do not depend on the moment or the scope asked for.
+        self.refused = VerifyCode.REVOKED if creds.revoked else VerifyCode.SUSPENDED if creds.suspended else None
+        until = creds.expires_at.timestamp() if creds.expires_at is not None else math.inf
+        if previous:
+            grace = creds.previous_valid_until
+            until = min(until, grace.timestamp() if grace is not None else -math.inf)
+        self.valid_until = until
+        self.scopes = creds.effective_scopes
+        self.admin = ADMIN in creds.effective_scopes
+        self.per_minute = key.requests_per_minute
+        self.per_day = key.requests_per_day
+        self.metered = creds.credits is not None  # credits are counted step by step (`_count`)
+        self.markers = markers  # with Redis: the key's and workspace's marker names, and their values here
+        self.expected = [entry.key_marker, entry.workspace_marker]
+        self.minute = self.day = -1  # the windows whose counter names are kept below
+        self.minute_key = self.day_key = ""
+
+
+# Hot entries kept at most (one per secret presented lately); the table starts anew when full.
+MAX_HOT = 100_000
 
 
 class VerificationService:
@@ -71,6 +159,9 @@ class VerificationService:
         self.usage = usage
         self.metrics = metrics
         self.clock = clock
+        self._hot: dict[str, _Hot] = {}
+        self._shared = isinstance(cache.feed, RedisChangeFeed) and quotas.shared
+        self._local = quotas.storage if isinstance(quotas.storage, LocalCounters) else None
         self.statuses = {
             VerifyCode.VALID: 200,
             VerifyCode.NOT_FOUND: 401,
@@ -122,14 +213,94 @@ class VerificationService:
 
         `client` (the caller's address) is throttled after too many NOT_FOUND answers
         (GuessingThrottled) for ids no key is known to have.
+
+        A secret decided on before is looked up by its digest in `_hot` and judged from precomputed
+        facts, with integer windows and one counter step; anything else (a first sight, a changed key,
+        a refusal, credits) takes the step-by-step path, which also makes the hot entry.
         """
-        started = time.perf_counter()
+        started = perf_counter()
+        answer = None
+        if secret:
+            try:
+                digest = sha256(secret.encode()).hexdigest()
+            except UnicodeEncodeError:  # a lone surrogate: no key has it (the step-by-step path says so)
+                digest = ""
+            hot = self._hot.get(digest)
+            if hot is not None and hot.entry.current:
+                answer = self._hot_answer(hot, needed_scope, endpoint, record_usage, client)
+        if answer is None:
+            answer = self._verify(secret, needed_scope, endpoint, record_usage, client)
+        self.metrics.decided(via, answer.code, perf_counter() - started)
+        return answer
+
+    def _hot_answer(
+        self, hot: _Hot, needed: str | None, endpoint: str, record_usage: bool, client: str | None
+    ) -> Answer | None:
+        """The answer from a hot entry; None when it must be decided step by step after all."""
+        clock = self.clock
+        now = time() if clock is utc_now else clock().timestamp()
+        if (
+            hot.refused is not None
+            or now >= hot.valid_until
+            or (needed is not None and needed not in hot.scopes and not hot.admin)
+            or hot.metered
+        ):
+            return None  # refusals are rare and want RateLimit headers from a peek: step by step
+        second = int(now)
+        minute, day = second // 60, second // 86_400
+        if minute != hot.minute or day != hot.day:
+            hot.minute_key, hot.day_key = self.quotas.names(hot.key_id, minute, day)
+            hot.minute, hot.day = minute, day
+        if self._local is not None:
+            allowed, minute_used, day_used = self._local.take(hot.minute_key, hot.day_key, hot.per_minute, hot.per_day)
+            quota: QuotaDecision | None = QuotaDecision(
+                allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400
+            )
+        elif self._shared:
+            try:
+                quota = self.quotas.check_unchanged(
+                    hot.markers, hot.expected, hot.minute_key, hot.day_key, hot.per_minute, hot.per_day, second
+                )
+            except RedisError:
+                return None  # the step-by-step path knows what an outage means (SPEC 8.5)
+        else:
+            return None
+        if quota is None:
+            return None  # a marker moved (another process changed the key): reload
+        key = hot.key
+        if not quota.allowed:
+            answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, key, quota)
+        else:
+            answer = Answer(VerifyCode.VALID, 200, needed, key, quota)
+        if record_usage:
+            self.usage.count(hot.key_id, hot.workspace_id, minute, endpoint, answer.status, needed, client)
+        return answer
+
+    def _remember(self, secret: str, answer: Answer) -> None:
+        """Make the hot entry of a secret that opened a key (its current or previous secret)."""
+        key = answer.key
+        if key is None:
+            return
+        key_id = key.credentials.key_id
+        entry = self.cache.entry_of(key_id)
+        if entry is None or entry.value is not key:
+            return
+        digest = credentials.digest(secret)
+        previous = digest != key.credentials.secret_digest
+        markers = [] if not self._shared else self.cache.marker_names(key_id, key.credentials.workspace_id)
+        if len(self._hot) >= MAX_HOT:
+            self._hot = {}
+        self._hot[digest] = _Hot(entry, key, previous, markers)
+
+    def _verify(
+        self, secret: str | None, needed_scope: str | None, endpoint: str, record_usage: bool, client: str | None
+    ) -> Answer:
         key_id, digest = self._parse(secret)  # parsed once: the throttle and the lookup share it
         guessing = client is not None and self.guesses.per_minute > 0
         guessed = key_id if guessing and key_id is not None and not self.cache.holds(key_id) else None
         unknown_digest = guessing and digest is not None and not self.cache.holds_digest(digest)
         if guessed is not None or unknown_digest:  # no key is known to have it: throttled after too many guesses
-            self.guesses.check(client, time.time())
+            self.guesses.check(client, time())
         if digest is not None:
             key_id = self.cache.imported(digest)
         answer = self._judge(secret, key_id, needed_scope)
@@ -137,13 +308,13 @@ class VerificationService:
             (guessed is not None and not self.cache.holds(guessed)) or (unknown_digest and key_id is None)
         ):
             # It named no key at all (a wrong secret of a real key is not counted).
-            self.guesses.count(client, time.time())
+            self.guesses.count(client, time())
         if answer.key is not None:
             answer = self._count(answer, needed_scope)
             if record_usage:
-                self.record(answer, endpoint, answer.status)
-        self.metrics.verify_latency.observe(time.perf_counter() - started)
-        self.metrics.answer(via, answer.code.value)
+                self.record(answer, endpoint, answer.status, client)
+            if secret and answer.code is not VerifyCode.NOT_FOUND:
+                self._remember(secret, answer)
         return answer
 
     def _count(self, answer: Answer, needed_scope: str | None) -> Answer:
@@ -182,10 +353,64 @@ class VerificationService:
         remaining = spent.remaining if spent is not None else None
         return Answer(VerifyCode.VALID, self.statuses[VerifyCode.VALID], needed_scope, key, decision, remaining)
 
-    def record(self, answer: Answer, endpoint: str, status: int) -> None:
+    def record(self, answer: Answer, endpoint: str, status: int, client: str | None = None) -> None:
         if answer.key is not None:
             creds = answer.key.credentials
-            self.usage.record(creds.key_id, creds.workspace_id, endpoint, status, self.clock())
+            self.usage.record(
+                creds.key_id,
+                creds.workspace_id,
+                endpoint,
+                status,
+                self.clock(),
+                needed_scope=answer.needed_scope,
+                client=client,
+            )
+
+    def answers_from_memory(self, secret: str | None) -> bool:
+        """Whether deciding on `secret` needs no store read (its key, or its absence, is cached)."""
+        if not secret:
+            return True
+        try:
+            hot = self._hot.get(sha256(secret.encode()).hexdigest())
+        except UnicodeEncodeError:
+            return True  # a lone surrogate: malformed, decided without a lookup
+        if hot is not None and hot.entry.current:
+            return True
+        key_id, digest = self._parse(secret)
+        if digest is not None:
+            return self.cache.remembers_digest(digest)
+        return key_id is None or self.cache.remembers(key_id)
+
+    @staticmethod
+    def answer_json(answer: Answer) -> bytes:
+        """`/v1/verify`'s body for an answer (`api.schemas.VerifyResponse`, its fields in order)."""
+        key = answer.key
+        window = answer.quota.binding if answer.quota is not None else None
+        remaining = answer.credits_remaining
+        return _encode(
+            {
+                "valid": answer.code is VerifyCode.VALID,
+                "code": answer.code.value,
+                "key_id": key.credentials.key_id if key else None,
+                "workspace_id": key.credentials.workspace_id if key else None,
+                "scopes": key.scopes if key else None,
+                "ratelimit": {"limit": window.limit, "remaining": window.remaining, "reset": window.reset}
+                if window
+                else None,
+                "name": key.name if key else None,
+                "owner_id": key.owner_id if key else None,
+                "meta": key.meta if key else None,
+                "credits": {"remaining": remaining} if remaining is not None else None,
+            }
+        )
+
+    @staticmethod
+    def auth_headers(key: CachedKey) -> list[tuple[bytes, bytes]]:
+        """The headers `/v1/auth` adds to an allowed answer: which key and workspace it was."""
+        return [
+            (b"x-keyledger-key-id", str(key.credentials.key_id).encode()),
+            (b"x-keyledger-workspace-id", str(key.credentials.workspace_id).encode()),
+        ]
 
 
 def needed_scope(method: str, uri: str) -> tuple[str | None, str]:
