@@ -25,6 +25,7 @@ from domain.errors import KeyNotFound, WorkspaceNotFound
 from domain.imports import claim_id
 from domain.keys import ApiKey
 from domain.verification import KeyCredentials
+from domain.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class CacheEntry:
     key_marker: int
     workspace_marker: int
     workspace_id: UUID | None
+    workspace_limits: Any = None  # the workspace's own limits when loaded (a key's command reuses them)
     current: bool = True  # False once it left the cache (replaced, dropped or evicted): for those who hold it
 
 
@@ -167,12 +169,20 @@ class CredentialCache:
                 self._digests[digest] = key_id
         return key_id
 
-    def _load(self, key_id: UUID) -> CachedKey | None:
+    def _load(
+        self, key_id: UUID, saved: dict[UUID, Any] | None = None, workspace: tuple[Any, int] | None = None
+    ) -> CachedKey | None:
+        """Load a key (and its workspace's limits) from the store, or from `saved`: aggregates a command of
+        this process just saved, as they are now (no store read for them); `workspace`: the workspace's
+        limits and marker as cached, when they did not change."""
         # Read the markers before the store: a change published after this read is seen next time.
         key_marker = self._marker(key_id)
-        self.loads += 1
+        given = saved or {}
         try:
-            key = self.ledger.get_key(key_id)
+            key = given.get(key_id)
+            if not isinstance(key, ApiKey):
+                self.loads += 1
+                key = self.ledger.get_key(key_id)
         except KeyNotFound:
             # Remembered apart from found keys: a flood of forged ids evicts only other missing ones.
             with self._lock:
@@ -182,12 +192,19 @@ class CredentialCache:
                     self._missing.popitem(last=False)
             return None
         else:
-            workspace_marker = self._marker(key.workspace_id)
-            try:
-                workspace = self.ledger.get_workspace(key.workspace_id)
-            except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
-                return None
-            limits = key.limits(workspace.limits)  # the lower of the key's own and its plan's
+            if workspace is not None:
+                workspace_limits, workspace_marker = workspace
+            else:
+                workspace_marker = self._marker(key.workspace_id)
+                try:
+                    found = given.get(key.workspace_id)
+                    if not isinstance(found, Workspace):
+                        self.loads += 1
+                        found = self.ledger.get_workspace(key.workspace_id)
+                except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
+                    return None
+                workspace_limits = found.limits
+            limits = key.limits(workspace_limits)  # the lower of the key's own and its plan's
             cached = CachedKey(
                 credentials=key.credentials(self.ledger.catalog),
                 scopes=list(key.scopes),
@@ -197,7 +214,7 @@ class CredentialCache:
                 owner_id=key.owner_id,
                 meta=key.meta,
             )
-            entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id)
+            entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id, workspace_limits)
         with self._lock:
             self._known.add(key_id)
             self._missing.pop(key_id, None)
@@ -232,15 +249,22 @@ class CredentialCache:
         if entry is not None:
             entry.current = False
 
-    def refresh(self, ids: Iterable[UUID], keys: Iterable[UUID]) -> None:
-        """After this process changed them: forget `ids` (keys or workspaces), and load `keys` again.
+    def refresh(self, ids: Iterable[UUID], keys: Iterable[UUID], saved: Iterable[Any] = ()) -> None:
+        """After this process changed them: forget `ids` (keys or workspaces), and load `keys` again,
+        from the aggregates the command `saved` when it saved them (updated in place: no store read).
 
-        The command's own thread does the store read while the store is known to be up, so the
+        Anything else is read in the command's own thread while the store is known to be up, so the
         next verification of a changed key needs no store (nor does it during an outage).
         """
+        ids, given = set(ids), {aggregate.id: aggregate for aggregate in saved}
+        kept = {}  # the workspace limits of changed keys whose workspace did not change: no need to read them
+        for key_id in keys:
+            old = self._entries.get(key_id)
+            if old is not None and old.workspace_id not in ids and old.workspace_limits is not None:
+                kept[key_id] = (old.workspace_limits, old.workspace_marker)
         self.invalidate(*ids)
         for key_id in keys:
-            self._load(key_id)
+            self._load(key_id, given, kept.get(key_id))
 
     # --- following the stream for writers that do not publish ------------
 

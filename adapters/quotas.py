@@ -14,6 +14,7 @@ undone before answering, so every allowed request saw a count within its limits.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ from typing import Any, Protocol, cast
 from uuid import UUID
 
 import redis
+import redis.asyncio
 from limits.storage import Storage, storage_from_string
 
 from domain.timefmt import floor_minute
 
+# Seconds the event-loop round trip is left alone after Redis failed it.
+ASYNC_PAUSE = 5.0
 # Counters outlive their window a little so a slow request still finds its own.
 MINUTE_EXPIRY = 120
 DAY_EXPIRY = 90_000
@@ -185,6 +189,56 @@ return {1, 1, m, d}
 """
 
 
+class _ScriptBatcher:
+    """Calls of one Lua script made on an event loop, sent together: those made before the loop's next turn
+    go in one pipeline (one write, one read), so concurrent requests share a round trip and its costs."""
+
+    def __init__(self, client: Any, script: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.script = script
+        self.loop = loop
+        self.sha: str | None = None
+        self.pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        if not self.pending:
+            self.loop.call_soon(self._start)
+        self.pending.append((keys, args, future))
+        return future
+
+    def _start(self) -> None:
+        batch, self.pending = self.pending, []
+        task = self.loop.create_task(self._send(batch))
+        self._tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            if self.sha is None:
+                self.sha = await self.client.script_load(self.script)
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args, _ in batch:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as error:  # each caller gets it (a RedisError: the caller takes the slow path)
+            failure = error if isinstance(error, redis.RedisError) else redis.RedisError(repr(error))
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                if "NOSCRIPT" in str(result):
+                    self.sha = None  # Redis lost its scripts (a restart): loaded again next time
+                future.set_exception(result if isinstance(result, redis.RedisError) else redis.RedisError(result))
+            else:
+                future.set_result(result)
+
+
 class RedisUnavailable(Exception):
     """Redis is unreachable and KEYLEDGER_REDIS_OUTAGE=closed: refuse (503) rather than count per process."""
 
@@ -228,6 +282,9 @@ class QuotaGate:
     def __init__(self, redis_url: str | None = None, namespace: str = "kl", outage_closed: bool = False) -> None:
         self.storage: Counters
         self._script: Any = None
+        self._redis_url = redis_url or ""
+        self._batcher: _ScriptBatcher | None = None  # made on the first call in a loop (check_unchanged_async)
+        self._async_down_until = 0.0
         if redis_url:
             # Short timeouts: an unreachable Redis must not hold a verification for long.
             storage = cast(Storage, storage_from_string(redis_url, socket_timeout=1, socket_connect_timeout=1))
@@ -287,6 +344,41 @@ class QuotaGate:
         shared = cast(Any, storage.shared)
         keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
         result = self._script(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+        if not result[0]:
+            return None
+        return QuotaDecision(bool(result[1]), per_minute, per_day, int(result[2]), int(result[3]), second % 86_400)
+
+    def async_ready(self) -> bool:
+        """Whether `check_unchanged_async` may be tried: not for a few seconds after Redis failed it (the
+        step-by-step path, with its own timeouts and outage rules, answers meanwhile)."""
+        return self.shared and time.monotonic() >= self._async_down_until
+
+    async def check_unchanged_async(
+        self,
+        markers: list[str],
+        expected: list[int],
+        minute_key: str,
+        day_key: str,
+        per_minute: int,
+        per_day: int,
+        second: int,
+    ) -> QuotaDecision | None:
+        """`check_unchanged` on the event loop (redis.asyncio): no thread hop for the hot path's one round trip.
+        Raises redis.RedisError, and `async_ready` says no for `ASYNC_PAUSE` seconds after."""
+        if not isinstance(self.storage, FallbackCounters):
+            return None
+        loop = asyncio.get_running_loop()
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not loop:  # a client's connections belong to the loop that made them
+            client = redis.asyncio.Redis.from_url(self._redis_url, socket_timeout=1, socket_connect_timeout=1)
+            batcher = self._batcher = _ScriptBatcher(client, _CHECK_UNCHANGED, loop)
+        shared = cast(Any, self.storage.shared)
+        keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
+        try:
+            result = await batcher.call(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+        except redis.RedisError:
+            self._async_down_until = time.monotonic() + ASYNC_PAUSE
+            raise
         if not result[0]:
             return None
         return QuotaDecision(bool(result[1]), per_minute, per_day, int(result[2]), int(result[3]), second % 86_400)

@@ -8,8 +8,8 @@ route with the body read so far, so a malformed request is answered exactly as b
 (tests/api/test_hot_path.py sends each such request to both and compares). The routes stay declared in
 FastAPI, which is how `/openapi.json` still describes them.
 
-A decision that may do I/O (shared counters in Redis, or a key this process has not cached yet) runs
-in the thread pool; one answered from memory runs on the event loop.
+A decision answered from memory runs on the event loop, and so does the one Redis round trip of a key
+decided on before (`VerificationService.decide`); one that may read the store runs in the thread pool.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -161,11 +160,7 @@ class HotPath:
     ) -> Answer:
         client = scope.get("client")
         address = client[0] if client else None
-        verification = self.services.verification
-        # Shared (Redis) counters mean network I/O, and a key not cached yet a store read: off the event loop.
-        if self.services.quotas.shared or not verification.answers_from_memory(secret):
-            return await run_in_threadpool(verification.verify, secret, needed, endpoint, via, record, address)
-        return verification.verify(secret, needed, endpoint, via, record, address)
+        return await self.services.verification.decide(secret, needed, endpoint, via, record, address)
 
     async def _error(self, scope: Scope, receive: Receive, send: Send, error: Exception) -> None:
         """The answer FastAPI's handlers (`api.problems`) give; an unexpected error is raised on after it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
@@ -17,6 +18,7 @@ from uuid import UUID
 
 import msgspec
 from redis import RedisError
+from starlette.concurrency import run_in_threadpool
 
 from adapters.change_feed import RedisChangeFeed
 from adapters.credential_cache import CachedKey, CacheEntry, CredentialCache
@@ -85,6 +87,9 @@ class Answer:
         return self.code is VerifyCode.VALID
 
 
+Window = tuple[int, int, str, str]  # minute and day numbers since the epoch (UTC), their counters' names
+
+
 class _Hot:
     """What a presented secret's digest opened at its last decision, precomputed for the next one.
 
@@ -94,21 +99,18 @@ class _Hot:
 
     __slots__ = (
         "admin",
-        "day",
-        "day_key",
         "entry",
         "expected",
         "key",
         "key_id",
         "markers",
         "metered",
-        "minute",
-        "minute_key",
         "per_day",
         "per_minute",
         "refused",
         "scopes",
         "valid_until",
+        "window",
         "workspace_id",
     )
 
@@ -132,9 +134,10 @@ class _Hot:
         self.metered = creds.credits is not None  # credits are counted step by step (`_count`)
         self.markers = markers  # with Redis: the key's and workspace's marker names, and their values here
         self.expected = [entry.key_marker, entry.workspace_marker]
-        self.minute = self.day = -1  # the windows whose counter names are kept below
-        self.minute_key = self.day_key = ""
+        self.window: Window = (-1, -1, "", "")  # the last minute and day numbers, and their counters
 
+
+Prepared = tuple[_Hot, int, "Window"]  # the hot entry, the epoch second, its window
 
 # Hot entries kept at most (one per secret presented lately); the table starts anew when full.
 MAX_HOT = 100_000
@@ -219,61 +222,93 @@ class VerificationService:
         a refusal, credits) takes the step-by-step path, which also makes the hot entry.
         """
         started = perf_counter()
-        answer = None
-        if secret:
-            try:
-                digest = sha256(secret.encode()).hexdigest()
-            except UnicodeEncodeError:  # a lone surrogate: no key has it (the step-by-step path says so)
-                digest = ""
-            hot = self._hot.get(digest)
-            if hot is not None and hot.entry.current:
-                answer = self._hot_answer(hot, needed_scope, endpoint, record_usage, client)
-        if answer is None:
-            answer = self._verify(secret, needed_scope, endpoint, record_usage, client)
+        prepared = self.prepare(secret, needed_scope)
+        if prepared is not None:
+            hot, second, window = prepared
+            quota: QuotaDecision | None = None
+            if self._local is not None:
+                allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
+                quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
+            elif self._shared:
+                with suppress(RedisError):  # the step-by-step path knows what an outage means (SPEC 8.5)
+                    quota = self.quotas.check_unchanged(
+                        hot.markers, hot.expected, window[2], window[3], hot.per_minute, hot.per_day, second
+                    )
+            if quota is not None:
+                return self.finish(prepared, quota, needed_scope, endpoint, via, record_usage, client, started)
+        answer = self._verify(secret, needed_scope, endpoint, record_usage, client)
         self.metrics.decided(via, answer.code, perf_counter() - started)
         return answer
 
-    def _hot_answer(
-        self, hot: _Hot, needed: str | None, endpoint: str, record_usage: bool, client: str | None
-    ) -> Answer | None:
-        """The answer from a hot entry; None when it must be decided step by step after all."""
+    async def decide(
+        self, secret: str | None, needed: str | None, endpoint: str, via: str, record: bool, client: str | None
+    ) -> Answer:
+        """`verify` for the event loop: from memory on the loop; with Redis the hot path's one round trip
+        awaited on the loop; whatever may read the store (a key not cached yet) or needs the step-by-step
+        Redis calls, in the thread pool."""
+        if self._shared:
+            prepared = self.prepare(secret, needed) if self.quotas.async_ready() else None
+            if prepared is not None:
+                started = perf_counter()
+                hot, second, window = prepared
+                quota = None
+                with suppress(RedisError):  # the step-by-step path knows what an outage means (SPEC 8.5)
+                    quota = await self.quotas.check_unchanged_async(
+                        hot.markers, hot.expected, window[2], window[3], hot.per_minute, hot.per_day, second
+                    )
+                if quota is not None:
+                    return self.finish(prepared, quota, needed, endpoint, via, record, client, started)
+        elif not self.quotas.shared and self.answers_from_memory(secret):
+            return self.verify(secret, needed, endpoint, via, record, client)
+        return await run_in_threadpool(self.verify, secret, needed, endpoint, via, record, client)
+
+    def prepare(self, secret: str | None, needed: str | None) -> Prepared | None:
+        """The hot entry of a secret decided on before, when the key rules allow it now: only the quota is
+        left to count (in process, or in Redis by `QuotaGate.check_unchanged[_async]`), then `finish`.
+        None when the step-by-step path must decide: a first sight, a changed key, a refusal (rare, and
+        it wants RateLimit headers from a peek), credits."""
+        if not secret:
+            return None
+        try:
+            digest = sha256(secret.encode()).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate: no key has it (the step-by-step path says so)
+            return None
+        hot = self._hot.get(digest)
+        if hot is None or not hot.entry.current or hot.refused is not None or hot.metered:
+            return None
+        if needed is not None and needed not in hot.scopes and not hot.admin:
+            return None
         clock = self.clock
         now = time() if clock is utc_now else clock().timestamp()
-        if (
-            hot.refused is not None
-            or now >= hot.valid_until
-            or (needed is not None and needed not in hot.scopes and not hot.admin)
-            or hot.metered
-        ):
-            return None  # refusals are rare and want RateLimit headers from a peek: step by step
+        if now >= hot.valid_until:
+            return None
         second = int(now)
         minute, day = second // 60, second // 86_400
-        if minute != hot.minute or day != hot.day:
-            hot.minute_key, hot.day_key = self.quotas.names(hot.key_id, minute, day)
-            hot.minute, hot.day = minute, day
-        if self._local is not None:
-            allowed, minute_used, day_used = self._local.take(hot.minute_key, hot.day_key, hot.per_minute, hot.per_day)
-            quota: QuotaDecision | None = QuotaDecision(
-                allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400
-            )
-        elif self._shared:
-            try:
-                quota = self.quotas.check_unchanged(
-                    hot.markers, hot.expected, hot.minute_key, hot.day_key, hot.per_minute, hot.per_day, second
-                )
-            except RedisError:
-                return None  # the step-by-step path knows what an outage means (SPEC 8.5)
+        window = hot.window  # one attribute, replaced whole: a thread never sees half of a new window
+        if window[0] != minute or window[1] != day:
+            window = hot.window = (minute, day, *self.quotas.names(hot.key_id, minute, day))
+        return hot, second, window
+
+    def finish(
+        self,
+        prepared: Prepared,
+        quota: QuotaDecision,
+        needed: str | None,
+        endpoint: str,
+        via: str,
+        record_usage: bool,
+        client: str | None,
+        started: float,
+    ) -> Answer:
+        """The answer of a prepared decision once its quota was counted: recorded, measured."""
+        hot, _, window = prepared
+        if quota.allowed:
+            answer = Answer(VerifyCode.VALID, 200, needed, hot.key, quota)
         else:
-            return None
-        if quota is None:
-            return None  # a marker moved (another process changed the key): reload
-        key = hot.key
-        if not quota.allowed:
-            answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, key, quota)
-        else:
-            answer = Answer(VerifyCode.VALID, 200, needed, key, quota)
+            answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, hot.key, quota)
         if record_usage:
-            self.usage.count(hot.key_id, hot.workspace_id, minute, endpoint, answer.status, needed, client)
+            self.usage.count(hot.key_id, hot.workspace_id, window[0], endpoint, answer.status, needed, client)
+        self.metrics.decided(via, answer.code, perf_counter() - started)
         return answer
 
     def _remember(self, secret: str, answer: Answer) -> None:

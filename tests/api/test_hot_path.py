@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from domain.text import MAX_ENDPOINT_LENGTH
-from keyledger.services import build_services
+from keyledger.services import Services, build_services
 from keyledger.settings import Settings
 from tests.api.server import OPERATOR_TOKEN
 
@@ -33,6 +33,9 @@ class Apis:
     reference: TestClient
     secret: str  # a key holding read:nodes only
     imported: str  # an imported key's secret, read:nodes
+    services: Services
+    admin: dict[str, str]  # the workspace admin's Authorization header
+    keys: str  # the workspace's keys path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Apis]:
         imported = "sk_live_hot-path-imported-0123456789abcdef"
         body = {"name": "imported", "scopes": ["read:nodes"], "secret": imported}
         assert hot.post(f"{keys}/import", json=body, headers=admin).status_code == 201
-        yield Apis(hot, reference, secret, imported)
+        yield Apis(hot, reference, secret, imported, services, admin, keys)
 
 
 def same_answer(apis: Apis, method: str, path: str, **request: Any) -> httpx.Response:
@@ -193,3 +196,22 @@ def test_other_methods_on_the_hot_routes_are_left_to_fastapi(apis: Apis):
 def test_the_openapi_document_still_describes_both_routes(apis: Apis):
     paths = apis.hot.get("/openapi.json").json()["paths"]
     assert "post" in paths["/v1/verify"] and "get" in paths["/v1/auth"]
+
+
+def test_a_command_updates_the_cache_in_place_so_the_next_verification_reads_no_store(apis: Apis):
+    issued = apis.hot.post(apis.keys, json={"name": "changing", "scopes": ["read:nodes"]}, headers=apis.admin).json()
+    secret, key = issued["secret"], f"{apis.keys}/{issued['key']['id']}"
+    verify = {"key": secret, "scope": "write:nodes"}
+    assert apis.hot.post("/v1/verify", json=verify).json()["code"] == "INSUFFICIENT_SCOPE"
+    cache, hot = apis.services.stack.cache, apis.hot.app.hot  # type: ignore[attr-defined]
+    loads, answered = cache.loads, hot.answered
+
+    granted = apis.hot.post(f"{key}/scopes", json={"scopes": ["write:nodes"]}, headers=apis.admin)
+    after_grant = apis.hot.post("/v1/verify", json=verify).json()
+    revoked = apis.hot.post(f"{key}/revoke", json={"reason": "test"}, headers=apis.admin)
+    after_revoke = apis.hot.post("/v1/verify", json=verify).json()
+
+    assert granted.status_code == 200 and revoked.status_code == 200
+    assert after_grant["code"] == "VALID" and after_revoke["code"] == "REVOKED"
+    assert cache.loads == loads  # the commands' saved aggregates, not the store
+    assert hot.answered == answered + 2

@@ -3,6 +3,7 @@ Redis, and with Redis it counts nothing once a change marker moved (the credenti
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -69,3 +70,29 @@ def test_one_round_trip_in_redis_answers_as_check_and_counts_nothing_once_a_mark
     assert gate.check_unchanged(markers, [7, 0], minute_key, day_key, *limits, SECOND) is None
     after = gate.peek(key, *limits, NOW)
     assert (after.minute_used, after.day_used) == (used.minute_used, used.day_used)
+
+
+def test_concurrent_round_trips_on_the_event_loop_are_counted_exactly_and_refused_once_a_marker_moved():
+    require("Redis", redis_problem())
+    namespace = f"hot-{uuid4()}"
+    gate, feed, key, workspace = (
+        QuotaGate(REDIS_URL, namespace),
+        RedisChangeFeed(REDIS_URL, namespace),
+        uuid4(),
+        uuid4(),
+    )
+    markers = [feed.name_of(key), feed.name_of(workspace)]
+    minute_key, day_key = gate.names(key, SECOND // 60, SECOND // 86_400)
+
+    async def trips(n: int, expected: list[int]) -> list[QuotaDecision | None]:
+        calls = (gate.check_unchanged_async(markers, expected, minute_key, day_key, 10, 100, SECOND) for _ in range(n))
+        return await asyncio.gather(*calls)  # sent together, in one pipeline
+
+    answers = asyncio.run(trips(15, [0, 0]))
+    feed.publish([key], 3)
+    moved = asyncio.run(trips(3, [0, 0]))
+
+    assert [a.allowed for a in answers if a is not None] == [True] * 10 + [False] * 5
+    assert sorted(a.minute_used for a in answers if a is not None)[-1] == 10
+    assert moved == [None, None, None]
+    assert gate.peek(key, 10, 100, NOW).minute_used == 10
