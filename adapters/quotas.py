@@ -76,15 +76,41 @@ class QuotaDecision:
             return minute if minute.remaining == 0 else day
         return minute if minute.remaining <= day.remaining else day
 
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as an ASGI answer carries them (lower-case names, bytes)."""
+        per_minute, per_day, second = self.per_minute, self.per_day, self.second_of_day
+        minute_left, day_left = max(0, per_minute - self.minute_used), max(0, per_day - self.day_used)
+        pairs = [
+            (b"ratelimit-policy", b'"minute";q=%d;w=60, "day";q=%d;w=86400' % (per_minute, per_day)),
+            (
+                b"ratelimit",
+                b'"minute";r=%d;t=%d, "day";r=%d;t=%d' % (minute_left, 60 - second % 60, day_left, 86_400 - second),
+            ),
+        ]
+        if not self.allowed:
+            pairs.append((b"retry-after", b"%d" % self.retry_after))
+        return pairs
+
+    def binding_numbers(self) -> tuple[int, int, int]:
+        """`binding`'s limit, remaining and reset, without building the windows."""
+        second = self.second_of_day
+        minute_left = max(0, self.per_minute - self.minute_used)
+        day_left = max(0, self.per_day - self.day_used)
+        use_minute = minute_left == 0 if not self.allowed else minute_left <= day_left
+        if use_minute:
+            return self.per_minute, minute_left, 60 - second % 60
+        return self.per_day, day_left, 86_400 - second
+
     @property
     def retry_after(self) -> int:
         return max(1, self.binding.reset)
 
     def headers(self) -> dict[str, str]:
-        minute, day = self.minute, self.day
+        per_minute, per_day, second = self.per_minute, self.per_day, self.second_of_day
+        minute_left, day_left = max(0, per_minute - self.minute_used), max(0, per_day - self.day_used)
         headers = {
-            "RateLimit-Policy": f'"minute";q={minute.limit};w=60, "day";q={day.limit};w=86400',
-            "RateLimit": f'"minute";r={minute.remaining};t={minute.reset}, "day";r={day.remaining};t={day.reset}',
+            "RateLimit-Policy": f'"minute";q={per_minute};w=60, "day";q={per_day};w=86400',
+            "RateLimit": f'"minute";r={minute_left};t={60 - second % 60}, "day";r={day_left};t={86_400 - second}',
         }
         if not self.allowed:
             headers["Retry-After"] = str(self.retry_after)

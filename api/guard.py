@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,17 +64,25 @@ class KeyledgerGuard:
             await ambiguous_path_response(error)(scope, receive, send)
             return
         endpoint = f"{method} {path}"[:MAX_ENDPOINT_LENGTH]
-        answer = await run_in_threadpool(self.verification.verify, secret, needed, endpoint, "guard", False)
+        client = scope.get("client")
+        address = client[0] if client else None
+        # No address for the guessing throttle: the guard answers its service's callers, as it always did.
+        answer = await self.verification.decide(secret, needed, endpoint, "guard", False, None)
         refusal = refusal_for(answer, self.insufficient_scope_status)
         if refusal is not None:
-            self.verification.record(answer, endpoint, refusal.status)
+            self.verification.record(answer, endpoint, refusal.status, address)
             await problem_response(refusal)(scope, receive, send)
             return
 
         headers = answer.quota.headers() if answer.quota else {}
         extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         await pass_through(
-            self.app, scope, receive, send, extra, lambda status: self.verification.record(answer, endpoint, status)
+            self.app,
+            scope,
+            receive,
+            send,
+            extra,
+            lambda status: self.verification.record(answer, endpoint, status, address),
         )
 
 

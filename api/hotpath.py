@@ -49,6 +49,7 @@ class _VerifyBody(msgspec.Struct, forbid_unknown_fields=True):
 assert set(VerifyRequest.model_fields) == set(_VerifyBody.__struct_fields__), "api.hotpath lags VerifyRequest"
 
 _decode_verify = msgspec.json.Decoder(_VerifyBody).decode
+MAX_SCOPES = 4096  # parsed scopes remembered (the catalog's scopes, as callers spell them)
 _JSON_TYPES = (b"application/json", b"application/json; charset=utf-8", b"application/json;charset=utf-8")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -59,6 +60,7 @@ class HotPath:
     def __init__(self, services: Services, app: ASGIApp) -> None:
         self.services = services
         self.app = app
+        self._scopes: dict[str, str] = {}  # scopes as asked, parsed (the catalog is fixed while running)
         self.answered = 0  # requests answered here, not handed to FastAPI (tests check the path is taken)
 
     def handles(self, scope: Scope) -> Callable[[Scope, Receive, Send], Awaitable[None]] | None:
@@ -101,9 +103,9 @@ class HotPath:
         if answer.code is VerifyCode.RATE_LIMITED or answer.code is VerifyCode.USAGE_EXCEEDED:
             refusal = refusal_for(answer)  # the headers /v1/auth's 429 carries (RateLimit, Retry-After if due)
             extra = refusal.headers if refusal is not None else {}
-        else:
-            extra = answer.quota.headers() if answer.quota is not None else {}
-        headers.extend((name.lower().encode(), value.encode()) for name, value in extra.items())
+            headers.extend((name.lower().encode(), value.encode()) for name, value in extra.items())
+        elif answer.quota is not None:
+            headers += answer.quota.header_pairs()
         content = self.services.verification.answer_json(answer)
         headers.append((b"content-length", str(len(content)).encode()))
         self.answered += 1
@@ -117,7 +119,11 @@ class HotPath:
             return None
         try:
             fields = _decode_verify(body)
-            needed = self.services.ledger.catalog.parse(fields.scope)
+            needed = self._scopes.get(fields.scope)
+            if needed is None:
+                needed = self.services.ledger.catalog.parse(fields.scope)
+                if len(self._scopes) < MAX_SCOPES:
+                    self._scopes[fields.scope] = needed
             endpoint = fields.endpoint
             if endpoint is not None:
                 check_text(endpoint, "endpoint", MAX_ENDPOINT_LENGTH, controls=True)
@@ -145,8 +151,7 @@ class HotPath:
         except Exception as error:
             await self._error(scope, receive, send, error)
             return
-        quota = answer.quota.headers() if answer.quota is not None else {}
-        headers = [(name.lower().encode(), value.encode()) for name, value in quota.items()]
+        headers = answer.quota.header_pairs() if answer.quota is not None else []
         if answer.key is not None:
             headers += self.services.verification.auth_headers(answer.key)
         self.answered += 1

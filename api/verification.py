@@ -81,6 +81,7 @@ class Answer:
     quota: QuotaDecision | None = None
     credits_remaining: int | None = None  # for usage-limited keys
     credits_retry_after: int | None = None  # on USAGE_EXCEEDED: seconds to the next refill, if one is due
+    hot: _Hot | None = None  # the hot entry it was decided from (its answer's JSON is prepared there)
 
     @property
     def allowed(self) -> bool:
@@ -101,6 +102,9 @@ class _Hot:
         "admin",
         "entry",
         "expected",
+        "json_limited",
+        "json_tail",
+        "json_valid",
         "key",
         "key_id",
         "markers",
@@ -135,6 +139,12 @@ class _Hot:
         self.markers = markers  # with Redis: the key's and workspace's marker names, and their values here
         self.expected = [entry.key_marker, entry.workspace_marker]
         self.window: Window = (-1, -1, "", "")  # the last minute and day numbers, and their counters
+        # `/v1/verify`'s body around its `ratelimit` (`answer_json`), VALID and RATE_LIMITED; no credits here.
+        fields = {"key_id": creds.key_id, "workspace_id": creds.workspace_id, "scopes": key.scopes}
+        details = {"name": key.name, "owner_id": key.owner_id, "meta": key.meta, "credits": None}
+        self.json_valid = _encode({"valid": True, "code": "VALID", **fields})[:-1] + b',"ratelimit":'
+        self.json_limited = _encode({"valid": False, "code": "RATE_LIMITED", **fields})[:-1] + b',"ratelimit":'
+        self.json_tail = b"," + _encode(details)[1:]
 
 
 Prepared = tuple[_Hot, int, "Window"]  # the hot entry, the epoch second, its window
@@ -258,8 +268,16 @@ class VerificationService:
                     )
                 if quota is not None:
                     return self.finish(prepared, quota, needed, endpoint, via, record, client, started)
-        elif not self.quotas.shared and self.answers_from_memory(secret):
-            return self.verify(secret, needed, endpoint, via, record, client)
+        elif self._local is not None:
+            started = perf_counter()
+            prepared = self.prepare(secret, needed)
+            if prepared is not None:  # as `verify` does, without hashing the secret twice
+                hot, second, window = prepared
+                allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
+                quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
+                return self.finish(prepared, quota, needed, endpoint, via, record, client, started)
+            if self.answers_from_memory(secret):
+                return self.verify(secret, needed, endpoint, via, record, client)
         return await run_in_threadpool(self.verify, secret, needed, endpoint, via, record, client)
 
     def prepare(self, secret: str | None, needed: str | None) -> Prepared | None:
@@ -303,9 +321,9 @@ class VerificationService:
         """The answer of a prepared decision once its quota was counted: recorded, measured."""
         hot, _, window = prepared
         if quota.allowed:
-            answer = Answer(VerifyCode.VALID, 200, needed, hot.key, quota)
+            answer = Answer(VerifyCode.VALID, 200, needed, hot.key, quota, hot=hot)
         else:
-            answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, hot.key, quota)
+            answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, hot.key, quota, hot=hot)
         if record_usage:
             self.usage.count(hot.key_id, hot.workspace_id, window[0], endpoint, answer.status, needed, client)
         self.metrics.decided(via, answer.code, perf_counter() - started)
@@ -419,6 +437,11 @@ class VerificationService:
     @staticmethod
     def answer_json(answer: Answer) -> bytes:
         """`/v1/verify`'s body for an answer (`api.schemas.VerifyResponse`, its fields in order)."""
+        hot, quota = answer.hot, answer.quota
+        if hot is not None and quota is not None:  # prepared: only the numbers are written
+            limit, left, reset = quota.binding_numbers()
+            head = hot.json_valid if answer.code is VerifyCode.VALID else hot.json_limited
+            return b'%s{"limit":%d,"remaining":%d,"reset":%d}%s' % (head, limit, left, reset, hot.json_tail)
         key = answer.key
         window = answer.quota.binding if answer.quota is not None else None
         remaining = answer.credits_remaining
