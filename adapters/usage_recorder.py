@@ -3,8 +3,9 @@
 `record()` is on the request path: it only adds one to a counter under a lock
 (no I/O). A flusher thread turns the counters into `UsageRecorded` events about
 every `flush_interval` seconds, or sooner once `flush_every` answers are
-waiting. Counts are kept per (key, UTC minute, endpoint, status), so a busy key
-adds one entry per minute and endpoint and status, not one per request.
+waiting. Counts are kept per (key, UTC minute, endpoint, status, needed scope,
+client address), so a busy key adds one entry per minute and combination, not
+one per request.
 
 What a crash can lose: the counts not flushed yet (at most about one flush
 interval of answers). Lifecycle events never pass through here: they are saved
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
+from domain.addresses import canonical_address
 from domain.application import KeyLedger
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
@@ -29,7 +31,8 @@ from domain.usage import MAX_ENTRIES_PER_BATCH, CreditSpend, UsageCount
 
 log = logging.getLogger(__name__)
 
-_Slot = tuple[UUID, UUID, datetime, str, int]  # key, workspace, minute, endpoint, status
+# key, workspace, minute, endpoint, status, needed scope, refused for that scope, client address
+_Slot = tuple[UUID, UUID, datetime, str, int, str | None, bool, str | None]
 
 
 class UsageRecorder:
@@ -69,14 +72,25 @@ class UsageRecorder:
         *,
         needed_scope: str | None = None,
         client: str | None = None,
+        scope_refused: bool = False,
     ) -> None:
         """Count one answer to a key. Cheap and thread-safe; never touches the store.
 
-        `needed_scope` and `client` are accepted for the usage insights (issue 15) and not recorded yet.
+        `needed_scope`: the scope the answer needed (SPEC 8.2), `scope_refused` when the key lacked it;
+        `client`: the client's address (kept only when it is an IP address, canonical text).
         """
         moment = (at or datetime.now(UTC)).astimezone(UTC)
         minute = floor_minute(moment)
-        slot = (key_id, workspace_id, minute, storable_text(endpoint[:MAX_ENDPOINT_LENGTH]), status)
+        slot = (
+            key_id,
+            workspace_id,
+            minute,
+            storable_text(endpoint[:MAX_ENDPOINT_LENGTH]),
+            status,
+            needed_scope,
+            scope_refused and needed_scope is not None,
+            canonical_address(client) if client else None,
+        )
         with self._lock:
             self._counts[slot] += 1
             self._answers += 1
@@ -101,19 +115,27 @@ class UsageRecorder:
             self._wake.set()
 
     def _take_answered(self) -> None:
-        """Move the hot path's answers into the counts (under `_lock`), as `record` would have counted them."""
+        """Move the hot path's answers into the counts (under `_lock`), as `record` would have counted them.
+
+        The hot path answers only VALID and RATE_LIMITED: the scope decided them, the key held it."""
         answered, counts = self._answered, self._counts
         minutes: dict[int, datetime] = {}
         endpoints: dict[str, str] = {}
+        addresses: dict[str, str | None] = {}
         while answered:
-            key_id, workspace_id, number, endpoint, status, _scope, _client = answered.popleft()
+            key_id, workspace_id, number, endpoint, status, scope, client = answered.popleft()
             minute = minutes.get(number)
             if minute is None:
                 minute = minutes[number] = datetime.fromtimestamp(number * 60, UTC)
             text = endpoints.get(endpoint)
             if text is None:
                 text = endpoints[endpoint] = storable_text(endpoint[:MAX_ENDPOINT_LENGTH])
-            counts[key_id, workspace_id, minute, text, status] += 1
+            address = None
+            if client:
+                address = addresses.get(client, "")
+                if address == "":
+                    address = addresses[client] = canonical_address(client)
+            counts[key_id, workspace_id, minute, text, status, scope, False, address] += 1
             self._answers += 1
 
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
@@ -145,7 +167,7 @@ class UsageRecorder:
                 spent, self._spends = self._spends, Counter()
                 refills, self._refills = self._refills, set()
                 self._answers = 0
-            counts = [UsageCount(k, w, m, e, s, n) for (k, w, m, e, s), n in taken.items()]
+            counts = [UsageCount(k, w, m, e, s, n, sc, r, c) for (k, w, m, e, s, sc, r, c), n in taken.items()]
             spends = [CreditSpend(k, w, g, p, n) for (k, w, g, p), n in spent.items()]
             position = None
             for start in range(0, max(len(counts), len(spends)), MAX_ENTRIES_PER_BATCH):
@@ -171,7 +193,8 @@ class UsageRecorder:
     ) -> None:
         with self._lock:
             for c in counts:
-                self._counts[c.key_id, c.workspace_id, c.minute, c.endpoint, c.status] += c.count
+                slot = (c.key_id, c.workspace_id, c.minute, c.endpoint, c.status, c.scope, c.scope_refused, c.client)
+                self._counts[slot] += c.count
                 self._answers += c.count
             for s in spends:
                 self._spends[s.key_id, s.workspace_id, s.generation, s.period] += s.count

@@ -11,7 +11,20 @@ from starlette.types import Receive, Scope, Send
 from api import openapi, problems
 from api.context import Services
 from api.hotpath import HotPath
-from api.routes import audit, audit_log, dashboard, keys, me, ops, stream, usage, verify, webhooks, workspaces
+from api.routes import (
+    audit,
+    audit_log,
+    dashboard,
+    insights,
+    keys,
+    me,
+    ops,
+    stream,
+    usage,
+    verify,
+    webhooks,
+    workspaces,
+)
 
 
 class KeyledgerApp(FastAPI):
@@ -50,7 +63,7 @@ def create_app(services: Services, hot_path: bool = True) -> KeyledgerApp:
     problems.install(app)
     openapi.install(app, lambda: services.ledger.catalog)
     # The verification routes come first: routing tries routes in order, and they are the hot path.
-    for module in (verify, workspaces, keys, usage, audit, audit_log, stream, webhooks, me, ops, dashboard):
+    for module in (verify, workspaces, keys, usage, insights, audit, audit_log, stream, webhooks, me, ops, dashboard):
         app.include_router(module.router)
     if hot_path:
         app.hot = HotPath(services, super(KeyledgerApp, app).__call__)

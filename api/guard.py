@@ -64,8 +64,7 @@ class KeyledgerGuard:
             await ambiguous_path_response(error)(scope, receive, send)
             return
         endpoint = f"{method} {path}"[:MAX_ENDPOINT_LENGTH]
-        client = scope.get("client")
-        address = client[0] if client else None
+        address = scope["client"][0] if scope.get("client") else None  # the guard's connection (SPEC 8.2)
         # No address for the guessing throttle: the guard answers its service's callers, as it always did.
         answer = await self.verification.decide(secret, needed, endpoint, "guard", False, None)
         refusal = refusal_for(answer, self.insufficient_scope_status)
@@ -76,14 +75,9 @@ class KeyledgerGuard:
 
         headers = answer.quota.headers() if answer.quota else {}
         extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        await pass_through(
-            self.app,
-            scope,
-            receive,
-            send,
-            extra,
-            lambda status: self.verification.record(answer, endpoint, status, address),
-        )
+        record = self.verification.record
+        done = lambda status: record(answer, endpoint, status, address)  # noqa: E731
+        await pass_through(self.app, scope, receive, send, extra, done)
 
 
 def bearer_of(scope: Scope) -> str | None:

@@ -25,6 +25,7 @@ from api.context import Services
 from api.problems import ApiProblem, problem_response, refusal_for, response_for
 from api.schemas import VerifyRequest
 from api.verification import Answer, needed_scope
+from domain.addresses import canonical_address, forwarded_client
 from domain.errors import InvalidInput
 from domain.text import MAX_ENDPOINT_LENGTH, check_text
 from domain.verification import VerifyCode
@@ -42,6 +43,7 @@ class _VerifyBody(msgspec.Struct, forbid_unknown_fields=True):
     key: str
     scope: str
     endpoint: str | None = None
+    client_ip: str | None = None
     record: bool = True
 
 
@@ -49,6 +51,7 @@ class _VerifyBody(msgspec.Struct, forbid_unknown_fields=True):
 assert set(VerifyRequest.model_fields) == set(_VerifyBody.__struct_fields__), "api.hotpath lags VerifyRequest"
 
 _decode_verify = msgspec.json.Decoder(_VerifyBody).decode
+MAX_CLIENT_IP = 64  # `api.schemas.ClientIp`'s longest text
 MAX_SCOPES = 4096  # parsed scopes remembered (the catalog's scopes, as callers spell them)
 _JSON_TYPES = (b"application/json", b"application/json; charset=utf-8", b"application/json;charset=utf-8")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -93,9 +96,10 @@ class HotPath:
         if parsed is None:
             await self._fallback(scope, receive, send, [body], False)
             return
-        secret, needed, endpoint, record = parsed
+        secret, needed, endpoint, record, address = parsed
         try:
-            answer = await self._decide(scope, secret, needed, endpoint, "verify", record)
+            # The address recorded is the one the calling service names (`client_ip`), never the caller's own.
+            answer = await self._decide(scope, secret, needed, endpoint, "verify", record, address)
         except Exception as error:
             await self._error(scope, receive, send, error)
             return
@@ -112,7 +116,7 @@ class HotPath:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
-    def _parse_verify(self, scope: Scope, body: bytes) -> tuple[str, str, str, bool] | None:
+    def _parse_verify(self, scope: Scope, body: bytes) -> tuple[str, str, str, bool, str | None] | None:
         """The request's fields when nothing about them needs the route's validation, else None."""
         content_type = _header(scope, b"content-type")
         if content_type is None or content_type.lower() not in _JSON_TYPES:  # FastAPI reads no JSON without one
@@ -127,9 +131,14 @@ class HotPath:
             endpoint = fields.endpoint
             if endpoint is not None:
                 check_text(endpoint, "endpoint", MAX_ENDPOINT_LENGTH, controls=True)
+            address = fields.client_ip
+            if address is not None:  # as `api.schemas.ClientIp` reads it
+                address = canonical_address(address) if len(address) <= MAX_CLIENT_IP else None
+                if address is None:
+                    return None
         except (ValueError, InvalidInput):  # msgspec: DecodeError, ValidationError, UnicodeDecodeError
             return None
-        return fields.key, needed, endpoint or "POST /v1/verify", fields.record
+        return fields.key, needed, endpoint or "POST /v1/verify", fields.record, address
 
     # --- GET /v1/auth ---------------------------------------------------------------------------
 
@@ -144,7 +153,16 @@ class HotPath:
             if needed is None:
                 raise ApiProblem("X-Forwarded-Uri names no resource (its first path segment is empty)")
             endpoint = f"{forwarded_method.upper()} {path}"[:MAX_ENDPOINT_LENGTH]
-            answer = await self._decide(scope, _bearer(scope), needed, endpoint, "auth", True)
+            # The gateway names the client (SPEC 8.2); asked directly, the caller is the client.
+            forwarded_for, real_ip = _header(scope, b"x-forwarded-for"), _header(scope, b"x-real-ip")
+            address = forwarded_client(
+                forwarded_for.decode("latin-1") if forwarded_for is not None else None,
+                real_ip.decode("latin-1") if real_ip is not None else None,
+            )
+            if address is None:
+                client = scope.get("client")
+                address = client[0] if client else None
+            answer = await self._decide(scope, _bearer(scope), needed, endpoint, "auth", True, address)
             refusal = refusal_for(answer, self.services.insufficient_scope_status)
             if refusal is not None:
                 raise refusal
@@ -161,11 +179,11 @@ class HotPath:
     # --- shared ---------------------------------------------------------------------------------
 
     async def _decide(
-        self, scope: Scope, secret: str | None, needed: str, endpoint: str, via: str, record: bool
+        self, scope: Scope, secret: str | None, needed: str, endpoint: str, via: str, record: bool, address: str | None
     ) -> Answer:
-        client = scope.get("client")
-        address = client[0] if client else None
-        return await self.services.verification.decide(secret, needed, endpoint, via, record, address)
+        client = scope.get("client")  # the connection's address: the guessing throttle counts by it
+        connection = client[0] if client else None
+        return await self.services.verification.decide(secret, needed, endpoint, via, record, connection, address)
 
     async def _error(self, scope: Scope, receive: Receive, send: Send, error: Exception) -> None:
         """The answer FastAPI's handlers (`api.problems`) give; an unexpected error is raised on after it."""

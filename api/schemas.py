@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from domain.addresses import canonical_address
 from domain.application import AUDIT_TYPES
 from domain.errors import InvalidInput
 from domain.imports import MAX_SECRET_LENGTH, MIN_SECRET_LENGTH
@@ -145,6 +146,26 @@ Cursor = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,1
 # defines from the running catalog.
 SCOPE_MARKER = "x-keyledger-scope"
 Scope = Annotated[str, WithJsonSchema({"type": "string", SCOPE_MARKER: True})]
+
+
+def _ip(value: str) -> str:
+    address = canonical_address(value) if len(value) <= 64 else None
+    if address is None:
+        raise ValueError("client_ip must be an IPv4 or IPv6 address")
+    return address
+
+
+ClientIp = Annotated[
+    str,
+    AfterValidator(_ip),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+            "description": "the client's IPv4 or IPv6 address",
+        }
+    ),
+]
 
 
 class RequestBody(BaseModel):
@@ -376,6 +397,9 @@ class VerifyRequest(RequestBody):
     key: str = Field(description="the presented secret")
     scope: Scope
     endpoint: Endpoint | None = None
+    client_ip: ClientIp | None = Field(
+        default=None, description="the address of the client that presented the key, recorded with usage (SPEC 8.2)"
+    )
     record: StrictBool = Field(
         default=True,
         description="false: the answer is not recorded as usage, the caller reports it with the real status "
@@ -391,6 +415,10 @@ class UsageReportItem(RequestBody):
     endpoint: Endpoint
     status: Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 100, "maximum": 599})] = Field(
         description="the status the service answered"
+    )
+    client_ip: ClientIp | None = Field(default=None, description="the address of the client that presented the key")
+    scope: Scope | None = Field(
+        default=None, description="the scope the request needed (as asked of /v1/verify), counted by insights"
     )
 
     @field_validator("status")
@@ -437,6 +465,13 @@ class EndpointCount(BaseModel):
     count: int
 
 
+class ScopeCount(BaseModel):
+    scope: str
+    allowed: int = Field(description="answers that needed this scope and found it held (limited ones too)")
+    refused: int = Field(description="answers refused because the key lacked it")
+    last_seen: datetime | None = Field(description="the UTC minute of the last such answer")
+
+
 class UsagePoint(BaseModel):
     start: datetime
     requests: int
@@ -454,6 +489,7 @@ class KeyUsagePublic(BaseModel):
     rate_limited: int
     last_used: datetime | None
     top_endpoints: list[EndpointCount]
+    scopes: list[ScopeCount] = Field(description="per scope the answers needed, over the UTC days of the window")
     per_minute: list[UsagePoint] = Field(description="per UTC minute with answers; empty when `bucket` is asked")
     per_day: list[UsagePoint]
     series: list[UsagePoint] | None = Field(
@@ -629,3 +665,71 @@ class DeliveryPublic(BaseModel):
 
 class DeliveryList(BaseModel):
     items: list[DeliveryPublic] = Field(description="the webhook's latest 100 deliveries, newest first")
+
+
+# --- insights and exposure (SPEC 8.2) ------------------------------------------------------
+
+
+class FindingPublic(BaseModel):
+    kind: Literal["unused_key", "unused_scope", "denied_scope", "rotation_due", "expiring_soon"]
+    key_id: UUID
+    key_name: str
+    observed_days: int = Field(description="whole days the finding covers: the window or since the grant, if shorter")
+    detail: dict[str, Any]
+    suggestion: dict[str, Any] | None = Field(
+        description="unused_scope: `{scopes}`, the smallest granted set covering every needed scope (apply it with "
+        "PUT .../keys/{key}/scopes); unused_key: `{action: revoke}`; rotation_due: `{action: rotate}`"
+    )
+
+
+class InsightsReport(BaseModel):
+    window_days: int
+    generated_at: datetime
+    findings: list[FindingPublic]
+
+
+class SecretValidity(BaseModel):
+    fingerprint: str
+    valid_from: datetime
+    valid_until: datetime | None = Field(description="null: still valid")
+
+
+class ScopesFrom(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: datetime = Field(alias="from")
+    scopes: list[str]
+
+
+class ExposureRequests(BaseModel):
+    total: int
+    allowed: int = Field(description="2xx answers")
+    refused: int
+    first: datetime | None = Field(description="the UTC minute of the first answer")
+    last: datetime | None
+
+
+class ExposureEndpoint(BaseModel):
+    endpoint: str
+    count: int
+    allowed: int
+
+
+class ExposureSource(BaseModel):
+    address: str
+    count: int
+    first: datetime
+    last: datetime
+
+
+class ExposureReport(BaseModel):
+    key_id: UUID
+    since: datetime
+    until: datetime
+    secrets: list[SecretValidity]
+    scopes: list[ScopesFrom]
+    requests: ExposureRequests
+    endpoints: list[ExposureEndpoint] = Field(description="over whole UTC days from the day of `since`")
+    sources: list[ExposureSource] = Field(
+        description="client addresses (at most 100 per UTC day kept), over whole UTC days from the day of `since`"
+    )

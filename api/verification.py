@@ -48,7 +48,10 @@ class UsageSink(Protocol):
         *,
         needed_scope: str | None = None,
         client: str | None = None,
-    ) -> None: ...
+        scope_refused: bool = False,
+    ) -> None:
+        """One answer to a key: the scope it needed (`scope_refused`: the key lacked it) and the client's address."""
+        ...
 
     def count(
         self,
@@ -60,7 +63,8 @@ class UsageSink(Protocol):
         needed_scope: str | None,
         client: str | None,
     ) -> None:
-        """`record` for the hot path: the moment as its UTC minute number since the epoch."""
+        """`record` for the hot path (an answer the scope decided, the key holding it): the moment as its UTC
+        minute number since the epoch."""
         ...
 
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
@@ -221,11 +225,13 @@ class VerificationService:
         via: str = "verify",
         record_usage: bool = True,
         client: str | None = None,
+        address: str | None = None,
     ) -> Answer:
         """Rules, then quota for allowed keys; records the answer as usage unless the caller will.
 
         `client` (the caller's address) is throttled after too many NOT_FOUND answers
-        (GuessingThrottled) for ids no key is known to have.
+        (GuessingThrottled) for ids no key is known to have. `address`: the client address usage
+        records (SPEC 8.2: verify's `client_ip`, a gateway's forwarded address, the guard's connection).
 
         A secret decided on before is looked up by its digest in `_hot` and judged from precomputed
         facts, with integer windows and one counter step; anything else (a first sight, a changed key,
@@ -245,13 +251,20 @@ class VerificationService:
                         hot.markers, hot.expected, window[2], window[3], hot.per_minute, hot.per_day, second
                     )
             if quota is not None:
-                return self.finish(prepared, quota, needed_scope, endpoint, via, record_usage, client, started)
-        answer = self._verify(secret, needed_scope, endpoint, record_usage, client)
+                return self.finish(prepared, quota, needed_scope, endpoint, via, record_usage, address, started)
+        answer = self._verify(secret, needed_scope, endpoint, record_usage, client, address)
         self.metrics.decided(via, answer.code, perf_counter() - started)
         return answer
 
     async def decide(
-        self, secret: str | None, needed: str | None, endpoint: str, via: str, record: bool, client: str | None
+        self,
+        secret: str | None,
+        needed: str | None,
+        endpoint: str,
+        via: str,
+        record: bool,
+        client: str | None,
+        address: str | None = None,
     ) -> Answer:
         """`verify` for the event loop: from memory on the loop; with Redis the hot path's one round trip
         awaited on the loop; whatever may read the store (a key not cached yet) or needs the step-by-step
@@ -267,7 +280,7 @@ class VerificationService:
                         hot.markers, hot.expected, window[2], window[3], hot.per_minute, hot.per_day, second
                     )
                 if quota is not None:
-                    return self.finish(prepared, quota, needed, endpoint, via, record, client, started)
+                    return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
         elif self._local is not None:
             started = perf_counter()
             prepared = self.prepare(secret, needed)
@@ -275,10 +288,10 @@ class VerificationService:
                 hot, second, window = prepared
                 allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
                 quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
-                return self.finish(prepared, quota, needed, endpoint, via, record, client, started)
+                return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
             if self.answers_from_memory(secret):
-                return self.verify(secret, needed, endpoint, via, record, client)
-        return await run_in_threadpool(self.verify, secret, needed, endpoint, via, record, client)
+                return self.verify(secret, needed, endpoint, via, record, client, address)
+        return await run_in_threadpool(self.verify, secret, needed, endpoint, via, record, client, address)
 
     def prepare(self, secret: str | None, needed: str | None) -> Prepared | None:
         """The hot entry of a secret decided on before, when the key rules allow it now: only the quota is
@@ -315,7 +328,7 @@ class VerificationService:
         endpoint: str,
         via: str,
         record_usage: bool,
-        client: str | None,
+        address: str | None,
         started: float,
     ) -> Answer:
         """The answer of a prepared decision once its quota was counted: recorded, measured."""
@@ -325,7 +338,7 @@ class VerificationService:
         else:
             answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, hot.key, quota, hot=hot)
         if record_usage:
-            self.usage.count(hot.key_id, hot.workspace_id, window[0], endpoint, answer.status, needed, client)
+            self.usage.count(hot.key_id, hot.workspace_id, window[0], endpoint, answer.status, needed, address)
         self.metrics.decided(via, answer.code, perf_counter() - started)
         return answer
 
@@ -346,7 +359,13 @@ class VerificationService:
         self._hot[digest] = _Hot(entry, key, previous, markers)
 
     def _verify(
-        self, secret: str | None, needed_scope: str | None, endpoint: str, record_usage: bool, client: str | None
+        self,
+        secret: str | None,
+        needed_scope: str | None,
+        endpoint: str,
+        record_usage: bool,
+        client: str | None,
+        address: str | None,
     ) -> Answer:
         key_id, digest = self._parse(secret)  # parsed once: the throttle and the lookup share it
         guessing = client is not None and self.guesses.per_minute > 0
@@ -365,7 +384,7 @@ class VerificationService:
         if answer.key is not None:
             answer = self._count(answer, needed_scope)
             if record_usage:
-                self.record(answer, endpoint, answer.status, client)
+                self.record(answer, endpoint, answer.status, address)
             if secret and answer.code is not VerifyCode.NOT_FOUND:
                 self._remember(secret, answer)
         return answer
@@ -409,14 +428,18 @@ class VerificationService:
     def record(self, answer: Answer, endpoint: str, status: int, client: str | None = None) -> None:
         if answer.key is not None:
             creds = answer.key.credentials
+            # The scope counts as needed when the key's scopes decided the answer: allowed, limited after the
+            # scope check, or refused for lacking it; a revoked, expired or suspended key's answer says nothing.
+            scoped = answer.code in _SCOPE_DECIDED
             self.usage.record(
                 creds.key_id,
                 creds.workspace_id,
                 endpoint,
                 status,
                 self.clock(),
-                needed_scope=answer.needed_scope,
+                needed_scope=answer.needed_scope if scoped else None,
                 client=client,
+                scope_refused=answer.code is VerifyCode.INSUFFICIENT_SCOPE,
             )
 
     def answers_from_memory(self, secret: str | None) -> bool:
@@ -469,6 +492,11 @@ class VerificationService:
             (b"x-keyledger-key-id", str(key.credentials.key_id).encode()),
             (b"x-keyledger-workspace-id", str(key.credentials.workspace_id).encode()),
         ]
+
+
+_SCOPE_DECIDED = frozenset(
+    {VerifyCode.VALID, VerifyCode.RATE_LIMITED, VerifyCode.USAGE_EXCEEDED, VerifyCode.INSUFFICIENT_SCOPE}
+)
 
 
 def needed_scope(method: str, uri: str) -> tuple[str | None, str]:

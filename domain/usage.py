@@ -31,6 +31,11 @@ class UsageCount:
     endpoint: str
     status: int
     count: int
+    # v3 (SPEC 8.2): the scope the answer needed (None: none derivable, or the key's state decided it),
+    # whether the key lacked it (a refusal for that scope), and the client's address as given to keyledger.
+    scope: str | None = None
+    scope_refused: bool = False
+    client: str | None = None
 
     def to_entry(self) -> dict[str, Any]:
         return {
@@ -40,6 +45,9 @@ class UsageCount:
             "endpoint": self.endpoint,
             "status": self.status,
             "count": self.count,
+            "scope": self.scope,
+            "scope_refused": self.scope_refused,
+            "client": self.client,
         }
 
     @classmethod
@@ -51,6 +59,9 @@ class UsageCount:
             endpoint=entry["endpoint"],
             status=int(entry["status"]),
             count=int(entry["count"]),
+            scope=entry.get("scope"),
+            scope_refused=bool(entry.get("scope_refused", False)),
+            client=entry.get("client"),
         )
 
 
@@ -78,7 +89,8 @@ class UsageBatch(Aggregate):
     @credentials(changes=False)
     class UsageRecorded(Aggregate.Created):
         # v2: `credits`, the credits spent (CreditSpend entries), so in-process counters survive a restart.
-        class_version = 2
+        # v3: each entry's `scope`, `scope_refused` and `client` (SPEC 8.2); older entries have none of them.
+        class_version = 3
         entries: list[dict[str, Any]]
         actor: str
         credits: list[dict[str, Any]]
@@ -86,6 +98,13 @@ class UsageBatch(Aggregate):
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("credits", [])
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            for entry in state["entries"]:
+                entry.setdefault("scope", None)
+                entry.setdefault("scope_refused", False)
+                entry.setdefault("client", None)
 
     def __init__(self, entries: list[dict[str, Any]], actor: str, credits: list[dict[str, Any]] | None = None) -> None:
         self.entries = entries

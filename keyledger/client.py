@@ -103,6 +103,35 @@ class Me(TypedDict):
     workspace: dict[str, str]
 
 
+class Finding(TypedDict):
+    kind: str  # unused_key, unused_scope, denied_scope, rotation_due, expiring_soon
+    key_id: str
+    key_name: str
+    observed_days: int
+    detail: dict[str, Any]
+    suggestion: dict[str, Any] | None
+
+
+class Insights(TypedDict):
+    window_days: int
+    generated_at: str
+    findings: list[Finding]
+
+
+ScopesFrom = TypedDict("ScopesFrom", {"from": str, "scopes": list[str]})
+
+
+class Exposure(TypedDict):
+    key_id: str
+    since: str
+    until: str
+    secrets: list[dict[str, Any]]  # {fingerprint, valid_from, valid_until}
+    scopes: list[ScopesFrom]
+    requests: dict[str, Any]  # {total, allowed, refused, first, last}
+    endpoints: list[dict[str, Any]]  # {endpoint, count, allowed}
+    sources: list[dict[str, Any]]  # {address, count, first, last}
+
+
 @dataclass(frozen=True)
 class RateLimit:
     limit: int
@@ -563,6 +592,16 @@ class Client(_Base):
         params = {"scope": scope, "at": _time(at)}
         return cast(dict[str, Any], self._send(_get(f"/v1/workspaces/{ws}/audit/access", params)))
 
+    # least privilege and leak response (SPEC 8.2)
+    def insights(self, ws: Id, days: int | None = None) -> Insights:
+        """Findings about the workspace's keys over the last `days` (1-365; the server's default 90)."""
+        return cast(Insights, self._send(_get(f"/v1/workspaces/{ws}/insights", _drop_none({"days": days}))))
+
+    def exposure(self, ws: Id, key: Id, since: datetime | str) -> Exposure:
+        """What the key could do and did since `since`: secrets, scopes, requests, endpoints, sources."""
+        params = {"since": _time(since)}
+        return cast(Exposure, self._send(_get(f"/v1/workspaces/{ws}/keys/{key}/exposure", params)))
+
     # change streams: iterators that resume from the last event after a dropped connection
     def events(self, ws: Id, after: int | None = None) -> Iterator[StreamEvent]:
         return self._stream(f"/v1/workspaces/{ws}/events/stream", after)
@@ -794,6 +833,13 @@ class AsyncClient(_Base):
     async def access_at(self, ws: Id, scope: str, at: datetime | str) -> dict[str, Any]:
         params = {"scope": scope, "at": _time(at)}
         return cast(dict[str, Any], await self._send(_get(f"/v1/workspaces/{ws}/audit/access", params)))
+
+    async def insights(self, ws: Id, days: int | None = None) -> Insights:
+        return cast(Insights, await self._send(_get(f"/v1/workspaces/{ws}/insights", _drop_none({"days": days}))))
+
+    async def exposure(self, ws: Id, key: Id, since: datetime | str) -> Exposure:
+        params = {"since": _time(since)}
+        return cast(Exposure, await self._send(_get(f"/v1/workspaces/{ws}/keys/{key}/exposure", params)))
 
     def events(self, ws: Id, after: int | None = None) -> AsyncIterator[StreamEvent]:
         return self._stream(f"/v1/workspaces/{ws}/events/stream", after)

@@ -47,6 +47,7 @@ from api.problems import (
     usage_exceeded_detail,
 )
 from api.verification import VerificationService
+from domain.addresses import canonical_address
 from domain.text import MAX_ENDPOINT_LENGTH
 from domain.verification import VerifyCode
 
@@ -273,13 +274,17 @@ class RemoteGuard:
             return
         endpoint = f"{method} {path}"[:MAX_ENDPOINT_LENGTH]
         verdict = await self.decide(secret, needed, endpoint)
+        address = _address(scope)
         if not verdict.allowed:
             refusal = verdict.refusal(self.insufficient_scope_status)
-            self._report(secret, endpoint, refusal.status_code)
+            self._report(secret, endpoint, refusal.status_code, address, needed)
             await refusal(scope, receive, send)
             return
         extra = [(k.encode(), v.encode()) for k, v in verdict.headers.items() if k != "retry-after"]
-        await pass_through(self.app, scope, receive, send, extra, lambda status: self._report(secret, endpoint, status))
+        report = self._report
+        await pass_through(
+            self.app, scope, receive, send, extra, lambda status: report(secret, endpoint, status, address, needed)
+        )
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_and_watch() -> Message:
@@ -331,9 +336,16 @@ class RemoteGuard:
 
     # usage ------------------------------------------------------------------------------------
 
-    def _report(self, secret: str | None, endpoint: str, status: int) -> None:
+    def _report(
+        self, secret: str | None, endpoint: str, status: int, address: str | None = None, scope: str | None = None
+    ) -> None:
         if secret:
-            self._reports.append({"key": secret, "endpoint": endpoint, "status": status})
+            item: dict[str, Any] = {"key": secret, "endpoint": endpoint, "status": status}
+            if address is not None:
+                item["client_ip"] = address
+            if scope is not None:  # the scope the request needed: keyledger's insights count it (SPEC 8.2)
+                item["scope"] = scope
+            self._reports.append(item)
 
     async def _flush_reports(self) -> None:
         while True:
@@ -469,23 +481,31 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[str]]:
         if isinstance(guard, RemoteGuard):
             guard._start()
             verdict = await guard.decide(secret, scope, endpoint)
+            address = _address(request.scope)
             if not verdict.allowed:
                 refusal = verdict.refusal(guard.insufficient_scope_status)
-                guard._report(secret, endpoint, refusal.status_code)
+                guard._report(secret, endpoint, refusal.status_code, address, scope)
                 raise Refused(refusal)
-            guard._report(secret, endpoint, 200)
+            guard._report(secret, endpoint, 200, address, scope)
             return str(verdict.answer["key_id"])
-        return await _local(guard, secret, scope, endpoint)
+        return await _local(guard, secret, scope, endpoint, request.scope)
 
     return dependency
 
 
-async def _local(guard: Guard, secret: str | None, scope: str, endpoint: str) -> str:
+def _address(scope: Scope) -> str | None:
+    """The connection's address (SPEC 8.2: the guard's client), when it is an IP address."""
+    client = scope.get("client")
+    return canonical_address(client[0]) if client else None
+
+
+async def _local(guard: Guard, secret: str | None, scope: str, endpoint: str, request_scope: Scope) -> str:
     from starlette.concurrency import run_in_threadpool
 
     from api.problems import problem_response, refusal_for
 
-    answer = await run_in_threadpool(guard.verification.verify, secret, scope, endpoint, "guard", True)
+    verify = guard.verification.verify
+    answer = await run_in_threadpool(verify, secret, scope, endpoint, "guard", True, None, _address(request_scope))
     refusal = refusal_for(answer, guard.insufficient_scope_status)
     if refusal is not None or answer.key is None:
         assert refusal is not None

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic, resolve_topic
-from sqlalchemy import JSON, Date, Table, Uuid
+from sqlalchemy import JSON, Date, Table, Uuid, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
@@ -179,13 +179,22 @@ def insert_rows(conn: Connection, table: Table, rows: Rows) -> None:
         _statement(conn.dialect, table, None).run(conn, rows)
 
 
-def upsert(conn: Connection, table: Table, rows: Rows, key: Sequence[str], add: Sequence[str]) -> None:
-    """Insert rows (as `insert_rows`); on a key conflict add the `add` columns to the stored ones.
+def upsert(
+    conn: Connection,
+    table: Table,
+    rows: Rows,
+    key: Sequence[str],
+    add: Sequence[str],
+    latest: Sequence[str] = (),
+    earliest: Sequence[str] = (),
+) -> None:
+    """Insert rows (as `insert_rows`); on a key conflict add the `add` columns to the stored ones and keep the
+    greater of the stored and new `latest` values and the lesser of the `earliest` ones (NULL: the other).
 
     Rows must have distinct keys (PostgreSQL refuses to update one row twice in one statement).
     """
     if rows:
-        _statement(conn.dialect, table, (tuple(key), tuple(add))).run(conn, rows)
+        _statement(conn.dialect, table, (tuple(key), tuple(add), tuple(latest), tuple(earliest))).run(conn, rows)
 
 
 class _Statement:
@@ -229,12 +238,21 @@ class _Statement:
 
 
 @functools.lru_cache(maxsize=256)
-def _statement(dialect: Dialect, table: Table, conflict: tuple[tuple[str, ...], tuple[str, ...]] | None) -> _Statement:
+def _statement(dialect: Dialect, table: Table, conflict: tuple[tuple[str, ...], ...] | None) -> _Statement:
     insert: Any = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
     if conflict is not None:
-        key, add = conflict
-        added = {name: table.c[name] + insert.excluded[name] for name in add}
-        insert = insert.on_conflict_do_update(index_elements=list(key), set_=added)
+        key, add, latest, earliest = conflict
+        changes = {name: table.c[name] + insert.excluded[name] for name in add}
+        for names, postgres, lite in ((latest, func.greatest, func.max), (earliest, func.least, func.min)):
+            for name in names:
+                stored, new = table.c[name], insert.excluded[name]
+                # PostgreSQL's greatest/least skip NULLs; SQLite's two-argument max/min answer NULL for one.
+                changes[name] = (
+                    postgres(stored, new)
+                    if dialect.name == "postgresql"
+                    else lite(func.coalesce(stored, new), func.coalesce(new, stored))
+                )
+        insert = insert.on_conflict_do_update(index_elements=list(key), set_=changes)
     return _Statement(dialect, table, insert)
 
 

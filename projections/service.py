@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from domain.application import KeyLedger
 from domain.errors import InvalidInput
+from domain.insights import KeyUse
 from domain.keyinfo import check_owner_id
 from domain.keys import KEY_STATUSES, KeyState
 from domain.plans import Limits
@@ -37,6 +38,14 @@ from projections.base import Projection, Tables
 from projections.bulk import MIN_EVENTS, Bulk
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
+from projections.insights import (
+    EndpointUse,
+    Requests,
+    Source,
+    select_exposure_usage,
+    select_grant_times,
+    select_key_use,
+)
 from projections.keys import (
     KeysProjection,
     digest_holders,
@@ -462,3 +471,14 @@ class ReadModels:
     def history(self, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
         """The key's own events, oldest first."""
         return self._read("audit", lambda conn, tables: select_history(conn, tables, workspace_id, key_id))
+
+    # --- insights and exposure (SPEC 8.2): the queries live in projections/insights.py ---------
+
+    def key_use(self, key_ids: Sequence[UUID], first_day: date) -> dict[UUID, KeyUse]:
+        return self._read("usage", lambda conn, tables: select_key_use(conn, tables, key_ids, first_day))
+
+    def grant_times(self, workspace_id: UUID) -> dict[UUID, dict[str, datetime]]:
+        return self._read("audit", lambda conn, tables: select_grant_times(conn, tables, workspace_id))
+
+    def exposure_usage(self, key_id: UUID, since: datetime) -> tuple[Requests, list[EndpointUse], list[Source]]:
+        return self._read("usage", lambda conn, tables: select_exposure_usage(conn, tables, key_id, since))

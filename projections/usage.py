@@ -21,20 +21,35 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, Uuid, func, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Uuid,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
+from domain.addresses import MAX_ADDRESS_LENGTH
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
-from projections.base import Positioned, Projection, Tables, table_name
+from projections.base import Positioned, Projection, Tables, chunks, table_name
 from projections.bulk import upsert
 from projections.db import CLUSTERED, StorableText, UTCDateTime
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
 TOP_ENDPOINTS = 5
+TOP_ADDRESSES = 100  # client addresses kept per key and UTC day (SPEC 8.2)
+MAX_SCOPE_LENGTH = 200
 
 
 class UsageBucket(NamedTuple):
@@ -59,6 +74,22 @@ class KeyUsage:
     per_minute: list[UsageBucket]
     per_day: list[UsageBucket]
     last_used: datetime | None  # start of the last minute with an answer
+    scopes: list[ScopeUsage] = field(default_factory=list)  # per needed scope, most answers first
+
+
+@dataclass(frozen=True)
+class ScopeUsage:
+    """Answers that needed one scope: allowed ones (the key held it) and refused ones (it did not)."""
+
+    scope: str
+    allowed: int
+    refused: int
+    last_allowed: datetime | None  # UTC minutes
+    last_refused: datetime | None
+
+    @property
+    def last_seen(self) -> datetime | None:
+        return max((t for t in (self.last_allowed, self.last_refused) if t is not None), default=None)
 
 
 def _counter_columns() -> list[Column[int]]:
@@ -81,7 +112,12 @@ class UsageSums:
     """Usage entries summed in memory, not yet added to the tables."""
 
     minutes: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (key, minute text) -> counts
-    endpoints: defaultdict[tuple[str, date, str], int] = field(default_factory=lambda: defaultdict(int))
+    # (key, day, endpoint) -> [answers, 2xx answers]
+    endpoints: dict[tuple[str, date, str], list[int]] = field(default_factory=dict)
+    # (key, day, needed scope) -> [allowed, refused, last allowed minute, last refused minute]
+    scopes: dict[tuple[str, date, str], list[Any]] = field(default_factory=dict)
+    # (key, day, client address) -> [answers, 2xx answers, first minute, last minute]
+    addresses: dict[tuple[str, date, str], list[Any]] = field(default_factory=dict)
     workspace_of: dict[str, str] = field(default_factory=dict)  # key -> its workspace (ids as text)
     times: _Moments = field(default_factory=lambda: _Moments())
     spends: defaultdict[tuple[str, int, str], int] = field(default_factory=lambda: defaultdict(int))
@@ -89,7 +125,9 @@ class UsageSums:
 
 class UsageProjection(Projection[UsageSums]):
     name = "usage"
-    VERSION = 2  # 2: credits spent per key, credits generation and period
+    # 2: credits spent per key, credits generation and period; 3 (SPEC 8.2): answers per needed scope and per
+    # client address per key and day, and each endpoint's 2xx answers
+    VERSION = 3
     event_types = (UsageBatch.UsageRecorded,)
 
     def define_tables(self, metadata: MetaData, generation: int) -> Tables:
@@ -119,6 +157,35 @@ class UsageProjection(Projection[UsageSums]):
             Column("endpoint", StorableText(MAX_ENDPOINT_LENGTH), primary_key=True),
             Column("workspace_id", Uuid, nullable=False, index=True),
             Column("requests", BigInteger, nullable=False),
+            Column("successes", BigInteger, nullable=False),
+            **CLUSTERED,
+        )
+        scope = Table(
+            table_name("usage_scope", generation),
+            metadata,
+            Column("key_id", Uuid, nullable=False),
+            Column("day", Date, nullable=False),
+            Column("scope", String(MAX_SCOPE_LENGTH), nullable=False),
+            Column("workspace_id", Uuid, nullable=False, index=True),
+            Column("allowed", BigInteger, nullable=False),
+            Column("refused", BigInteger, nullable=False),
+            Column("last_allowed", UTCDateTime, nullable=True),  # the UTC minute
+            Column("last_refused", UTCDateTime, nullable=True),
+            # Key, then scope, then day: insights sum each key's scopes over a window of days (one range each).
+            PrimaryKeyConstraint("key_id", "scope", "day"),
+            **CLUSTERED,
+        )
+        address = Table(
+            table_name("usage_address", generation),
+            metadata,
+            Column("key_id", Uuid, primary_key=True),
+            Column("day", Date, primary_key=True),
+            Column("address", String(MAX_ADDRESS_LENGTH), primary_key=True),
+            Column("workspace_id", Uuid, nullable=False),
+            Column("requests", BigInteger, nullable=False),
+            Column("successes", BigInteger, nullable=False),
+            Column("first_seen", UTCDateTime, nullable=False),  # UTC minutes
+            Column("last_seen", UTCDateTime, nullable=False),
             **CLUSTERED,
         )
         credits = Table(
@@ -130,7 +197,14 @@ class UsageProjection(Projection[UsageSums]):
             Column("spent", BigInteger, nullable=False),
             **CLUSTERED,
         )
-        return {"minute": minute, "day": day, "endpoint": endpoint, "credits": credits}
+        return {
+            "minute": minute,
+            "day": day,
+            "endpoint": endpoint,
+            "credits": credits,
+            "scope": scope,
+            "address": address,
+        }
 
     def fold(
         self, conn: Connection, tables: Tables, pending: UsageSums | None, events: Sequence[Positioned]
@@ -141,22 +215,43 @@ class UsageProjection(Projection[UsageSums]):
         # which has far fewer buckets than entries.
         sums = pending or UsageSums()
         minutes, endpoints, workspace_of = sums.minutes, sums.endpoints, sums.workspace_of
+        scopes, addresses = sums.scopes, sums.addresses
         times, counter_of = sums.times, _COUNTER_OF
         for _, event in events:
-            for key, minute_text, count, status, endpoint, workspace in map(_ENTRY_FIELDS, event.entries):
+            for key, minute_text, count, status, endpoint, workspace, scope, refused, client in map(
+                _ENTRY_FIELDS, event.entries
+            ):
                 counts = minutes.get((key, minute_text))
                 if counts is None:
                     counts = minutes[key, minute_text] = [0, 0, 0, 0, 0]
                     workspace_of[key] = workspace
+                counter = counter_of[status]
                 counts[0] += count
-                counts[counter_of[status]] += count
-                endpoints[key, times[minute_text][1], endpoint] += count
+                counts[counter] += count
+                floored, day = times[minute_text]
+                success = count if counter == 1 else 0
+                slot = endpoints.get((key, day, endpoint))
+                if slot is None:
+                    endpoints[key, day, endpoint] = [count, success]
+                else:
+                    slot[0] += count
+                    slot[1] += success
+                if scope is not None:
+                    _add_scope(scopes, (key, day, scope), count, refused, floored)
+                if client is not None:
+                    _add_address(addresses, (key, day, client), count, success, floored)
             for spend in event.credits:
                 sums.spends[spend["key_id"], int(spend["generation"]), spend["period"]] += int(spend["count"])
         return sums
 
     def pending_size(self, pending: UsageSums) -> int:
-        return len(pending.minutes) + len(pending.endpoints) + len(pending.spends)
+        return (
+            len(pending.minutes)
+            + len(pending.endpoints)
+            + len(pending.spends)
+            + len(pending.scopes)
+            + len(pending.addresses)
+        )
 
     def write(self, conn: Connection, tables: Tables, pending: UsageSums) -> None:
         minutes, endpoints, workspace_of, times = (
@@ -171,9 +266,10 @@ class UsageProjection(Projection[UsageSums]):
             floored, day = times[minute_text]
             _add(by_minute, (key, floored), counts)
             _add(by_day, (key, day), counts)
-        by_endpoint: dict[tuple[str, date, str], int] = defaultdict(int)
-        for (key, day, endpoint), count in endpoints.items():
-            by_endpoint[key, day, storable_text(endpoint[:MAX_ENDPOINT_LENGTH])] += count
+        by_endpoint: dict[tuple[str, date, str], list[int]] = {}
+        for (key, day, endpoint), endpoint_counts in endpoints.items():
+            _add(by_endpoint, (key, day, storable_text(endpoint[:MAX_ENDPOINT_LENGTH])), endpoint_counts, 2)
+        # Scope and address entries name the same keys as minute entries (one entry holds all three).
         ids = {text: UUID(text) for text in workspace_of.keys() | workspace_of.values()}
         # Value tuples in each table's column order (see define_tables).
         upsert(
@@ -193,10 +289,28 @@ class UsageProjection(Projection[UsageSums]):
         upsert(
             conn,
             tables["endpoint"],
-            [(ids[k], d, e, ids[workspace_of[k]], n) for (k, d, e), n in by_endpoint.items()],
+            [(ids[k], d, e, ids[workspace_of[k]], *n) for (k, d, e), n in by_endpoint.items()],
             key=["key_id", "day", "endpoint"],
-            add=["requests"],
+            add=["requests", "successes"],
         )
+        upsert(
+            conn,
+            tables["scope"],
+            [(ids[k], d, s, ids[workspace_of[k]], *c) for (k, d, s), c in pending.scopes.items()],
+            key=["key_id", "day", "scope"],
+            add=["allowed", "refused"],
+            latest=["last_allowed", "last_refused"],
+        )
+        upsert(
+            conn,
+            tables["address"],
+            [(ids[k], d, a, ids[workspace_of[k]], *c) for (k, d, a), c in pending.addresses.items()],
+            key=["key_id", "day", "address"],
+            add=["requests", "successes"],
+            latest=["last_seen"],
+            earliest=["first_seen"],
+        )
+        _keep_top_addresses(conn, tables["address"], {(ids[k], d) for k, d, _ in pending.addresses})
         upsert(
             conn,
             tables["credits"],
@@ -206,16 +320,79 @@ class UsageProjection(Projection[UsageSums]):
         )
 
 
-def _add(buckets: dict[B, list[int]], bucket: B, counts: list[int]) -> None:
+def _add(buckets: dict[B, list[int]], bucket: B, counts: list[int], width: int = 4) -> None:
     total = buckets.get(bucket)
     if total is None:
-        buckets[bucket] = counts[:4]  # the fifth slot sums answers no counter besides `requests` takes
+        buckets[bucket] = counts[:width]  # minutes: the fifth slot sums answers no counter besides `requests` takes
     else:
-        for i in range(4):
+        for i in range(width):
             total[i] += counts[i]
 
 
-_ENTRY_FIELDS = itemgetter("key_id", "minute", "count", "status", "endpoint", "workspace_id")
+def _add_scope(
+    scopes: dict[tuple[str, date, str], list[Any]], slot: tuple[str, date, str], count: int, refused: bool, at: datetime
+) -> None:
+    sums = scopes.get(slot)
+    if sums is None:
+        sums = scopes[slot] = [0, 0, None, None]
+    index = 1 if refused else 0
+    sums[index] += count
+    if sums[index + 2] is None or sums[index + 2] < at:
+        sums[index + 2] = at
+
+
+def _add_address(
+    addresses: dict[tuple[str, date, str], list[Any]], slot: tuple[str, date, str], count: int, ok: int, at: datetime
+) -> None:
+    sums = addresses.get(slot)
+    if sums is None:
+        addresses[slot] = [count, ok, at, at]
+        return
+    sums[0] += count
+    sums[1] += ok
+    if at < sums[2]:
+        sums[2] = at
+    if at > sums[3]:
+        sums[3] = at
+
+
+def _keep_top_addresses(conn: Connection, table: Table, touched: set[tuple[UUID, date]]) -> None:
+    """Keep at most TOP_ADDRESSES addresses per key and day: those with the most answers (then the latest).
+
+    An address dropped here and seen again later that day starts counting anew, as in any top-k sketch.
+    """
+    if not touched:
+        return
+    # Only the touched keys and days, so the key-first primary key serves the count (no scan of the table).
+    keys, days = sorted({k for k, _ in touched}, key=str), sorted({d for _, d in touched})
+    found: list[tuple[UUID, date]] = []
+    for part in chunks(keys, 500):
+        crowded = (
+            select(table.c.key_id, table.c.day)
+            .where(table.c.key_id.in_(list(part)), table.c.day.in_(days))
+            .group_by(table.c.key_id, table.c.day)
+            .having(func.count() > TOP_ADDRESSES)
+        )
+        found += [(k, d) for k, d in conn.execute(crowded)]
+    for key_id, day in found:
+        if (key_id, day) not in touched:
+            continue
+        ranked = (
+            select(table.c.address)
+            .where(table.c.key_id == key_id, table.c.day == day)
+            .order_by(table.c.requests.desc(), table.c.last_seen.desc(), table.c.address)
+            .offset(TOP_ADDRESSES)
+        )
+        dropped = list(conn.execute(ranked).scalars())
+        for part in chunks(dropped, 500):
+            conn.execute(
+                delete(table).where(table.c.key_id == key_id, table.c.day == day, table.c.address.in_(list(part)))
+            )
+
+
+_ENTRY_FIELDS = itemgetter(
+    "key_id", "minute", "count", "status", "endpoint", "workspace_id", "scope", "scope_refused", "client"
+)
 
 
 class _Moments(dict[str, tuple[datetime, date]]):
@@ -285,13 +462,63 @@ def select_usage(
         if len(top[key]) < TOP_ENDPOINTS:
             top[key].append((name, int(requests)))
 
+    scopes = select_scope_usage(conn, tables, workspace_id, first_day, last_day, key_id)
     key_ids: Iterable[UUID] = [key_id] if key_id is not None else per_minute.keys()
-    usages = [_key_usage(k, per_minute.get(k, []), per_day.get(k, []), top.get(k, [])) for k in key_ids]
+    usages = [
+        _key_usage(k, per_minute.get(k, []), per_day.get(k, []), top.get(k, []), scopes.get(k, [])) for k in key_ids
+    ]
     return sorted(usages, key=lambda u: (-u.total, str(u.key_id)))
 
 
+def select_scope_usage(
+    conn: Connection,
+    tables: Tables,
+    workspace_id: UUID,
+    first_day: date | None,
+    last_day: date | None = None,
+    key_id: UUID | None = None,
+) -> dict[UUID, list[ScopeUsage]]:
+    """Per key: answers per needed scope over the UTC days [first_day, last_day], most answers first."""
+    table = tables["scope"]
+    query = select(
+        table.c.key_id,
+        table.c.scope,
+        func.sum(table.c.allowed),
+        func.sum(table.c.refused),
+        func.max(table.c.last_allowed),
+        func.max(table.c.last_refused),
+    ).where(table.c.workspace_id == workspace_id)
+    if key_id is not None:
+        query = query.where(table.c.key_id == key_id)
+    if first_day is not None:
+        query = query.where(table.c.day >= first_day)
+    if last_day is not None:
+        query = query.where(table.c.day <= last_day)
+    found: dict[UUID, list[ScopeUsage]] = defaultdict(list)
+    for key, scope, allowed, refused, last_allowed, last_refused in conn.execute(
+        query.group_by(table.c.key_id, table.c.scope)
+    ):
+        found[key].append(
+            ScopeUsage(scope, int(allowed), int(refused), aggregate_time(last_allowed), aggregate_time(last_refused))
+        )
+    for usages in found.values():
+        usages.sort(key=lambda u: (-(u.allowed + u.refused), u.scope))
+    return found
+
+
+def aggregate_time(value: datetime | str | None) -> datetime | None:
+    """An aggregate's time: SQLite answers max() of a time column as its stored text."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
 def _key_usage(
-    key_id: UUID, per_minute: list[UsageBucket], per_day: list[UsageBucket], top: list[tuple[str, int]]
+    key_id: UUID,
+    per_minute: list[UsageBucket],
+    per_day: list[UsageBucket],
+    top: list[tuple[str, int]],
+    scopes: list[ScopeUsage],
 ) -> KeyUsage:
     total = sum(b.requests for b in per_minute)
     successes = sum(b.successes for b in per_minute)
@@ -307,6 +534,7 @@ def _key_usage(
         per_minute=per_minute,
         per_day=per_day,
         last_used=max(used) if used else None,
+        scopes=scopes,
     )
 
 

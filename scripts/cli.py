@@ -27,6 +27,7 @@ from keyledger.services import open_command_ledger
 from keyledger.settings import Settings, StartupError
 from scripts.cli_audit import audit_app, tree_progress
 from scripts.cli_events import events_app
+from scripts.cli_insights import insights
 from scripts.cli_output import emit
 from scripts.cli_projections import projections_app
 from scripts.cli_webhooks import webhooks_app
@@ -42,6 +43,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(projections_app, name="projections")
 app.add_typer(events_app, name="events")
 app.add_typer(webhooks_app, name="webhooks")
+app.command("insights")(insights)
 
 
 def _ledger() -> KeyLedger:

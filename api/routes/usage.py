@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from api.deps import AdminCaller, ServicesDep
-from api.schemas import EndpointCount, KeyUsagePublic, UsageList, UsagePoint, UtcTime
+from api.schemas import EndpointCount, KeyUsagePublic, ScopeCount, UsageList, UsagePoint, UtcTime
 from projections.usage import UsageBucket, rebucket
 
 router = APIRouter(prefix="/v1/workspaces/{ws}", tags=["usage"])
@@ -49,6 +49,9 @@ def usage(
             rate_limited=u.rate_limited,
             last_used=u.last_used,
             top_endpoints=[EndpointCount(endpoint=e, count=c) for e, c in u.top_endpoints],
+            scopes=[
+                ScopeCount(scope=s.scope, allowed=s.allowed, refused=s.refused, last_seen=s.last_seen) for s in u.scopes
+            ],
             per_minute=_points(u.per_minute) if bucket is None else [],
             per_day=_points(u.per_day),
             series=_points(rebucket(u.per_minute, bucket)) if bucket is not None else None,

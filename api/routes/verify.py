@@ -19,6 +19,8 @@ from api.schemas import (
     VerifyResponse,
 )
 from api.verification import Answer, needed_scope
+from domain.addresses import forwarded_client
+from domain.errors import DomainError
 from domain.text import MAX_ENDPOINT_LENGTH
 from domain.verification import VerifyCode
 
@@ -41,13 +43,14 @@ async def _decide(
     endpoint: str,
     via: str,
     record: bool = True,
+    address: str | None = None,
 ) -> Answer:
     client = request.client.host if request.client else None
     verify = services.verification.verify
     # With shared (Redis) counters a decision does network I/O: keep it off the event loop.
     if services.quotas.shared:
-        return await run_in_threadpool(verify, secret, scope, endpoint, via, record, client)
-    return verify(secret, scope, endpoint, via, record, client)
+        return await run_in_threadpool(verify, secret, scope, endpoint, via, record, client, address)
+    return verify(secret, scope, endpoint, via, record, client, address)
 
 
 @router.post("/v1/verify", response_model=VerifyResponse)
@@ -56,7 +59,8 @@ async def verify(body: VerifyRequest, request: Request, response: Response) -> V
     services = services_of(request)  # not a dependency: resolving one costs more than the decision
     scope = services.ledger.catalog.parse(body.scope)
     endpoint = body.endpoint or "POST /v1/verify"
-    answer = await _decide(services, request, body.key, scope, endpoint, "verify", body.record)
+    # The address recorded is the one the calling service names (`client_ip`), never the caller's own.
+    answer = await _decide(services, request, body.key, scope, endpoint, "verify", body.record, body.client_ip)
     key = answer.key
     limited = answer.code in (VerifyCode.RATE_LIMITED, VerifyCode.USAGE_EXCEEDED)
     refusal = refusal_for(answer) if limited else None
@@ -84,13 +88,17 @@ async def forward_auth(
     request: Request,
     x_forwarded_method: Annotated[str | None, Header()] = None,
     x_forwarded_uri: Annotated[str | None, Header()] = None,
+    x_forwarded_for: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_real_ip: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """Forward-auth for nginx `auth_request` and Traefik ForwardAuth: 204 or the refusal's status."""
     services = services_of(request)
     if not x_forwarded_method or not x_forwarded_uri:
         raise ApiProblem("forward-auth needs the X-Forwarded-Method and X-Forwarded-Uri headers")
     scope, endpoint = forwarded_request(x_forwarded_method, x_forwarded_uri)
-    answer = await _decide(services, request, bearer_token(request), scope, endpoint, "auth")
+    # The gateway names the client (SPEC 8.2); asked directly, the caller is the client.
+    address = forwarded_client(x_forwarded_for, x_real_ip) or (request.client.host if request.client else None)
+    answer = await _decide(services, request, bearer_token(request), scope, endpoint, "auth", True, address)
     refusal = refusal_for(answer, services.insufficient_scope_status)
     if refusal is not None:
         raise refusal
@@ -99,6 +107,16 @@ async def forward_auth(
         headers["X-Keyledger-Key-Id"] = str(answer.key.credentials.key_id)
         headers["X-Keyledger-Workspace-Id"] = str(answer.key.credentials.workspace_id)
     return Response(status_code=204, headers=headers)
+
+
+def _scope(services: Services, scope: str | None) -> str | None:
+    """A reported scope as the catalog spells it; one the catalog refuses is recorded as none (no 422 for a report)."""
+    if scope is None:
+        return None
+    try:
+        return services.ledger.catalog.parse(scope)
+    except DomainError:
+        return None
 
 
 @router.post("/v1/usage/report", status_code=202, response_model=UsageReportAccepted)
@@ -113,9 +131,10 @@ async def report_usage(body: UsageReport, request: Request) -> UsageReportAccept
 
     def record() -> None:
         for item in body.items:
-            answer = verification.judge(item.key, None)  # the key rules alone: found keys, whatever their state
+            # The key rules alone: found keys, whatever their state; with the scope, whether the key held it.
+            answer = verification.judge(item.key, _scope(services, item.scope))
             if answer.key is not None:
-                verification.record(answer, item.endpoint, item.status)
+                verification.record(answer, item.endpoint, item.status, item.client_ip)
 
     await run_in_threadpool(record)  # a key seen first may be loaded from the store
     return UsageReportAccepted(accepted=len(body.items))

@@ -111,6 +111,7 @@ def malformed_verify_bodies(secret: str) -> list[dict[str, Any]]:
         "read:nodes",
         None,
         *({"key": secret, "scope": scope} for scope in UNKNOWN_SCOPE_FORMS),
+        *({**good, "client_ip": address} for address in CLIENT_IPS),
     ]
     requests = [raw(json.dumps(body)) for body in bodies]
     requests += [
@@ -133,6 +134,8 @@ def malformed_verify_bodies(secret: str) -> list[dict[str, Any]]:
     return requests
 
 
+# client_ip as given: addresses (canonical or not), and what is none.
+CLIENT_IPS = ("203.0.113.9", "2001:DB8::1", "::ffff:192.0.2.1", "[2001:db8::2]", "", "host", "1" * 65, 5, None, [])
 UNKNOWN_SCOPE_FORMS = ("", "read", "read:", ":nodes", "READ:nodes", "read:unknown", "read:nodes:x", "admin ", "*")
 
 
@@ -173,6 +176,14 @@ def test_every_malformed_auth_request_is_answered_as_the_fastapi_route_answers_i
         {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/nodes/../"},
         {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/nodes%2F..%2Fevents"},
         {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/x%5C..%5Cevents"},
+    ]
+    cases += [
+        {"Authorization": bearer, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/nodes", **forwarded}
+        for forwarded in (
+            {"X-Forwarded-For": "203.0.113.7, 10.0.0.1"},
+            {"X-Forwarded-For": "junk", "X-Real-IP": "2001:db8::7"},
+            {"X-Real-IP": "nonsense"},
+        )
     ]
     keys = ["", bearer, "Bearer ", "Basic abc", "bearer " + apis.secret, f"Bearer {apis.imported}", "Bearer nope"]
     forwarded = [("GET", "/nodes/1"), ("POST", "/nodes"), ("GET", "/edges?x=1"), ("HEAD", "/nodes/../nodes")]

@@ -50,6 +50,8 @@ EXPECTED = {
     ("POST", "/v1/workspaces/{ws}/keys/{key}/suspend"): {200} | COMMAND,
     ("POST", "/v1/workspaces/{ws}/keys/{key}/resume"): {200} | KEY | {409},
     ("GET", "/v1/workspaces/{ws}/usage"): {200} | KEY,
+    ("GET", "/v1/workspaces/{ws}/insights"): {200} | KEY,
+    ("GET", "/v1/workspaces/{ws}/keys/{key}/exposure"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/keys/{key}/history"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/keys/{key}/state"): {200} | KEY,
     ("GET", "/v1/workspaces/{ws}/audit"): {200} | KEY,

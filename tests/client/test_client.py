@@ -10,14 +10,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from keyledger.client import AsyncClient, Client, ProblemError
+from keyledger.client import AsyncClient, Client, Exposure, Insights, ProblemError
 from tests.api.server import OPERATOR_TOKEN, Server
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -175,3 +175,47 @@ def test_the_readme_example_runs_as_written(server: Server):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "409 revoked"
+
+
+def test_insights_and_exposure_through_both_clients(server: Server):
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    with Client(server.url, token=OPERATOR_TOKEN) as operator:
+        created = operator.create_workspace("insights", "pro")
+    ws, admin = created["workspace"]["id"], created["admin_key"]["secret"]
+    with Client(server.url, token=admin) as kl:
+        issued = kl.issue_key(ws, "reader", ["write:nodes", "read:edges"])
+        key_id, secret = issued["key"]["id"], issued["secret"]
+        assert kl.verify(secret, "read:nodes", client_ip="198.51.100.4").code == "VALID"
+        assert kl.verify(secret, "write:edges", client_ip="198.51.100.4").code == "INSUFFICIENT_SCOPE"
+        deadline = time.monotonic() + 5  # an answer shows in insights within 5 seconds
+        while True:
+            found: Insights = kl.insights(ws, days=7)
+            kinds = {f["kind"] for f in found["findings"] if f["key_id"] == key_id}
+            if kinds == {"unused_scope", "denied_scope"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        report: Exposure = kl.exposure(ws, key_id, since)
+        try:
+            kl.insights(ws, days=0)
+        except ProblemError as error:
+            bad_days = error.status
+        try:
+            kl.exposure(ws, ws, since)
+        except ProblemError as error:
+            unknown_key = error.status
+
+    async def twice() -> tuple[Insights, Exposure]:
+        async with AsyncClient(server.url, token=admin) as client:
+            return await client.insights(ws, days=7), await client.exposure(ws, key_id, since)
+
+    async_found, async_report = asyncio.run(twice())
+
+    assert kinds == {"unused_scope", "denied_scope"} and found["window_days"] == 7
+    [narrow] = [f for f in found["findings"] if f["kind"] == "unused_scope"]
+    assert narrow["suggestion"] == {"scopes": ["read:nodes"]}
+    assert report["requests"]["total"] == 2 and report["requests"]["allowed"] == 1
+    assert [(s["address"], s["count"]) for s in report["sources"]] == [("198.51.100.4", 2)]
+    assert report["scopes"][0]["scopes"] == ["read:edges", "write:nodes"]
+    assert (bad_days, unknown_key) == (422, 404)
+    assert async_found["findings"] == found["findings"]
+    assert async_report["requests"] == report["requests"] and async_report["secrets"] == report["secrets"]

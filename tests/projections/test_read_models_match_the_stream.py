@@ -92,6 +92,7 @@ def _usage_as_dict(usage: Any) -> dict[str, Any]:
         "per_day": usage.per_day,
         "top_endpoints": usage.top_endpoints,
         "last_used": usage.last_used,
+        "scopes": usage.scopes,
     }
 
 

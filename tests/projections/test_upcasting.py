@@ -11,6 +11,7 @@ from eventsourcing.utils import get_topic
 from domain import credentials
 from domain.application import KeyLedger, utc_now
 from domain.keys import ApiKey
+from domain.usage import UsageBatch, UsageCount
 from domain.verification import VerifyCode
 from domain.workspace import Workspace
 from projections import ReadModels
@@ -122,3 +123,32 @@ def test_a_workspace_snapshot_taken_by_v1_code_loads_without_webhooks(ledger: Ke
     assert loaded.webhooks == {} and loaded.live_key_ids == workspace.live_key_ids
     hook = ledger.create_webhook(created.workspace.id, "https://hooks.example.com/").webhook
     assert ledger.get_workspace(created.workspace.id).list_webhooks() == [hook]
+
+
+def test_v2_usage_without_scope_or_address_loads_and_counts(ledger: KeyLedger, models: ReadModels):
+    """UsageRecorded v2 entries had no scope, refusal flag or client: they count as answers with none of them."""
+    created = ledger.create_workspace("acme", "pro")
+    key = created.admin_key
+    minute = utc_now().replace(second=0, microsecond=0)
+    batch = UsageBatch.record([UsageCount(key.id, created.workspace.id, minute, "GET /nodes", 200, 3)], "usage:old")
+    [event] = batch.collect_events()
+    stored = ledger.mapper.to_stored_event(event)
+    state = ledger.mapper.transcoder.decode(stored.state)
+    assert state.pop("class_version") == 3
+    state["class_version"] = 2
+    for entry in state["entries"]:  # what v2 code wrote
+        for field in ("scope", "scope_refused", "client"):
+            del entry[field]
+    batch_id = batch.id
+    ledger.recorder.insert_events(
+        [StoredEvent(batch_id, stored.originator_version, stored.topic, ledger.mapper.transcoder.encode(state))]
+    )
+    ledger.record_usage([UsageCount(key.id, created.workspace.id, minute, "GET /nodes", 200, 2, "read:nodes")], "new")
+
+    old = ledger.repository.get(batch_id)
+    models.catch_up()
+    [usage] = models.usage(created.workspace.id)
+
+    assert [(c.scope, c.scope_refused, c.client, c.count) for c in old.counts] == [(None, False, None, 3)]
+    assert usage.total == 5
+    assert [(s.scope, s.allowed, s.refused, s.last_allowed) for s in usage.scopes] == [("read:nodes", 2, 0, minute)]

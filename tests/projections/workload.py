@@ -12,7 +12,7 @@ from uuid import UUID
 from domain.application import KeyLedger
 from domain.errors import DomainError
 from domain.usage import UsageCount
-from projections.usage import COUNTERS, TOP_ENDPOINTS, UsageBucket
+from projections.usage import COUNTERS, TOP_ENDPOINTS, ScopeUsage, UsageBucket
 
 RESOURCES = ("nodes", "edges", "livedata", "events")
 SCOPES = ["admin"] + [f"{a}:{r}" for a in ("read", "write") for r in RESOURCES]
@@ -78,7 +78,12 @@ def _run(ledger: KeyLedger, rng: random.Random, work: Workload, command: str, ke
         key = rng.choice(list(work.keys))
         minute = START + timedelta(minutes=rng.randint(0, 3 * 24 * 60))
         status = rng.choice(STATUSES)
-        counts.append(UsageCount(key, work.keys[key], minute, rng.choice(ENDPOINTS), status, rng.randint(1, 20)))
+        endpoint, count = rng.choice(ENDPOINTS), rng.randint(1, 20)
+        # Scope and address derived from what was drawn (no draw of their own: the command mix stays as it was).
+        scope = None if status in (401, 500) else SCOPES[(count + minute.minute) % len(SCOPES)]
+        client = None if count % 4 == 0 else f"10.0.{status % 3}.{minute.minute % 5}"
+        refused = scope is not None and status == 403
+        counts.append(UsageCount(key, work.keys[key], minute, endpoint, status, count, scope, refused, client))
     work.usage += counts
     return ledger.record_usage(counts, actor="usage:test")
 
@@ -101,6 +106,7 @@ def expected_usage(
     per_minute: dict[UUID, dict[datetime, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0] * 4))
     per_day: dict[UUID, dict[Any, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0] * 4))
     endpoints: dict[UUID, Counter[str]] = defaultdict(Counter)
+    scopes: dict[UUID, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, None, None]))
     first_day = since.date() if since else None
     last_day = (until - timedelta(microseconds=1)).date() if until else None
     for c in work.usage:
@@ -112,6 +118,10 @@ def expected_usage(
             for i in range(4):
                 day[i] += split[i]
             endpoints[c.key_id][c.endpoint] += c.count
+            if c.scope is not None:
+                sums, index = scopes[c.key_id][c.scope], 1 if c.scope_refused else 0
+                sums[index] += c.count
+                sums[index + 2] = max(t for t in (sums[index + 2], c.minute) if t is not None)
         if (since is not None and c.minute < since) or (until is not None and c.minute >= until):
             continue
         minute = per_minute[c.key_id][c.minute]
@@ -128,5 +138,9 @@ def expected_usage(
             "per_day": [UsageBucket(d, *v) for d, v in sorted(per_day[key].items())],
             "top_endpoints": ranked,
             "last_used": max(m for m, v in minutes.items() if v[0]),
+            "scopes": sorted(
+                (ScopeUsage(scope, *sums) for scope, sums in scopes[key].items()),
+                key=lambda u: (-(u.allowed + u.refused), u.scope),
+            ),
         }
     return result

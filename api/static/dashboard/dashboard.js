@@ -18,7 +18,24 @@ const GRACE_CHOICES = [
 ];
 
 const $ = (id) => document.getElementById(id);
-const state = { me: null, workspace: null, keys: [], usage: [], period: "day", loadedAt: null };
+const INSIGHT_DAYS = 90;
+const FINDING_TITLES = {
+  unused_key: "Unused key",
+  unused_scope: "Unused scope",
+  denied_scope: "Denied scope",
+  rotation_due: "Rotation due",
+  expiring_soon: "Expiring soon",
+};
+const state = {
+  me: null,
+  workspace: null,
+  keys: [],
+  usage: [],
+  findings: [],
+  period: "day",
+  loadedAt: null,
+  exposureKey: null,
+};
 
 // --- talking to the API ---------------------------------------------------------------------------------
 
@@ -127,7 +144,7 @@ async function signIn(secret) {
 
 function forget() {
   sessionStorage.removeItem(STORAGE_KEY);
-  Object.assign(state, { me: null, workspace: null, keys: [], usage: [] });
+  Object.assign(state, { me: null, workspace: null, keys: [], usage: [], findings: [], exposureKey: null });
 }
 
 function signOut(message) {
@@ -135,7 +152,8 @@ function signOut(message) {
   $("dashboard").hidden = true;
   $("session").hidden = true;
   $("sign-in").hidden = false;
-  for (const id of ["usage-table", "keys-table"]) $(id).tBodies[0].replaceChildren();
+  for (const id of ["usage-table", "keys-table", "findings-table"]) $(id).tBodies[0].replaceChildren();
+  closeExposure();
   $("charts").replaceChildren();
   if (message) showSignInError(message);
   else $("sign-in-error").hidden = true;
@@ -171,12 +189,21 @@ function periodRange() {
 async function load() {
   const { since, bucket } = periodRange();
   const query = new URLSearchParams({ since: new Date(since).toISOString(), bucket });
-  const [workspace, keys, usage] = await Promise.all([
+  const [workspace, keys, usage, insights] = await Promise.all([
     api("GET", wsPath()),
     api("GET", wsPath("/keys")),
     api("GET", wsPath(`/usage?${query}`)),
+    api("GET", wsPath(`/insights?days=${INSIGHT_DAYS}`)),
   ]);
-  Object.assign(state, { workspace, keys: keys.items, usage: usage.items, loadedAt: Date.now(), since, bucket });
+  Object.assign(state, {
+    workspace,
+    keys: keys.items,
+    usage: usage.items,
+    findings: insights.findings,
+    loadedAt: Date.now(),
+    since,
+    bucket,
+  });
 }
 
 async function reload() {
@@ -227,6 +254,7 @@ function badge(text, kind) {
 function render() {
   document.body.dataset.loadedAt = String(state.loadedAt); // when the data on screen was fetched
   renderWorkspace();
+  renderFindings();
   renderPeriod();
   renderUsage();
   renderCharts();
@@ -374,6 +402,7 @@ function renderKeys() {
           ? actionButton("Resume", "resume", true, () => suspendOrResume(key, "resume"))
           : actionButton("Suspend", "suspend", live, () => suspendOrResume(key, "suspend")),
         actionButton("Revoke", "revoke danger", live || suspended, () => revoke(key)),
+        actionButton("Exposure", "exposure", true, () => openExposure(key)),
       );
       const cells = [keyCell(key), status, scopes, detailsCell(key), age, due, actions];
       ["key", "status", "scopes", "details", "age", "rotation-due", "actions"].forEach((f, i) => {
@@ -424,6 +453,197 @@ function actionButton(label, className, enabled, onClick) {
   button.disabled = !enabled;
   button.addEventListener("click", onClick);
   return button;
+}
+
+// --- findings (least privilege) and a key's exposure report --------------------------------------------
+
+function findingDetail(finding) {
+  const d = finding.detail;
+  switch (finding.kind) {
+    case "unused_scope":
+      return `granted ${d.granted.join(", ") || "nothing"}; needed ${d.needed.join(", ") || "nothing"}`;
+    case "unused_key":
+      return d.last_answer ? `no answer since ${d.last_answer}` : "never answered";
+    case "denied_scope":
+      return d.scopes.map((s) => `${s.scope}: ${count(s.count)} refused, last ${utcTime(s.last_seen)}`).join("; ");
+    case "rotation_due":
+      return `current secret is ${count(d.secret_age_days)} days old`;
+    case "expiring_soon":
+      return `expires ${utcTime(d.expires_at)}`;
+    default:
+      return JSON.stringify(d);
+  }
+}
+
+function renderFindings() {
+  const byId = keysById();
+  $("findings-days").textContent = String(INSIGHT_DAYS);
+  const found = state.findings;
+  $("findings-summary").textContent = found.length ? `· ${found.length}` : "";
+  $("findings-table").tBodies[0].replaceChildren(
+    ...found.map((finding) => {
+      const tr = document.createElement("tr");
+      tr.dataset.kind = finding.kind;
+      tr.dataset.keyId = finding.key_id;
+      const kind = document.createElement("td");
+      const label = document.createElement("span");
+      label.className = `finding ${finding.kind}`;
+      label.textContent = FINDING_TITLES[finding.kind] || finding.kind;
+      kind.append(label);
+      const key = byId.get(finding.key_id) || { id: finding.key_id, name: finding.key_name };
+      const observed = cell(`${count(finding.observed_days)} d`, "num");
+      const detail = cell(findingDetail(finding));
+      const action = document.createElement("td");
+      action.className = "actions";
+      if (finding.kind === "unused_scope") {
+        const keep = finding.suggestion.scopes;
+        const button = actionButton(`Narrow to ${keep.join(", ") || "no scopes"}`, "apply", true, () =>
+          applySuggestion(key, finding),
+        );
+        action.append(button);
+      } else if (finding.kind === "unused_key" && key.status) {
+        action.append(actionButton("Revoke…", "revoke danger", true, () => revoke(key)));
+      } else if (finding.kind === "rotation_due" && key.status === "active") {
+        action.append(actionButton("Rotate…", "rotate", true, () => rotate(key)));
+      } else {
+        action.append(actionButton("Exposure", "exposure", true, () => openExposure(key)));
+      }
+      const cells = [kind, keyCell(key), observed, detail, action];
+      ["kind", "key", "observed", "detail", "action"].forEach((f, i) => {
+        cells[i].dataset.field = f;
+      });
+      tr.append(...cells);
+      return tr;
+    }),
+  );
+  $("findings-empty").hidden = found.length > 0;
+}
+
+/** Apply an unused_scope suggestion: the key's scopes become exactly the suggested set, after a confirmation. */
+async function applySuggestion(key, finding) {
+  const keep = finding.suggestion.scopes;
+  const change = document.createElement("div");
+  change.className = "scope-change";
+  const from = document.createElement("div");
+  from.append("Now: ");
+  for (const scope of finding.detail.granted) {
+    const b = badge(scope, "scope");
+    if (!keep.includes(scope)) b.classList.add("removed");
+    from.append(b, " ");
+  }
+  const to = document.createElement("div");
+  to.append("After: ");
+  for (const scope of keep) to.append(badge(scope, "scope"), " ");
+  if (!keep.length) to.append("no scopes");
+  change.append(from, to);
+  const confirmed = await confirmAction({
+    title: `Narrow the scopes of key “${keyLabel(key)}”?`,
+    text:
+      `In the time observed (${count(finding.observed_days)} d) this key needed only ` +
+      `${finding.detail.needed.join(", ") || "no scope"}. ` +
+      "Its granted scopes become exactly the set below, at once; requests needing anything else are refused.",
+    confirmLabel: "Apply",
+    extra: change,
+  });
+  if (!confirmed) return;
+  try {
+    await api("PUT", wsPath(`/keys/${encodeURIComponent(key.id)}/scopes`), { scopes: keep });
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  await reload();
+}
+
+/** "YYYY-MM-DDTHH:MM" in UTC, as a datetime-local input shows it. */
+function utcInputValue(ms) {
+  return new Date(ms).toISOString().slice(0, 16);
+}
+
+function openExposure(key) {
+  state.exposureKey = key;
+  $("exposure-key").textContent = keyLabel(key);
+  $("exposure-since").value = utcInputValue(Date.now() - 7 * 86_400_000);
+  $("exposure-report").hidden = true;
+  $("exposure").hidden = false;
+  $("exposure").scrollIntoView({ block: "start" });
+  loadExposure();
+}
+
+function closeExposure() {
+  state.exposureKey = null;
+  $("exposure").hidden = true;
+  $("exposure-report").hidden = true;
+  delete document.body.dataset.exposureLoaded;
+}
+
+async function loadExposure() {
+  const key = state.exposureKey;
+  if (!key) return;
+  const since = new Date(`${$("exposure-since").value}:00Z`);
+  if (Number.isNaN(since.getTime())) {
+    showBanner("Invalid time: give the moment the key is believed leaked, in UTC.");
+    return;
+  }
+  let report;
+  try {
+    const query = new URLSearchParams({ since: since.toISOString() });
+    report = await api("GET", wsPath(`/keys/${encodeURIComponent(key.id)}/exposure?${query}`));
+  } catch (error) {
+    failed(error);
+    return;
+  }
+  renderExposure(report);
+}
+
+function rows(tableId, items, toCells) {
+  $(tableId).tBodies[0].replaceChildren(
+    ...items.map((item) => {
+      const tr = document.createElement("tr");
+      tr.append(...toCells(item));
+      return tr;
+    }),
+  );
+  if (!items.length) {
+    const tr = document.createElement("tr");
+    const td = cell("none", "muted");
+    td.colSpan = $(tableId).tHead.rows[0].cells.length;
+    tr.append(td);
+    $(tableId).tBodies[0].append(tr);
+  }
+}
+
+function renderExposure(report) {
+  const r = report.requests;
+  $("exposure-total").textContent = count(r.total);
+  $("exposure-allowed").textContent = count(r.allowed);
+  $("exposure-refused").textContent = count(r.refused);
+  $("exposure-first").textContent = utcTime(r.first);
+  $("exposure-last").textContent = utcTime(r.last);
+  rows("exposure-secrets", report.secrets, (s) => [
+    cell(s.fingerprint, "mono"),
+    cell(utcTime(s.valid_from)),
+    cell(s.valid_until ? utcTime(s.valid_until) : "still valid"),
+  ]);
+  rows("exposure-scopes", report.scopes, (p) => {
+    const scopes = document.createElement("td");
+    for (const scope of p.scopes) scopes.append(badge(scope, "scope"), " ");
+    if (!p.scopes.length) scopes.textContent = "none (revoked or emptied)";
+    return [cell(utcTime(p.from)), scopes];
+  });
+  rows("exposure-endpoints", report.endpoints, (e) => [
+    cell(e.endpoint, "mono"),
+    cell(count(e.count), "num"),
+    cell(count(e.allowed), "num"),
+  ]);
+  rows("exposure-sources", report.sources, (s) => [
+    cell(s.address, "mono"),
+    cell(count(s.count), "num"),
+    cell(utcTime(s.first)),
+    cell(utcTime(s.last)),
+  ]);
+  $("exposure-report").hidden = false;
+  document.body.dataset.exposureLoaded = String(Date.now());
 }
 
 // --- confirmation and the new secret --------------------------------------------------------------------
@@ -720,6 +940,11 @@ function start() {
   $("banner-close").addEventListener("click", hideBanner);
   $("refresh").addEventListener("click", reload);
   $("copy-secret").addEventListener("click", copySecret);
+  $("exposure-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadExposure();
+  });
+  $("exposure-close").addEventListener("click", closeExposure);
   for (const button of document.querySelectorAll("[data-period]")) {
     button.addEventListener("click", () => {
       state.period = button.dataset.period;
