@@ -369,13 +369,17 @@ class QuotaGate:
             return None
         shared = cast(Any, storage.shared)
         keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
-        result = self._script(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+        try:
+            result = self._script(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+        except redis.RedisError:
+            self._async_down_until = time.monotonic() + ASYNC_PAUSE  # one timeout, not two, per decision a while
+            raise
         if not result[0]:
             return None
         return QuotaDecision(bool(result[1]), per_minute, per_day, int(result[2]), int(result[3]), second % 86_400)
 
     def async_ready(self) -> bool:
-        """Whether `check_unchanged_async` may be tried: not for a few seconds after Redis failed it (the
+        """Whether `check_unchanged[_async]` may be tried: not for a few seconds after Redis failed one (the
         step-by-step path, with its own timeouts and outage rules, answers meanwhile)."""
         return self.shared and time.monotonic() >= self._async_down_until
 

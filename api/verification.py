@@ -245,7 +245,7 @@ class VerificationService:
             if self._local is not None:
                 allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
                 quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
-            elif self._shared:
+            elif self._shared and self.quotas.async_ready():
                 with suppress(RedisError):  # the step-by-step path knows what an outage means (SPEC 8.5)
                     quota = self.quotas.check_unchanged(
                         hot.markers, hot.expected, window[2], window[3], hot.per_minute, hot.per_day, second
