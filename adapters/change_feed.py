@@ -69,6 +69,10 @@ class RedisChangeFeed:
     def _name(self, item: UUID) -> str:
         return f"{self._namespace}:chg:{item}"
 
+    def name_of(self, item: UUID) -> str:
+        """The Redis key of an id's marker (`QuotaGate.check_unchanged` reads it in the quota's round trip)."""
+        return self._name(item)
+
     def publish(self, ids: Iterable[UUID], position: int) -> None:
         try:
             with self._redis.pipeline(transaction=False) as pipe:

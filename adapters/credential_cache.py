@@ -19,12 +19,13 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from adapters.change_feed import ChangeFeed, FeedUnavailable
+from adapters.change_feed import ChangeFeed, FeedUnavailable, RedisChangeFeed
 from domain.application import CREDENTIAL_EVENTS, KeyLedger
 from domain.errors import KeyNotFound, WorkspaceNotFound
 from domain.imports import claim_id
 from domain.keys import ApiKey
 from domain.verification import KeyCredentials
+from domain.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,19 @@ class CachedKey:
 
 
 @dataclass
-class _Entry:
+class CacheEntry:
+    """A cached key (or a known absence) with the change markers it was loaded at. Replaced, never changed:
+    whoever holds one can tell it is still current by `entry_of(key_id) is entry`."""
+
     value: CachedKey | None  # None: no such key (cached too, so guessing costs no I/O)
     key_marker: int
     workspace_marker: int
     workspace_id: UUID | None
+    workspace_limits: Any = None  # the workspace's own limits when loaded (a key's command reuses them)
+    current: bool = True  # False once it left the cache (replaced, dropped or evicted): for those who hold it
+
+
+_Entry = CacheEntry
 
 
 class CredentialCache:
@@ -69,6 +78,8 @@ class CredentialCache:
         self._unclaimed: OrderedDict[str, int] = OrderedDict()
         self._claims: dict[UUID, str] = {}  # claim id -> digest, of the digests remembered as unclaimed
         self._lock = threading.Lock()
+        # The current entry of a found key, without checking markers (the hot path checks them its own way).
+        self.entry_of = self._entries.get
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.loads = 0  # how often the store was read: lets tests prove the hot path does no I/O
@@ -80,6 +91,19 @@ class CredentialCache:
         each KeyIssued), and those `know` was told of (the keys read model at start-up).
         """
         return key_id in self._known
+
+    def marker_names(self, key_id: UUID, workspace_id: UUID) -> list[str]:
+        """The Redis keys of a key's and its workspace's markers; none without Redis."""
+        feed = self.feed
+        return [feed.name_of(key_id), feed.name_of(workspace_id)] if isinstance(feed, RedisChangeFeed) else []
+
+    def remembers(self, key_id: UUID) -> bool:
+        """Whether `get(key_id)` answers from memory (found or known missing), unless a change reloads it."""
+        return key_id in self._entries or key_id in self._missing
+
+    def remembers_digest(self, digest: str) -> bool:
+        """Whether `imported(digest)` answers from memory, unless a claim made since reloads it."""
+        return digest in self._digests or digest in self._unclaimed
 
     def know(self, key_ids: Iterable[UUID]) -> None:
         self._known.update(key_ids)
@@ -145,12 +169,20 @@ class CredentialCache:
                 self._digests[digest] = key_id
         return key_id
 
-    def _load(self, key_id: UUID) -> CachedKey | None:
+    def _load(
+        self, key_id: UUID, saved: dict[UUID, Any] | None = None, workspace: tuple[Any, int] | None = None
+    ) -> CachedKey | None:
+        """Load a key (and its workspace's limits) from the store, or from `saved`: aggregates a command of
+        this process just saved, as they are now (no store read for them); `workspace`: the workspace's
+        limits and marker as cached, when they did not change."""
         # Read the markers before the store: a change published after this read is seen next time.
         key_marker = self._marker(key_id)
-        self.loads += 1
+        given = saved or {}
         try:
-            key = self.ledger.get_key(key_id)
+            key = given.get(key_id)
+            if not isinstance(key, ApiKey):
+                self.loads += 1
+                key = self.ledger.get_key(key_id)
         except KeyNotFound:
             # Remembered apart from found keys: a flood of forged ids evicts only other missing ones.
             with self._lock:
@@ -160,12 +192,19 @@ class CredentialCache:
                     self._missing.popitem(last=False)
             return None
         else:
-            workspace_marker = self._marker(key.workspace_id)
-            try:
-                workspace = self.ledger.get_workspace(key.workspace_id)
-            except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
-                return None
-            limits = key.limits(workspace.limits)  # the lower of the key's own and its plan's
+            if workspace is not None:
+                workspace_limits, workspace_marker = workspace
+            else:
+                workspace_marker = self._marker(key.workspace_id)
+                try:
+                    found = given.get(key.workspace_id)
+                    if not isinstance(found, Workspace):
+                        self.loads += 1
+                        found = self.ledger.get_workspace(key.workspace_id)
+                except WorkspaceNotFound:  # cannot happen for a stored key; refuse rather than guess
+                    return None
+                workspace_limits = found.limits
+            limits = key.limits(workspace_limits)  # the lower of the key's own and its plan's
             cached = CachedKey(
                 credentials=key.credentials(self.ledger.catalog),
                 scopes=list(key.scopes),
@@ -175,14 +214,14 @@ class CredentialCache:
                 owner_id=key.owner_id,
                 meta=key.meta,
             )
-            entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id)
+            entry = _Entry(cached, key_marker, workspace_marker, key.workspace_id, workspace_limits)
         with self._lock:
             self._known.add(key_id)
             self._missing.pop(key_id, None)
+            self._drop(key_id)
             self._entries[key_id] = entry
-            self._entries.move_to_end(key_id)
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                self._entries.popitem(last=False)[1].current = False
         return entry.value
 
     def _marker(self, item: UUID) -> int:
@@ -196,24 +235,36 @@ class CredentialCache:
         """Forget ids (keys or workspaces) at once, in this process."""
         with self._lock:
             for item in ids:
-                self._entries.pop(item, None)
+                self._drop(item)
                 self._missing.pop(item, None)
                 digest = self._claims.pop(item, None)  # a claim made by a writer that publishes no marker
                 if digest is not None:
                     self._unclaimed.pop(digest, None)
             stale = [k for k, e in self._entries.items() if e.workspace_id in ids]
             for key_id in stale:
-                self._entries.pop(key_id, None)
+                self._drop(key_id)
 
-    def refresh(self, ids: Iterable[UUID], keys: Iterable[UUID]) -> None:
-        """After this process changed them: forget `ids` (keys or workspaces), and load `keys` again.
+    def _drop(self, key_id: UUID) -> None:
+        entry = self._entries.pop(key_id, None)
+        if entry is not None:
+            entry.current = False
 
-        The command's own thread does the store read while the store is known to be up, so the
+    def refresh(self, ids: Iterable[UUID], keys: Iterable[UUID], saved: Iterable[Any] = ()) -> None:
+        """After this process changed them: forget `ids` (keys or workspaces), and load `keys` again,
+        from the aggregates the command `saved` when it saved them (updated in place: no store read).
+
+        Anything else is read in the command's own thread while the store is known to be up, so the
         next verification of a changed key needs no store (nor does it during an outage).
         """
+        ids, given = set(ids), {aggregate.id: aggregate for aggregate in saved}
+        kept = {}  # the workspace limits of changed keys whose workspace did not change: no need to read them
+        for key_id in keys:
+            old = self._entries.get(key_id)
+            if old is not None and old.workspace_id not in ids and old.workspace_limits is not None:
+                kept[key_id] = (old.workspace_limits, old.workspace_marker)
         self.invalidate(*ids)
         for key_id in keys:
-            self._load(key_id)
+            self._load(key_id, given, kept.get(key_id))
 
     # --- following the stream for writers that do not publish ------------
 

@@ -14,18 +14,22 @@ undone before answering, so every allowed request saw a count within its limits.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 import redis
+import redis.asyncio
 from limits.storage import Storage, storage_from_string
 
 from domain.timefmt import floor_minute
 
+# Seconds the event-loop round trip is left alone after Redis failed it.
+ASYNC_PAUSE = 5.0
 # Counters outlive their window a little so a slow request still finds its own.
 MINUTE_EXPIRY = 120
 DAY_EXPIRY = 90_000
@@ -39,30 +43,74 @@ class Window:
     reset: int  # seconds until the window resets
 
 
-@dataclass(frozen=True)
 class QuotaDecision:
-    allowed: bool
-    minute: Window
-    day: Window
+    """Both windows after a decision, as plain integers: the `Window`s are built only when read
+    (most answers need just `allowed`, and building them costs more than deciding)."""
+
+    __slots__ = ("allowed", "day_used", "minute_used", "per_day", "per_minute", "second_of_day")
+
+    def __init__(
+        self, allowed: bool, per_minute: int, per_day: int, minute_used: int, day_used: int, second_of_day: int
+    ) -> None:
+        self.allowed = allowed
+        self.per_minute = per_minute
+        self.per_day = per_day
+        self.minute_used = minute_used
+        self.day_used = day_used
+        self.second_of_day = second_of_day
+
+    @property
+    def minute(self) -> Window:
+        limit = self.per_minute
+        return Window("minute", limit, max(0, limit - self.minute_used), 60 - self.second_of_day % 60)
+
+    @property
+    def day(self) -> Window:
+        return Window("day", self.per_day, max(0, self.per_day - self.day_used), 86_400 - self.second_of_day)
 
     @property
     def binding(self) -> Window:
         """The window a caller should watch: the exhausted one, else the one with least room."""
+        minute, day = self.minute, self.day
         if not self.allowed:
-            return self.minute if self.minute.remaining == 0 else self.day
-        return min((self.minute, self.day), key=lambda w: w.remaining)
+            return minute if minute.remaining == 0 else day
+        return minute if minute.remaining <= day.remaining else day
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as an ASGI answer carries them (lower-case names, bytes)."""
+        per_minute, per_day, second = self.per_minute, self.per_day, self.second_of_day
+        minute_left, day_left = max(0, per_minute - self.minute_used), max(0, per_day - self.day_used)
+        pairs = [
+            (b"ratelimit-policy", b'"minute";q=%d;w=60, "day";q=%d;w=86400' % (per_minute, per_day)),
+            (
+                b"ratelimit",
+                b'"minute";r=%d;t=%d, "day";r=%d;t=%d' % (minute_left, 60 - second % 60, day_left, 86_400 - second),
+            ),
+        ]
+        if not self.allowed:
+            pairs.append((b"retry-after", b"%d" % self.retry_after))
+        return pairs
+
+    def binding_numbers(self) -> tuple[int, int, int]:
+        """`binding`'s limit, remaining and reset, without building the windows."""
+        second = self.second_of_day
+        minute_left = max(0, self.per_minute - self.minute_used)
+        day_left = max(0, self.per_day - self.day_used)
+        use_minute = minute_left == 0 if not self.allowed else minute_left <= day_left
+        if use_minute:
+            return self.per_minute, minute_left, 60 - second % 60
+        return self.per_day, day_left, 86_400 - second
 
     @property
     def retry_after(self) -> int:
         return max(1, self.binding.reset)
 
     def headers(self) -> dict[str, str]:
+        per_minute, per_day, second = self.per_minute, self.per_day, self.second_of_day
+        minute_left, day_left = max(0, per_minute - self.minute_used), max(0, per_day - self.day_used)
         headers = {
-            "RateLimit-Policy": (f'"minute";q={self.minute.limit};w=60, "day";q={self.day.limit};w=86400'),
-            "RateLimit": (
-                f'"minute";r={self.minute.remaining};t={self.minute.reset}, '
-                f'"day";r={self.day.remaining};t={self.day.reset}'
-            ),
+            "RateLimit-Policy": f'"minute";q={per_minute};w=60, "day";q={per_day};w=86400',
+            "RateLimit": f'"minute";r={minute_left};t={60 - second % 60}, "day";r={day_left};t={86_400 - second}',
         }
         if not self.allowed:
             headers["Retry-After"] = str(self.retry_after)
@@ -97,6 +145,24 @@ class LocalCounters:
     def get(self, key: str) -> int:
         return self._counts.get(key, 0)
 
+    def take(self, minute_key: str, day_key: str, per_minute: int, per_day: int) -> tuple[bool, int, int]:
+        """`QuotaGate.check`'s counting under one lock: one request of both windows if both have room."""
+        counts = self._counts
+        with self._lock:
+            minute_used = counts.get(minute_key, 0) + 1
+            day_used = counts.get(day_key, 0) + 1
+            if minute_used > per_minute or day_used > per_day:
+                return False, minute_used - 1, day_used - 1
+            counts[minute_key] = minute_used
+            counts[day_key] = day_used
+            if minute_used == 1 or day_used == 1:
+                now = time.monotonic()
+                self._expiry.setdefault(minute_key, now + MINUTE_EXPIRY)
+                self._expiry.setdefault(day_key, now + DAY_EXPIRY)
+                if now >= self._next_sweep:
+                    self._sweep(now)
+            return True, minute_used, day_used
+
     def _sweep(self, now: float) -> None:
         for key in [k for k, at in self._expiry.items() if at <= now]:
             self._counts.pop(key, None)
@@ -120,6 +186,83 @@ def _windows(now: datetime) -> tuple[int, int, int]:
     """The UTC minute and day numbers since the epoch, and the second within the day."""
     second = int(now.timestamp())
     return second // 60, second // 86_400, second % 86_400
+
+
+# KEYS: the markers (key, workspace), the minute and day counters; ARGV: the expected markers, the limits
+# and the counters' expiries. As `QuotaGate.check` with the `limits` storage's INCR-and-EXPIRE, after
+# checking the markers: {1, allowed, minute used, day used}, or {0} when a marker moved (nothing counted).
+_CHECK_UNCHANGED = """
+local markers = #KEYS - 2
+for i = 1, markers do
+  if tonumber(redis.call('get', KEYS[i]) or '0') ~= tonumber(ARGV[i]) then return {0} end
+end
+local mk, dk = KEYS[markers + 1], KEYS[markers + 2]
+local per_minute, per_day = tonumber(ARGV[markers + 1]), tonumber(ARGV[markers + 2])
+local m = redis.call('incrby', mk, 1)
+if m == 1 then redis.call('expire', mk, ARGV[markers + 3]) end
+if m > per_minute then
+  m = redis.call('incrby', mk, -1)
+  return {1, 0, m, tonumber(redis.call('get', dk) or '0')}
+end
+local d = redis.call('incrby', dk, 1)
+if d == 1 then redis.call('expire', dk, ARGV[markers + 4]) end
+if d > per_day then
+  d = redis.call('incrby', dk, -1)
+  m = redis.call('incrby', mk, -1)
+  return {1, 0, m, d}
+end
+return {1, 1, m, d}
+"""
+
+
+class _ScriptBatcher:
+    """Calls of one Lua script made on an event loop, sent together: those made before the loop's next turn
+    go in one pipeline (one write, one read), so concurrent requests share a round trip and its costs."""
+
+    def __init__(self, client: Any, script: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.script = script
+        self.loop = loop
+        self.sha: str | None = None
+        self.pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        if not self.pending:
+            self.loop.call_soon(self._start)
+        self.pending.append((keys, args, future))
+        return future
+
+    def _start(self) -> None:
+        batch, self.pending = self.pending, []
+        task = self.loop.create_task(self._send(batch))
+        self._tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            if self.sha is None:
+                self.sha = await self.client.script_load(self.script)
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args, _ in batch:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as error:  # each caller gets it (a RedisError: the caller takes the slow path)
+            failure = error if isinstance(error, redis.RedisError) else redis.RedisError(repr(error))
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                if "NOSCRIPT" in str(result):
+                    self.sha = None  # Redis lost its scripts (a restart): loaded again next time
+                future.set_exception(result if isinstance(result, redis.RedisError) else redis.RedisError(result))
+            else:
+                future.set_result(result)
 
 
 class RedisUnavailable(Exception):
@@ -164,10 +307,15 @@ class QuotaGate:
 
     def __init__(self, redis_url: str | None = None, namespace: str = "kl", outage_closed: bool = False) -> None:
         self.storage: Counters
+        self._script: Any = None
+        self._redis_url = redis_url or ""
+        self._batcher: _ScriptBatcher | None = None  # made on the first call in a loop (check_unchanged_async)
+        self._async_down_until = 0.0
         if redis_url:
             # Short timeouts: an unreachable Redis must not hold a verification for long.
             storage = cast(Storage, storage_from_string(redis_url, socket_timeout=1, socket_connect_timeout=1))
             self.storage = FallbackCounters(storage, outage_closed)
+            self._script = cast(Any, storage).get_connection().register_script(_CHECK_UNCHANGED)
         else:
             self.storage = LocalCounters()
         self.shared = redis_url is not None
@@ -198,6 +346,73 @@ class QuotaGate:
                 minute_used = self.storage.incr(minute_key, MINUTE_EXPIRY, amount=-1)
         return self._decision(allowed, per_minute, per_day, minute_used, day_used, now)
 
+    def names(self, key_id: UUID, minute: int, day: int) -> tuple[str, str]:
+        """The counters of a key's minute and day windows (numbered since the epoch, UTC)."""
+        return f"{self.namespace}:q:{key_id}:m{minute}", f"{self.namespace}:q:{key_id}:d{day}"
+
+    def check_unchanged(
+        self,
+        markers: list[str],
+        expected: list[int],
+        minute_key: str,
+        day_key: str,
+        per_minute: int,
+        per_day: int,
+        second: int,
+    ) -> QuotaDecision | None:
+        """With Redis: `check`, in one round trip with the check that the change markers named (a key's and
+        its workspace's, `adapters.change_feed`) still hold the `expected` values, so the credentials the
+        caller holds are current. None, counting nothing, when a marker moved. Raises redis.RedisError
+        (the caller falls back to the step-by-step path, which knows what an outage means)."""
+        storage = self.storage
+        if not isinstance(storage, FallbackCounters) or self._script is None:
+            return None
+        shared = cast(Any, storage.shared)
+        keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
+        try:
+            result = self._script(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+        except redis.RedisError:
+            self._async_down_until = time.monotonic() + ASYNC_PAUSE  # one timeout, not two, per decision a while
+            raise
+        if not result[0]:
+            return None
+        return QuotaDecision(bool(result[1]), per_minute, per_day, int(result[2]), int(result[3]), second % 86_400)
+
+    def async_ready(self) -> bool:
+        """Whether `check_unchanged[_async]` may be tried: not for a few seconds after Redis failed one (the
+        step-by-step path, with its own timeouts and outage rules, answers meanwhile)."""
+        return self.shared and time.monotonic() >= self._async_down_until
+
+    async def check_unchanged_async(
+        self,
+        markers: list[str],
+        expected: list[int],
+        minute_key: str,
+        day_key: str,
+        per_minute: int,
+        per_day: int,
+        second: int,
+    ) -> QuotaDecision | None:
+        """`check_unchanged` on the event loop (redis.asyncio): no thread hop for the hot path's one round trip.
+        Raises redis.RedisError, and `async_ready` says no for `ASYNC_PAUSE` seconds after."""
+        if not isinstance(self.storage, FallbackCounters):
+            return None
+        loop = asyncio.get_running_loop()
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not loop:  # a client's connections belong to the loop that made them
+            client = redis.asyncio.Redis.from_url(self._redis_url, socket_timeout=1, socket_connect_timeout=1)
+            batcher = self._batcher = _ScriptBatcher(client, _CHECK_UNCHANGED, loop)
+        shared = cast(Any, self.storage.shared)
+        keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
+        try:
+            result = await batcher.call(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+        except redis.RedisError:
+            self._async_down_until = time.monotonic() + ASYNC_PAUSE
+            raise
+        if not result[0]:
+            return None
+        return QuotaDecision(bool(result[1]), per_minute, per_day, int(result[2]), int(result[3]), second % 86_400)
+
     def peek(self, key_id: UUID, per_minute: int, per_day: int, now: datetime) -> QuotaDecision:
         """The windows as they stand, consuming nothing."""
         minute_key, day_key = self._counters(key_id, now)
@@ -210,11 +425,7 @@ class QuotaGate:
         allowed: bool, per_minute: int, per_day: int, minute_used: int, day_used: int, now: datetime
     ) -> QuotaDecision:
         _, _, second_of_day = _windows(now)
-        return QuotaDecision(
-            allowed=allowed,
-            minute=Window("minute", per_minute, max(0, per_minute - minute_used), 60 - second_of_day % 60),
-            day=Window("day", per_day, max(0, per_day - day_used), 86_400 - second_of_day),
-        )
+        return QuotaDecision(allowed, per_minute, per_day, minute_used, day_used, second_of_day)
 
     def restore(self, key_id: UUID, minute_used: int, day_used: int, now: datetime) -> None:
         """Seed in-memory counters after a restart with what the usage read model recorded."""

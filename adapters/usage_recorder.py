@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
@@ -51,6 +51,8 @@ class UsageRecorder:
         self.flush_every = flush_every
         self.on_flush = on_flush
         self._counts: Counter[_Slot] = Counter()
+        # Answers of the hot path, appended without a lock (deque.append is atomic) and counted at the flush.
+        self._answered: deque[tuple[UUID, UUID, int, str, int, str | None, str | None]] = deque()
         self._spends: Counter[tuple[UUID, UUID, int, str]] = Counter()  # key, workspace, credits generation, period
         self._refills: set[tuple[UUID, int, str]] = set()
         self._answers = 0
@@ -96,6 +98,46 @@ class UsageRecorder:
         if full:
             self._wake.set()
 
+    def count(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        minute: int,
+        endpoint: str,
+        status: int,
+        needed_scope: str | None = None,
+        client: str | None = None,
+    ) -> None:
+        """`record` for the hot path, `minute` being the UTC minute's number since the epoch: one append."""
+        answered = self._answered
+        answered.append((key_id, workspace_id, minute, endpoint, status, needed_scope, client))
+        if len(answered) == self.flush_every:  # once: the flusher takes them all
+            self._wake.set()
+
+    def _take_answered(self) -> None:
+        """Move the hot path's answers into the counts (under `_lock`), as `record` would have counted them.
+
+        The hot path answers only VALID and RATE_LIMITED: the scope decided them, the key held it."""
+        answered, counts = self._answered, self._counts
+        minutes: dict[int, datetime] = {}
+        endpoints: dict[str, str] = {}
+        addresses: dict[str, str | None] = {}
+        while answered:
+            key_id, workspace_id, number, endpoint, status, scope, client = answered.popleft()
+            minute = minutes.get(number)
+            if minute is None:
+                minute = minutes[number] = datetime.fromtimestamp(number * 60, UTC)
+            text = endpoints.get(endpoint)
+            if text is None:
+                text = endpoints[endpoint] = storable_text(endpoint[:MAX_ENDPOINT_LENGTH])
+            address = None
+            if client:
+                address = addresses.get(client, "")
+                if address == "":
+                    address = addresses[client] = canonical_address(client)
+            counts[key_id, workspace_id, minute, text, status, scope, False, address] += 1
+            self._answers += 1
+
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """Count one credit spent (recorded with the usage, so in-process counters can be restored)."""
         with self._lock:
@@ -111,7 +153,7 @@ class UsageRecorder:
     def pending(self) -> int:
         """Answers counted but not recorded yet."""
         with self._lock:
-            return self._answers
+            return self._answers + len(self._answered)
 
     def flush(self) -> int | None:
         """Record every pending count now; returns the position of the last event recorded, or None.
@@ -120,6 +162,7 @@ class UsageRecorder:
         """
         with self._flushing:
             with self._lock:
+                self._take_answered()
                 taken, self._counts = self._counts, Counter()
                 spent, self._spends = self._spends, Counter()
                 refills, self._refills = self._refills, set()

@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from api import openapi, problems
 from api.context import Services
+from api.hotpath import HotPath
 from api.routes import (
     audit,
     audit_log,
@@ -25,7 +27,24 @@ from api.routes import (
 )
 
 
-def create_app(services: Services) -> FastAPI:
+class KeyledgerApp(FastAPI):
+    """FastAPI with the hot routes answered ahead of its routing (`api.hotpath`); the rest goes through it."""
+
+    hot: HotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.hot
+        if hot is not None and scope["type"] == "http":
+            handler = hot.handles(scope)
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(services: Services, hot_path: bool = True) -> KeyledgerApp:
+    """The API; `hot_path=False` answers the hot routes through FastAPI alone (as a reference in tests)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.start()
@@ -34,7 +53,7 @@ def create_app(services: Services) -> FastAPI:
         finally:
             services.stop()
 
-    app = FastAPI(
+    app = KeyledgerApp(
         title="keyledger",
         version="1",
         description="Event-sourced API-key lifecycle: issue, scope, rotate, revoke, verify, meter, audit.",
@@ -46,4 +65,6 @@ def create_app(services: Services) -> FastAPI:
     # The verification routes come first: routing tries routes in order, and they are the hot path.
     for module in (verify, workspaces, keys, usage, insights, audit, audit_log, stream, webhooks, me, ops, dashboard):
         app.include_router(module.router)
+    if hot_path:
+        app.hot = HotPath(services, super(KeyledgerApp, app).__call__)
     return app

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,7 +65,8 @@ class KeyledgerGuard:
             return
         endpoint = f"{method} {path}"[:MAX_ENDPOINT_LENGTH]
         address = scope["client"][0] if scope.get("client") else None  # the guard's connection (SPEC 8.2)
-        answer = await run_in_threadpool(self.verification.verify, secret, needed, endpoint, "guard", False)
+        # No address for the guessing throttle: the guard answers its service's callers, as it always did.
+        answer = await self.verification.decide(secret, needed, endpoint, "guard", False, None)
         refusal = refusal_for(answer, self.insufficient_scope_status)
         if refusal is not None:
             self.verification.record(answer, endpoint, refusal.status, address)

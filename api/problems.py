@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.routing import Match
 
 from adapters.quotas import QuotaDecision, RedisUnavailable
@@ -59,24 +62,66 @@ class ApiProblem(Exception):
         self.extra = extra
 
 
+@dataclass(frozen=True)
+class KeyRefusal:
+    """How a refused answer to a presented key reads as a problem: one table for /v1/auth, the fast path,
+    the management endpoints and both guards (`keyledger.guard` builds the same bodies from /v1/verify)."""
+
+    status: int  # INSUFFICIENT_SCOPE: the deployment's status replaces it (403 unless configured)
+    title: str
+    kind: str
+    detail: str = ""  # the fixed detail of a 401; the others depend on the answer (the functions below)
+
+
+INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'  # noqa: S105 (a WWW-Authenticate challenge)
+KEY_REFUSALS: dict[VerifyCode, KeyRefusal] = {
+    VerifyCode.NOT_FOUND: KeyRefusal(
+        401, "Unauthorized", "unauthorized", "the presented key is missing, malformed or unknown"
+    ),
+    VerifyCode.REVOKED: KeyRefusal(401, "Unauthorized", "unauthorized", "the presented key is revoked"),
+    VerifyCode.SUSPENDED: KeyRefusal(401, "Unauthorized", "unauthorized", "the presented key is suspended"),
+    VerifyCode.EXPIRED: KeyRefusal(401, "Unauthorized", "unauthorized", "the presented key or secret has expired"),
+    VerifyCode.INSUFFICIENT_SCOPE: KeyRefusal(403, "Insufficient scope", "insufficient-scope"),
+    VerifyCode.RATE_LIMITED: KeyRefusal(429, "Too many requests", "rate-limited"),
+    VerifyCode.USAGE_EXCEEDED: KeyRefusal(429, "Usage exceeded", "usage-exceeded"),
+}
+
+
+def insufficient_scope_detail(scope: str | None) -> str:
+    return f"the key lacks the scope {scope!r}"
+
+
+def insufficient_scope_challenge(scope: str | None) -> str:
+    return f'Bearer error="insufficient_scope", scope="{scope}"'
+
+
+def rate_limited_detail(limit: int | str, window: str, retry_after: int) -> str:
+    return f"the key used its {limit} requests per {window}; retry in {retry_after} s"
+
+
+def usage_exceeded_detail(retry_after: int | str | None) -> str:
+    refill = f"; refilled in {retry_after} s" if retry_after is not None else "; no refill is due"
+    return f"the key has no credits left{refill}"
+
+
 class Unauthorized(ApiProblem):
     status = 401
-    title = "Unauthorized"
-    kind = "unauthorized"
+    title = KEY_REFUSALS[VerifyCode.NOT_FOUND].title
+    kind = KEY_REFUSALS[VerifyCode.NOT_FOUND].kind
 
     def __init__(self, detail: str, code: str = "NOT_FOUND") -> None:
-        super().__init__(detail, {"WWW-Authenticate": 'Bearer error="invalid_token"'}, code=code)
+        super().__init__(detail, {"WWW-Authenticate": INVALID_TOKEN_CHALLENGE}, code=code)
 
 
 class InsufficientScope(ApiProblem):
     status = 403
-    title = "Insufficient scope"
-    kind = "insufficient-scope"
+    title = KEY_REFUSALS[VerifyCode.INSUFFICIENT_SCOPE].title
+    kind = KEY_REFUSALS[VerifyCode.INSUFFICIENT_SCOPE].kind
 
     def __init__(self, scope: str, status: int = 403) -> None:
         super().__init__(
-            f"the key lacks the scope {scope!r}",
-            {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+            insufficient_scope_detail(scope),
+            {"WWW-Authenticate": insufficient_scope_challenge(scope)},
             code="INSUFFICIENT_SCOPE",
             scope=scope,
         )
@@ -85,13 +130,13 @@ class InsufficientScope(ApiProblem):
 
 class RateLimited(ApiProblem):
     status = 429
-    title = "Too many requests"
-    kind = "rate-limited"
+    title = KEY_REFUSALS[VerifyCode.RATE_LIMITED].title
+    kind = KEY_REFUSALS[VerifyCode.RATE_LIMITED].kind
 
     def __init__(self, decision: QuotaDecision) -> None:
         window = decision.binding
         super().__init__(
-            f"the key used its {window.limit} requests per {window.name}; retry in {decision.retry_after} s",
+            rate_limited_detail(window.limit, window.name, decision.retry_after),
             decision.headers(),
             code="RATE_LIMITED",
         )
@@ -99,15 +144,14 @@ class RateLimited(ApiProblem):
 
 class UsageExceeded(ApiProblem):
     status = 429
-    title = "Usage exceeded"
-    kind = "usage-exceeded"
+    title = KEY_REFUSALS[VerifyCode.USAGE_EXCEEDED].title
+    kind = KEY_REFUSALS[VerifyCode.USAGE_EXCEEDED].kind
 
     def __init__(self, quota: QuotaDecision | None, retry_after: int | None) -> None:
         headers = {k: v for k, v in (quota.headers() if quota else {}).items() if k != "Retry-After"}
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        refill = f"; refilled in {retry_after} s" if retry_after is not None else "; no refill is due"
-        super().__init__(f"the key has no credits left{refill}", headers, code="USAGE_EXCEEDED")
+        super().__init__(usage_exceeded_detail(retry_after), headers, code="USAGE_EXCEEDED")
 
 
 class OperatorOnly(ApiProblem):
@@ -117,17 +161,8 @@ class OperatorOnly(ApiProblem):
 
     def __init__(self) -> None:
         super().__init__(
-            "this endpoint needs the operator token as a Bearer token",
-            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            "this endpoint needs the operator token as a Bearer token", {"WWW-Authenticate": INVALID_TOKEN_CHALLENGE}
         )
-
-
-_KEY_REFUSALS = {
-    VerifyCode.NOT_FOUND: "the presented key is missing, malformed or unknown",
-    VerifyCode.REVOKED: "the presented key is revoked",
-    VerifyCode.SUSPENDED: "the presented key is suspended",
-    VerifyCode.EXPIRED: "the presented key or secret has expired",
-}
 
 
 def refusal_for(answer: Answer, insufficient_scope_status: int = 403) -> ApiProblem | None:
@@ -140,7 +175,10 @@ def refusal_for(answer: Answer, insufficient_scope_status: int = 403) -> ApiProb
         return UsageExceeded(answer.quota, answer.credits_retry_after)
     if answer.code is VerifyCode.INSUFFICIENT_SCOPE:
         return InsufficientScope(answer.needed_scope or "", insufficient_scope_status)
-    return Unauthorized(_KEY_REFUSALS.get(answer.code, _KEY_REFUSALS[VerifyCode.NOT_FOUND]), answer.code.value)
+    refusal = KEY_REFUSALS.get(answer.code)
+    if refusal is None or refusal.status != 401:
+        return Unauthorized(KEY_REFUSALS[VerifyCode.NOT_FOUND].detail)
+    return Unauthorized(refusal.detail, answer.code.value)
 
 
 _FAMILIES: list[tuple[type[DomainError], int]] = [(InvalidInput, 422), (NotFound, 404), (Conflict, 409)]
@@ -244,14 +282,28 @@ def _unexpected(_: Request, error: Exception) -> JSONResponse:
     )
 
 
+Handler = Callable[[Request, Exception], Response]
+HANDLERS: list[tuple[type[Exception], Handler]] = [
+    (DomainError, _domain_error),
+    (ApiProblem, _api_problem),
+    (RequestValidationError, _validation_error),
+    (StarletteHTTPException, _http_error),
+    (ProjectionNotReady, _not_ready),
+    (AmbiguousPath, _ambiguous_path),
+    (GuessingThrottled, _throttled),
+    *((unavailable, _unavailable) for unavailable in UNAVAILABLE),
+    (Exception, _unexpected),
+]
+
+
+def response_for(request: Request, error: Exception) -> Response:
+    """The answer the app's handlers give to `error`, found as Starlette finds them (the error's classes in
+    order): for the hot path (`api.hotpath`), which answers ahead of FastAPI's handlers."""
+    handlers = dict(HANDLERS)
+    handler = next(handlers[cls] for cls in type(error).__mro__ if cls in handlers)
+    return handler(request, error)
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(DomainError, _domain_error)
-    app.add_exception_handler(ApiProblem, _api_problem)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ProjectionNotReady, _not_ready)
-    app.add_exception_handler(AmbiguousPath, _ambiguous_path)
-    app.add_exception_handler(GuessingThrottled, _throttled)
-    for unavailable in UNAVAILABLE:
-        app.add_exception_handler(unavailable, _unavailable)
-    app.add_exception_handler(Exception, _unexpected)
+    for kind, handler in HANDLERS:
+        app.add_exception_handler(kind, handler)

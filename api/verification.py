@@ -6,23 +6,35 @@ buffer (flushed as batched events); only allowed answers consume quota.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
+from hashlib import sha256
+from time import perf_counter, time
 from typing import Protocol
 from uuid import UUID
 
-from adapters.credential_cache import CachedKey, CredentialCache
+import msgspec
+from redis import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from adapters.change_feed import RedisChangeFeed
+from adapters.credential_cache import CachedKey, CacheEntry, CredentialCache
 from adapters.credits import CreditDecision, CreditGate
-from adapters.quotas import QuotaDecision, QuotaGate
+from adapters.quotas import LocalCounters, QuotaDecision, QuotaGate
 from api.forwarded_path import normalise
 from api.guesses import GuessLimit
 from api.metrics import Metrics
 from domain import credentials
+from domain.application import utc_now
 from domain.errors import MalformedSecret
 from domain.imports import importable
+from domain.scopes import ADMIN
 from domain.verification import VerifyCode, check_credentials
+
+_encode = msgspec.json.Encoder().encode
 
 
 class UsageSink(Protocol):
@@ -41,6 +53,20 @@ class UsageSink(Protocol):
         """One answer to a key: the scope it needed (`scope_refused`: the key lacked it) and the client's address."""
         ...
 
+    def count(
+        self,
+        key_id: UUID,
+        workspace_id: UUID,
+        minute: int,
+        endpoint: str,
+        status: int,
+        needed_scope: str | None,
+        client: str | None,
+    ) -> None:
+        """`record` for the hot path (an answer the scope decided, the key holding it): the moment as its UTC
+        minute number since the epoch."""
+        ...
+
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """A credit spent by an allowed answer (kept with the usage, to restore in-process counters)."""
         ...
@@ -50,7 +76,7 @@ class UsageSink(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     code: VerifyCode
     status: int  # the HTTP status this answer means (what /v1/auth would send)
@@ -59,10 +85,76 @@ class Answer:
     quota: QuotaDecision | None = None
     credits_remaining: int | None = None  # for usage-limited keys
     credits_retry_after: int | None = None  # on USAGE_EXCEEDED: seconds to the next refill, if one is due
+    hot: _Hot | None = None  # the hot entry it was decided from (its answer's JSON is prepared there)
 
     @property
     def allowed(self) -> bool:
         return self.code is VerifyCode.VALID
+
+
+Window = tuple[int, int, str, str]  # minute and day numbers since the epoch (UTC), their counters' names
+
+
+class _Hot:
+    """What a presented secret's digest opened at its last decision, precomputed for the next one.
+
+    Valid while its key's cache entry is the one it was built from (`CredentialCache.entry_of`): a
+    change replaces that entry, so a revoked key is never answered from here once its command returned.
+    """
+
+    __slots__ = (
+        "admin",
+        "entry",
+        "expected",
+        "json_limited",
+        "json_tail",
+        "json_valid",
+        "key",
+        "key_id",
+        "markers",
+        "metered",
+        "per_day",
+        "per_minute",
+        "refused",
+        "scopes",
+        "valid_until",
+        "window",
+        "workspace_id",
+    )
+
+    def __init__(self, entry: CacheEntry, key: CachedKey, previous: bool, markers: list[str]) -> None:
+        creds = key.credentials
+        self.entry = entry
+        self.key = key
+        self.key_id = creds.key_id
+        self.workspace_id = creds.workspace_id
+        # The rules of `check_credentials` that do not depend on the moment or the scope asked for.
+        self.refused = VerifyCode.REVOKED if creds.revoked else VerifyCode.SUSPENDED if creds.suspended else None
+        until = creds.expires_at.timestamp() if creds.expires_at is not None else math.inf
+        if previous:
+            grace = creds.previous_valid_until
+            until = min(until, grace.timestamp() if grace is not None else -math.inf)
+        self.valid_until = until
+        self.scopes = creds.effective_scopes
+        self.admin = ADMIN in creds.effective_scopes
+        self.per_minute = key.requests_per_minute
+        self.per_day = key.requests_per_day
+        self.metered = creds.credits is not None  # credits are counted step by step (`_count`)
+        self.markers = markers  # with Redis: the key's and workspace's marker names, and their values here
+        self.expected = [entry.key_marker, entry.workspace_marker]
+        self.window: Window = (-1, -1, "", "")  # the last minute and day numbers, and their counters
+        # `/v1/verify`'s body around its `ratelimit` (`answer_json`), VALID and RATE_LIMITED; no credits here.
+        fields = {"key_id": creds.key_id, "workspace_id": creds.workspace_id, "scopes": key.scopes}
+        details = {"name": key.name, "owner_id": key.owner_id, "meta": key.meta, "credits": None}
+        self.json_valid = _encode({"valid": True, "code": "VALID", **fields})[:-1] + b',"ratelimit":'
+        self.json_limited = _encode({"valid": False, "code": "RATE_LIMITED", **fields})[:-1] + b',"ratelimit":'
+        self.json_tail = b"," + _encode(details)[1:]
+
+
+Prepared = tuple[_Hot, int, "Window"]  # the hot entry, the epoch second, its window
+
+# Hot entries kept at most (one per secret presented lately); the table starts anew when full.
+MAX_HOT = 100_000
 
 
 class VerificationService:
@@ -84,6 +176,9 @@ class VerificationService:
         self.usage = usage
         self.metrics = metrics
         self.clock = clock
+        self._hot: dict[str, _Hot] = {}
+        self._shared = isinstance(cache.feed, RedisChangeFeed) and quotas.shared
+        self._local = quotas.storage if isinstance(quotas.storage, LocalCounters) else None
         self.statuses = {
             VerifyCode.VALID: 200,
             VerifyCode.NOT_FOUND: 401,
@@ -137,14 +232,147 @@ class VerificationService:
         `client` (the caller's address) is throttled after too many NOT_FOUND answers
         (GuessingThrottled) for ids no key is known to have. `address`: the client address usage
         records (SPEC 8.2: verify's `client_ip`, a gateway's forwarded address, the guard's connection).
+
+        A secret decided on before is looked up by its digest in `_hot` and judged from precomputed
+        facts, with integer windows and one counter step; anything else (a first sight, a changed key,
+        a refusal, credits) takes the step-by-step path, which also makes the hot entry.
         """
-        started = time.perf_counter()
+        started = perf_counter()
+        prepared = self.prepare(secret, needed_scope)
+        if prepared is not None:
+            hot, second, window = prepared
+            quota: QuotaDecision | None = None
+            if self._local is not None:
+                allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
+                quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
+            elif self._shared and self.quotas.async_ready():
+                with suppress(RedisError):  # the step-by-step path knows what an outage means (SPEC 8.5)
+                    quota = self.quotas.check_unchanged(
+                        hot.markers, hot.expected, window[2], window[3], hot.per_minute, hot.per_day, second
+                    )
+            if quota is not None:
+                return self.finish(prepared, quota, needed_scope, endpoint, via, record_usage, address, started)
+        answer = self._verify(secret, needed_scope, endpoint, record_usage, client, address)
+        self.metrics.decided(via, answer.code, perf_counter() - started)
+        return answer
+
+    async def decide(
+        self,
+        secret: str | None,
+        needed: str | None,
+        endpoint: str,
+        via: str,
+        record: bool,
+        client: str | None,
+        address: str | None = None,
+    ) -> Answer:
+        """`verify` for the event loop: from memory on the loop; with Redis the hot path's one round trip
+        awaited on the loop; whatever may read the store (a key not cached yet) or needs the step-by-step
+        Redis calls, in the thread pool."""
+        if self._shared:
+            prepared = self.prepare(secret, needed) if self.quotas.async_ready() else None
+            if prepared is not None:
+                started = perf_counter()
+                hot, second, window = prepared
+                quota = None
+                with suppress(RedisError):  # the step-by-step path knows what an outage means (SPEC 8.5)
+                    quota = await self.quotas.check_unchanged_async(
+                        hot.markers, hot.expected, window[2], window[3], hot.per_minute, hot.per_day, second
+                    )
+                if quota is not None:
+                    return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
+        elif self._local is not None:
+            started = perf_counter()
+            prepared = self.prepare(secret, needed)
+            if prepared is not None:  # as `verify` does, without hashing the secret twice
+                hot, second, window = prepared
+                allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
+                quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
+                return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
+            if self.answers_from_memory(secret):
+                return self.verify(secret, needed, endpoint, via, record, client, address)
+        return await run_in_threadpool(self.verify, secret, needed, endpoint, via, record, client, address)
+
+    def prepare(self, secret: str | None, needed: str | None) -> Prepared | None:
+        """The hot entry of a secret decided on before, when the key rules allow it now: only the quota is
+        left to count (in process, or in Redis by `QuotaGate.check_unchanged[_async]`), then `finish`.
+        None when the step-by-step path must decide: a first sight, a changed key, a refusal (rare, and
+        it wants RateLimit headers from a peek), credits."""
+        if not secret:
+            return None
+        try:
+            digest = sha256(secret.encode()).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate: no key has it (the step-by-step path says so)
+            return None
+        hot = self._hot.get(digest)
+        if hot is None or not hot.entry.current or hot.refused is not None or hot.metered:
+            return None
+        if needed is not None and needed not in hot.scopes and not hot.admin:
+            return None
+        clock = self.clock
+        now = time() if clock is utc_now else clock().timestamp()
+        if now >= hot.valid_until:
+            return None
+        second = int(now)
+        minute, day = second // 60, second // 86_400
+        window = hot.window  # one attribute, replaced whole: a thread never sees half of a new window
+        if window[0] != minute or window[1] != day:
+            window = hot.window = (minute, day, *self.quotas.names(hot.key_id, minute, day))
+        return hot, second, window
+
+    def finish(
+        self,
+        prepared: Prepared,
+        quota: QuotaDecision,
+        needed: str | None,
+        endpoint: str,
+        via: str,
+        record_usage: bool,
+        address: str | None,
+        started: float,
+    ) -> Answer:
+        """The answer of a prepared decision once its quota was counted: recorded, measured."""
+        hot, _, window = prepared
+        if quota.allowed:
+            answer = Answer(VerifyCode.VALID, 200, needed, hot.key, quota, hot=hot)
+        else:
+            answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, hot.key, quota, hot=hot)
+        if record_usage:
+            self.usage.count(hot.key_id, hot.workspace_id, window[0], endpoint, answer.status, needed, address)
+        self.metrics.decided(via, answer.code, perf_counter() - started)
+        return answer
+
+    def _remember(self, secret: str, answer: Answer) -> None:
+        """Make the hot entry of a secret that opened a key (its current or previous secret)."""
+        key = answer.key
+        if key is None:
+            return
+        key_id = key.credentials.key_id
+        entry = self.cache.entry_of(key_id)
+        if entry is None or entry.value is not key:
+            return
+        digest = credentials.digest(secret)
+        previous = digest != key.credentials.secret_digest
+        markers = [] if not self._shared else self.cache.marker_names(key_id, key.credentials.workspace_id)
+        if len(self._hot) >= MAX_HOT:
+            self._hot = {}
+        self._hot[digest] = _Hot(entry, key, previous, markers)
+
+    def _verify(
+        self,
+        secret: str | None,
+        needed_scope: str | None,
+        endpoint: str,
+        record_usage: bool,
+        client: str | None,
+        address: str | None,
+    ) -> Answer:
         key_id, digest = self._parse(secret)  # parsed once: the throttle and the lookup share it
         guessing = client is not None and self.guesses.per_minute > 0
         guessed = key_id if guessing and key_id is not None and not self.cache.holds(key_id) else None
         unknown_digest = guessing and digest is not None and not self.cache.holds_digest(digest)
         if guessed is not None or unknown_digest:  # no key is known to have it: throttled after too many guesses
-            self.guesses.check(client, time.time())
+            self.guesses.check(client, time())
         if digest is not None:
             key_id = self.cache.imported(digest)
         answer = self._judge(secret, key_id, needed_scope)
@@ -152,13 +380,13 @@ class VerificationService:
             (guessed is not None and not self.cache.holds(guessed)) or (unknown_digest and key_id is None)
         ):
             # It named no key at all (a wrong secret of a real key is not counted).
-            self.guesses.count(client, time.time())
+            self.guesses.count(client, time())
         if answer.key is not None:
             answer = self._count(answer, needed_scope)
             if record_usage:
                 self.record(answer, endpoint, answer.status, address)
-        self.metrics.verify_latency.observe(time.perf_counter() - started)
-        self.metrics.answer(via, answer.code.value)
+            if secret and answer.code is not VerifyCode.NOT_FOUND:
+                self._remember(secret, answer)
         return answer
 
     def _count(self, answer: Answer, needed_scope: str | None) -> Answer:
@@ -213,6 +441,57 @@ class VerificationService:
                 client=client,
                 scope_refused=answer.code is VerifyCode.INSUFFICIENT_SCOPE,
             )
+
+    def answers_from_memory(self, secret: str | None) -> bool:
+        """Whether deciding on `secret` needs no store read (its key, or its absence, is cached)."""
+        if not secret:
+            return True
+        try:
+            hot = self._hot.get(sha256(secret.encode()).hexdigest())
+        except UnicodeEncodeError:
+            return True  # a lone surrogate: malformed, decided without a lookup
+        if hot is not None and hot.entry.current:
+            return True
+        key_id, digest = self._parse(secret)
+        if digest is not None:
+            return self.cache.remembers_digest(digest)
+        return key_id is None or self.cache.remembers(key_id)
+
+    @staticmethod
+    def answer_json(answer: Answer) -> bytes:
+        """`/v1/verify`'s body for an answer (`api.schemas.VerifyResponse`, its fields in order)."""
+        hot, quota = answer.hot, answer.quota
+        if hot is not None and quota is not None:  # prepared: only the numbers are written
+            limit, left, reset = quota.binding_numbers()
+            head = hot.json_valid if answer.code is VerifyCode.VALID else hot.json_limited
+            return b'%s{"limit":%d,"remaining":%d,"reset":%d}%s' % (head, limit, left, reset, hot.json_tail)
+        key = answer.key
+        window = answer.quota.binding if answer.quota is not None else None
+        remaining = answer.credits_remaining
+        return _encode(
+            {
+                "valid": answer.code is VerifyCode.VALID,
+                "code": answer.code.value,
+                "key_id": key.credentials.key_id if key else None,
+                "workspace_id": key.credentials.workspace_id if key else None,
+                "scopes": key.scopes if key else None,
+                "ratelimit": {"limit": window.limit, "remaining": window.remaining, "reset": window.reset}
+                if window
+                else None,
+                "name": key.name if key else None,
+                "owner_id": key.owner_id if key else None,
+                "meta": key.meta if key else None,
+                "credits": {"remaining": remaining} if remaining is not None else None,
+            }
+        )
+
+    @staticmethod
+    def auth_headers(key: CachedKey) -> list[tuple[bytes, bytes]]:
+        """The headers `/v1/auth` adds to an allowed answer: which key and workspace it was."""
+        return [
+            (b"x-keyledger-key-id", str(key.credentials.key_id).encode()),
+            (b"x-keyledger-workspace-id", str(key.credentials.workspace_id).encode()),
+        ]
 
 
 _SCOPE_DECIDED = frozenset(

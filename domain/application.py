@@ -13,6 +13,7 @@ own declarations (`domain.effects`). No caller lists ids.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +93,7 @@ class Saved:
     position: int  # of the last event
     events: tuple[Any, ...]
     changed: frozenset[UUID]  # keys and workspaces whose cached credentials or limits are stale now
+    aggregates: tuple[Any, ...] = ()  # the aggregates saved, as they are now (a cache updates from them)
 
     @property
     def lifecycle(self) -> bool:
@@ -130,6 +132,14 @@ class KeyLedger(Application[UUID]):
         self.catalog = catalog or ScopeCatalog()
         self.clock = clock
         self._after_save: list[AfterSave] = []
+        self._saving = threading.local()  # the aggregates of the save in progress in this thread
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        self._saving.aggregates = tuple(o for o in objs if isinstance(o, ApiKey | Workspace))
+        try:
+            return super().save(*objs, **kwargs)
+        finally:
+            self._saving.aggregates = ()
 
     def after_save(self, effect: AfterSave) -> None:
         """Run `effect` after every save, in the saving thread, before the command returns."""
@@ -140,7 +150,7 @@ class KeyLedger(Application[UUID]):
             return
         events = tuple(r.domain_event for r in recordings)
         changed = frozenset(e.originator_id for e in events if changes_credentials(e))
-        saved = Saved(_last_position(recordings), events, changed)
+        saved = Saved(_last_position(recordings), events, changed, getattr(self._saving, "aggregates", ()))
         for effect in self._after_save:
             effect(saved)
 

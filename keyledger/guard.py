@@ -36,10 +36,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.forwarded_path import AmbiguousPath
 from api.guard import KeyledgerGuard, ScopeFor, bearer_of, pass_through, scope_from_method_and_path
-from api.problems import PROBLEM_JSON, ambiguous_path_response
+from api.problems import (
+    INVALID_TOKEN_CHALLENGE,
+    KEY_REFUSALS,
+    PROBLEM_JSON,
+    ambiguous_path_response,
+    insufficient_scope_challenge,
+    insufficient_scope_detail,
+    rate_limited_detail,
+    usage_exceeded_detail,
+)
 from api.verification import VerificationService
 from domain.addresses import canonical_address
 from domain.text import MAX_ENDPOINT_LENGTH
+from domain.verification import VerifyCode
 
 log = logging.getLogger("keyledger.guard")
 
@@ -48,11 +58,6 @@ REPORT_EVERY = 0.5  # seconds between usage reports to keyledger
 REPORT_BATCH = 1000
 STREAM_RETRY_MAX = 5.0
 _FORWARDED = ("ratelimit", "ratelimit-policy", "retry-after")
-_KEY_REFUSALS = {
-    "REVOKED": "the presented key is revoked",
-    "SUSPENDED": "the presented key is suspended",
-    "EXPIRED": "the presented key or secret has expired",
-}
 
 
 class Guard(KeyledgerGuard):
@@ -118,23 +123,27 @@ class _Verdict:
         if self.problem is not None:
             return self.problem
         code = str(self.answer.get("code"))
+        known = VerifyCode(code) if code in VerifyCode.__members__ else VerifyCode.NOT_FOUND
+        refusal = KEY_REFUSALS.get(known, KEY_REFUSALS[VerifyCode.NOT_FOUND])
         extra: dict[str, Any] = {}
-        if code == "INSUFFICIENT_SCOPE":
-            status, title, kind = insufficient_scope_status, "Insufficient scope", "insufficient-scope"
-            detail, extra = f"the key lacks the scope {self.scope!r}", {"scope": self.scope}
-            headers = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{self.scope}"'}
-        elif code == "USAGE_EXCEEDED":
-            status, title, kind, headers = 429, "Usage exceeded", "usage-exceeded", dict(self.headers)
-            due = self.headers.get("retry-after")
-            detail = f"the key has no credits left; {f'refilled in {due} s' if due else 'no refill is due'}"
-        elif code == "RATE_LIMITED":
-            status, title, kind = 429, "Too many requests", "rate-limited"
+        status, title, kind = refusal.status, refusal.title, refusal.kind
+        if known is VerifyCode.INSUFFICIENT_SCOPE:
+            status, detail, extra = (
+                insufficient_scope_status,
+                insufficient_scope_detail(self.scope),
+                {"scope": self.scope},
+            )
+            headers = {"WWW-Authenticate": insufficient_scope_challenge(self.scope)}
+        elif known is VerifyCode.USAGE_EXCEEDED:
+            detail, headers = usage_exceeded_detail(self.headers.get("retry-after")), dict(self.headers)
+        elif known is VerifyCode.RATE_LIMITED:
             detail, headers = _rate_limited_detail(self.headers), dict(self.headers)
         else:
-            status, title, kind = 401, "Unauthorized", "unauthorized"
-            detail = _KEY_REFUSALS.get(code, "the presented key is missing, malformed or unknown")
-            headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            code = code if code in _KEY_REFUSALS else "NOT_FOUND"
+            if refusal.status != 401:  # VALID never reaches here; anything else is refused as unknown
+                refusal = KEY_REFUSALS[VerifyCode.NOT_FOUND]
+                known = VerifyCode.NOT_FOUND
+            detail, headers = refusal.detail, {"WWW-Authenticate": INVALID_TOKEN_CHALLENGE}
+        code = known.value
         return _problem(status, title, kind, detail, headers, code=code, **extra)
 
 
@@ -148,7 +157,7 @@ def _rate_limited_detail(headers: dict[str, str]) -> str:
     limits = dict(_windows(headers.get("ratelimit-policy", ""), "q"))
     for name, remaining, reset in ((n, r, _field(part, "t")) for n, r, part in _remaining(headers)):
         if remaining == 0:
-            return f"the key used its {limits.get(name, '?')} requests per {name}; retry in {max(1, reset)} s"
+            return rate_limited_detail(limits.get(name, "?"), name, max(1, reset))
     return "the key used its quota"
 
 

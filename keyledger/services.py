@@ -75,7 +75,7 @@ def publish_changes(feed: ChangeFeed, cache: CredentialCache | None = None) -> A
             feed.publish(saved.changed, saved.position)
             if cache is not None:
                 keys = {e.originator_id for e in saved.events if isinstance(e, ApiKey.Event)} & saved.changed
-                cache.refresh(saved.changed, keys)
+                cache.refresh(saved.changed, keys, saved.aggregates)
 
     return publish
 

@@ -1,12 +1,13 @@
 """Benchmark of key verification: in process, and over HTTP against a bare FastAPI baseline.
 
-Prints, in one run: in-process verifications per second; `/v1/verify` requests
-per second and p50/p99 latency under wrk; the same for a bare FastAPI endpoint
-with the same request and response shapes served the same way (uvicorn, one
-process, same log level); and the ratio keyledger / bare. Runs alternate and
-medians are quoted, since these machines are noisy.
+Prints, in one run: the load average; in-process decisions per second; `/v1/verify`
+requests per second and p50/p99 latency under wrk for keyledger (SQLite, in-process
+counters), an imported key, a bare FastAPI endpoint and a raw ASGI app with the same
+request and response shapes served the same way (uvicorn, one process, access log on),
+keyledger with KEYLEDGER_REDIS_URL set with one and with two workers; and the ratios.
+Runs alternate and medians are quoted, since these machines are noisy.
 
-    scripts/bench_verify [--seconds 8] [--rounds 3] [--connections 32]
+    scripts/bench_verify [--seconds 8] [--rounds 3] [--connections 32] [--redis-url URL]
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--inprocess-rounds", type=int, default=15, help="in-process rounds of 20,000 decisions")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("KEYLEDGER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
+        help="Redis for the lines with KEYLEDGER_REDIS_URL set ('' to leave them out)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_verify needs wrk (Debian package 'wrk'): apt-get install -y wrk")
@@ -101,12 +108,13 @@ def main() -> None:
     # In process: the full decision (cache, rules, quota, usage buffer, metrics), no HTTP; alternating rounds.
     stack = build_verification(settings, ledger)
     in_process: dict[str, list[float]] = {"native": [], "imported": []}
+    stack.usage.start()  # as in a server: the flusher takes the buffered answers
     presented = {"native": secret, "imported": imported}
     for name in presented:
         assert stack.verification.verify(presented[name], "read:nodes", "GET /nodes").allowed, name
-    for _ in range(args.rounds):
+    for _ in range(args.inprocess_rounds):  # short alternating rounds: the best one shows the machine's own speed
         for name, key in presented.items():
-            n, started = 50_000, time.perf_counter()
+            n, started = 20_000, time.perf_counter()
             for _ in range(n):
                 stack.verification.verify(key, "read:nodes", "GET /nodes")
             in_process[name].append(n / (time.perf_counter() - started))
@@ -117,46 +125,51 @@ def main() -> None:
     imported_body = json.dumps({"key": imported, "scope": "read:nodes", "endpoint": "GET /nodes"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
     env |= {"KEYLEDGER_DATABASE_URL": settings.database_url, "KEYLEDGER_OPERATOR_TOKEN": "klop_bench"}
-    servers = {
-        "keyledger": ([str(BIN / "keyledger"), "serve", "--port", "18431"], 18431),
-        "bare": (
-            [
-                str(BIN / "python"),
-                "-m",
-                "uvicorn",
-                "scripts.bench_bare:app",
-                "--port",
-                "18432",
-                "--log-level",
-                "info",
-            ],
-            18432,
-        ),
+    redis_env = env | {"KEYLEDGER_REDIS_URL": args.redis_url}
+    keyledger = [str(BIN / "keyledger"), "serve"]
+    uvicorn = [str(BIN / "python"), "-m", "uvicorn", "--log-level", "info"]
+    # name: (command, port, environment, body); every server logs each request (uvicorn's access log).
+    servers: dict[str, tuple[list[str], int, dict[str, str], str]] = {
+        "keyledger": ([*keyledger, "--port", "18431"], 18431, env, body),
+        "imported": ([*keyledger, "--port", "18431"], 18431, env, imported_body),  # the same server
+        "bare": ([*uvicorn, "scripts.bench_bare:app", "--port", "18432"], 18432, env, body),
+        "raw ASGI": ([*uvicorn, "scripts.bench_raw:app", "--port", "18433"], 18433, env, body),
     }
-    results: dict[str, list[HttpResult]] = {name: [] for name in [*servers, "imported"]}
-    processes = {name: start(cmd, env, port, folder / f"{name}.log") for name, (cmd, port) in servers.items()}
+    if args.redis_url:
+        servers["redis w1"] = ([*keyledger, "--port", "18434"], 18434, redis_env, body)
+        servers["redis w2"] = ([*keyledger, "--port", "18435", "--workers", "2"], 18435, redis_env, body)
+    results: dict[str, list[HttpResult]] = {name: [] for name in servers}
+    processes: list[subprocess.Popen[bytes]] = []
+    load_before = os.getloadavg()
     try:
-        for _name, (_, port) in servers.items():  # warm up both
-            run_wrk(f"http://127.0.0.1:{port}/v1/verify", body, 2, args.connections, folder)
-        for _ in range(args.rounds):
-            for name, (_, port) in servers.items():
-                results[name].append(
-                    run_wrk(f"http://127.0.0.1:{port}/v1/verify", body, args.seconds, args.connections, folder)
-                )
-            port = servers["keyledger"][1]
-            results["imported"].append(
-                run_wrk(f"http://127.0.0.1:{port}/v1/verify", imported_body, args.seconds, args.connections, folder)
-            )
+        running: set[int] = set()
+        for cmd, port, server_env, _ in servers.values():
+            if port not in running:
+                processes.append(start(cmd, server_env, port, folder / f"{port}.log"))
+                running.add(port)
+        for _name, (_, port, _, request) in servers.items():  # warm up each
+            run_wrk(f"http://127.0.0.1:{port}/v1/verify", request, 2, args.connections, folder)
+        for _ in range(args.rounds):  # alternating: each server once per round
+            for name, (_, port, _, request) in servers.items():
+                url = f"http://127.0.0.1:{port}/v1/verify"
+                results[name].append(run_wrk(url, request, args.seconds, args.connections, folder))
     finally:
-        for process in processes.values():
+        for process in processes:
             process.terminate()
             process.wait(timeout=15)
+    load_after = os.getloadavg()
 
     def median(name: str, field: str) -> float:
         return float(statistics.median(getattr(r, field) for r in results[name]))
 
     native, by_digest = statistics.median(in_process["native"]), statistics.median(in_process["imported"])
-    print(f"in-process verifications/s (median of {args.rounds}): {native:,.0f}")
+    print(
+        f"load average before {load_before[0]:.2f} {load_before[1]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f}"
+    )
+    print(
+        f"in-process decisions/s (median of {args.inprocess_rounds}): {native:,.0f}  (target >= 100,000);"
+        f" best round {max(in_process['native']):,.0f} ({1e6 / max(in_process['native']):.1f} us a decision)"
+    )
     print(f"  imported key (digest lookup): {by_digest:,.0f}  ratio imported / native {by_digest / native:.2f}")
     print(f"HTTP POST /v1/verify, wrk -t1 -c{args.connections}, {args.seconds}s x {args.rounds} alternating rounds:")
     for name in results:
@@ -164,8 +177,16 @@ def main() -> None:
             f"  {name:9s}  {median(name, 'rps'):8,.0f} req/s   p50 {median(name, 'p50_ms'):6.2f} ms"
             f"   p99 {median(name, 'p99_ms'):6.2f} ms   (rounds: {', '.join(f'{r.rps:,.0f}' for r in results[name])})"
         )
-    ratio = median("keyledger", "rps") / median("bare", "rps")
-    print(f"ratio keyledger / bare FastAPI (median req/s): {ratio:.2f}  (target >= 0.70)")
+    for name in [n for n in ("keyledger", "redis w1") if n in results]:
+        rps = median(name, "rps")
+        print(
+            f"ratio {name} / bare FastAPI: {rps / median('bare', 'rps'):.2f} (target >= 1.5);"
+            f" / raw ASGI: {rps / median('raw ASGI', 'rps'):.2f} (target >= 0.8)"
+        )
+    if "redis w2" in results:
+        print(
+            f"ratio --workers 2 / --workers 1, with Redis: {median('redis w2', 'rps') / median('redis w1', 'rps'):.2f}"
+        )
     imported_ratio = median("imported", "rps") / median("keyledger", "rps")
     print(f"ratio imported / native key on keyledger (median req/s): {imported_ratio:.2f}  (target >= 0.90)")
     shutil.rmtree(folder, ignore_errors=True)

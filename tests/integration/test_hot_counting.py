@@ -1,0 +1,98 @@
+"""The hot path's one-step counting agrees with the step-by-step gate (`QuotaGate.check`), in process and in
+Redis, and with Redis it counts nothing once a change marker moved (the credentials held are stale)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from adapters.change_feed import RedisChangeFeed
+from adapters.quotas import LocalCounters, QuotaDecision, QuotaGate
+from tests.backends import REDIS_URL, redis_problem, require
+
+NOW = datetime(2027, 3, 3, 14, 0, 30, tzinfo=UTC)
+SECOND = int(NOW.timestamp())
+# (per minute, per day) and how many requests: refusals by the minute, then by the day, limit.
+CASES = [((3, 100), 6), ((5, 3), 6), ((1, 1), 3)]
+
+
+def decisions(decide: object, n: int) -> list[tuple[bool, int, int, int, int, list[str]]]:
+    made = [decide() for _ in range(n)]  # type: ignore[operator]
+    return [
+        (d.allowed, d.minute.remaining, d.day.remaining, d.binding.reset, d.retry_after, sorted(d.headers().items()))
+        for d in made
+    ]
+
+
+@pytest.mark.parametrize(("limits", "n"), CASES)
+def test_one_step_in_process_counting_answers_as_check(limits: tuple[int, int], n: int):
+    gate, key = QuotaGate(), uuid4()
+    reference = decisions(lambda: gate.check(key, *limits, NOW), n)
+    counters = LocalCounters()
+    minute_key, day_key = gate.names(key, SECOND // 60, SECOND // 86_400)
+
+    def one_step() -> QuotaDecision:
+        allowed, minute_used, day_used = counters.take(minute_key, day_key, *limits)
+        return QuotaDecision(allowed, *limits, minute_used, day_used, SECOND % 86_400)
+
+    assert decisions(one_step, n) == reference
+
+
+@pytest.mark.parametrize(("limits", "n"), CASES)
+def test_one_round_trip_in_redis_answers_as_check_and_counts_nothing_once_a_marker_moved(
+    limits: tuple[int, int], n: int
+):
+    require("Redis", redis_problem())
+    namespace = f"hot-{uuid4()}"
+    gate, feed, key, workspace = (
+        QuotaGate(REDIS_URL, namespace),
+        RedisChangeFeed(REDIS_URL, namespace),
+        uuid4(),
+        uuid4(),
+    )
+    reference_key = uuid4()
+    reference = decisions(lambda: gate.check(reference_key, *limits, NOW), n)
+    feed.publish([key], 7)
+    markers = [feed.name_of(key), feed.name_of(workspace)]
+    minute_key, day_key = gate.names(key, SECOND // 60, SECOND // 86_400)
+
+    def one_trip() -> QuotaDecision:
+        decision = gate.check_unchanged(markers, [7, 0], minute_key, day_key, *limits, SECOND)
+        assert decision is not None
+        return decision
+
+    assert decisions(one_trip, n) == reference
+    used = gate.peek(key, *limits, NOW)
+    feed.publish([workspace], 8)  # e.g. a plan change by another process
+    assert gate.check_unchanged(markers, [7, 0], minute_key, day_key, *limits, SECOND) is None
+    after = gate.peek(key, *limits, NOW)
+    assert (after.minute_used, after.day_used) == (used.minute_used, used.day_used)
+
+
+def test_concurrent_round_trips_on_the_event_loop_are_counted_exactly_and_refused_once_a_marker_moved():
+    require("Redis", redis_problem())
+    namespace = f"hot-{uuid4()}"
+    gate, feed, key, workspace = (
+        QuotaGate(REDIS_URL, namespace),
+        RedisChangeFeed(REDIS_URL, namespace),
+        uuid4(),
+        uuid4(),
+    )
+    markers = [feed.name_of(key), feed.name_of(workspace)]
+    minute_key, day_key = gate.names(key, SECOND // 60, SECOND // 86_400)
+
+    async def trips(n: int, expected: list[int]) -> list[QuotaDecision | None]:
+        calls = (gate.check_unchanged_async(markers, expected, minute_key, day_key, 10, 100, SECOND) for _ in range(n))
+        return await asyncio.gather(*calls)  # sent together, in one pipeline
+
+    answers = asyncio.run(trips(15, [0, 0]))
+    feed.publish([key], 3)
+    moved = asyncio.run(trips(3, [0, 0]))
+
+    assert [a.allowed for a in answers if a is not None] == [True] * 10 + [False] * 5
+    assert sorted(a.minute_used for a in answers if a is not None)[-1] == 10
+    assert moved == [None, None, None]
+    assert gate.peek(key, 10, 100, NOW).minute_used == 10
