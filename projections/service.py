@@ -11,53 +11,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, TypeVar
-from uuid import UUID
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from domain.application import KeyLedger
-from domain.errors import InvalidInput
-from domain.keyinfo import check_owner_id
-from domain.keys import KEY_STATUSES, KeyState
-from domain.plans import Limits
-from projections.audit import (
-    MAX_PAGE,
-    AuditEntry,
-    AuditProjection,
-    Change,
-    select_changes,
-    select_entries,
-    select_history,
-)
+from projections.audit import AuditProjection, AuditQueries
 from projections.base import Projection, Tables
 from projections.bulk import MIN_EVENTS, Bulk
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
-from projections.keys import (
-    KeysProjection,
-    digest_holders,
-    select_imported_digests,
-    select_key,
-    select_key_ids,
-    select_unrevoked_keys,
-    select_workspace_keys,
-)
+from projections.keys import KeyQueries, KeysProjection
 from projections.runner import Progress, Runner, Step, describe_error
 from projections.tracking import STATE, Generation, current_failures
-from projections.usage import (
-    KeyUsage,
-    MinuteCount,
-    UsageProjection,
-    select_consumed,
-    select_credit_spends,
-    select_day_consumed,
-    select_refused_minutes,
-    select_usage,
-)
+from projections.usage import UsageProjection, UsageQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,7 +55,7 @@ class _Failing:  # a projection this process saw fail: retried with growing paus
     retry_at: float  # monotonic
 
 
-class ReadModels:
+class ReadModels(KeyQueries, UsageQueries, AuditQueries):
     def __init__(
         self,
         settings: DatabaseSettings,
@@ -360,96 +330,6 @@ class ReadModels:
             raise ProjectionNotReady(f"read model {name!r} is at version {row.version}; this code reads {code}")
         return int(row.generation)
 
-    def digest_held(self, digest: str) -> bool:
-        """Whether any key's current or previous secret has this digest (an import of it is refused)."""
-        return bool(self._read("keys", lambda conn, tables: digest_holders(conn, tables, digest)))
-
-    def imported_digests(self) -> dict[str, UUID]:
-        """Each imported key by the digest it was imported with."""
-        return self._read("keys", select_imported_digests)
-
-    def key_ids(self) -> list[UUID]:
-        """Every key's id (keys are never deleted): what a verifier knows to exist."""
-        return self._read("keys", select_key_ids)
-
-    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime, plan: Limits | None = None) -> KeyState | None:
-        key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))
-        if key is None or key.workspace_id != workspace_id:
-            return None
-        return key.state(now, self.catalog, plan)
-
-    def list_keys(
-        self,
-        workspace_id: UUID,
-        now: datetime,
-        status: str | None = None,
-        rotation_due: bool | None = None,
-        owner_id: str | None = None,
-        plan: Limits | None = None,
-    ) -> list[KeyState]:
-        if status is not None and status not in KEY_STATUSES:
-            raise InvalidInput(f"status must be one of {', '.join(KEY_STATUSES)}")
-        owner_id = check_owner_id(owner_id)
-        keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id, owner_id))
-        states = [key.state(now, self.catalog, plan) for key in keys]
-        return [
-            s
-            for s in states
-            if (status is None or s.status == status) and (rotation_due is None or s.rotation_due == rotation_due)
-        ]
-
-    def usage(
-        self,
-        workspace_id: UUID,
-        key_id: UUID | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[KeyUsage]:
-        """Per key (most used first): totals, top endpoints, minute and day series in [since, until)."""
-        return self._read("usage", lambda c, t: select_usage(c, t, workspace_id, key_id, since, until))
-
-    def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
-        """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
-        return self._read("usage", lambda conn, tables: select_consumed(conn, tables, minute, day))
-
-    def unrevoked_keys(self, now: datetime) -> list[KeyState]:
-        """Every key not revoked, as of `now` (for the time-based alerts)."""
-        return [k.state(now, self.catalog) for k in self._read("keys", select_unrevoked_keys)]
-
-    def refused_minutes(self, since: datetime, at_least: int) -> list[MinuteCount]:
-        """(key, workspace, minute, refused) for minutes from `since` with at least `at_least` refused answers."""
-        return self._read("usage", lambda conn, tables: select_refused_minutes(conn, tables, since, at_least))
-
-    def day_consumed(self, day: date, at_least: int = 1) -> list[MinuteCount]:
-        """(key, workspace, day, consumed) for keys with at least `at_least` quota-consuming answers on `day`."""
-        return self._read("usage", lambda conn, tables: select_day_consumed(conn, tables, day, at_least))
-
-    def credit_spends(self, periods: Sequence[str]) -> list[tuple[UUID, int, str, int]]:
-        """Credits spent per key and credits generation in these periods, as the usage events recorded them."""
-        return self._read("usage", lambda conn, tables: select_credit_spends(conn, tables, periods))
-
-    def audit(
-        self,
-        workspace_id: UUID,
-        key_id: UUID | None = None,
-        types: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        after: int | None = None,
-        limit: int = 100,
-    ) -> tuple[list[AuditEntry], int | None]:
-        """A page of a workspace's audit trail after cursor `after`; the next cursor or None at the end."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
-        entries = (workspace_id, key_id, types, since, until, after, limit)
-        return self._read("audit", lambda conn, tables: select_entries(conn, tables, *entries))
-
-    def changes(self, after: int, limit: int = 100) -> list[Change]:
-        """Which keys and workspaces changed after position `after`, across workspaces."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
-        return self._read("audit", lambda conn, tables: select_changes(conn, tables, after, limit))
-
     def applied(self, name: str) -> int:
         """The position this process last saw the named read model reach (0 before); no I/O.
 
@@ -458,7 +338,3 @@ class ReadModels:
         with self._changed:
             generation = self._generations.get(name)
             return generation.position if generation else 0
-
-    def history(self, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
-        """The key's own events, oldest first."""
-        return self._read("audit", lambda conn, tables: select_history(conn, tables, workspace_id, key_id))
