@@ -25,8 +25,7 @@ from projections.bulk import MIN_EVENTS, Bulk
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.keys import KeyQueries, KeysProjection
-from projections.runner import Progress, Runner, Step, describe_error
-from projections.tracking import STATE, Generation, current_failures
+from projections.runner import FAILURES, Generation, Progress, Runner, Step, describe_error, select_generations
 from projections.usage import UsageProjection, UsageQueries
 
 log = logging.getLogger(__name__)
@@ -274,8 +273,11 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries):
         """Each read model's position and lag, and whether it is failing (seen here or by any process)."""
         self._setup()
         head, active = self.runner.head(), self.runner.active()
-        with read_transaction(self.engine) as conn:
-            recorded = current_failures(conn, list(active.values()))
+        at = {(g.name, g.generation): g.position for g in active.values()}
+        with read_transaction(self.engine) as conn:  # failures still current: the generation is where it failed
+            recorded = {
+                f.name: f for f in conn.execute(select(FAILURES)) if at.get((f.name, f.generation)) == f.position
+            }
         with self._changed:
             local = {name: failing.error for name, failing in self._failing.items()}
         result = []
@@ -315,20 +317,20 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries):
         for attempt in range(3):
             try:
                 with read_transaction(self.engine) as conn:
-                    return query(conn, self.projections[name].tables(self._active_generation(conn, name)))
+                    active, code = select_generations(conn, [name], active=True), self.projections[name].VERSION
+                    if not active:
+                        raise ProjectionNotReady(
+                            f"read model {name!r} is not built yet (keyledger projections rebuild)"
+                        )
+                    if active[0].version != code:
+                        raise ProjectionNotReady(
+                            f"read model {name!r} is at version {active[0].version}; this code reads {code}"
+                        )
+                    return query(conn, self.projections[name].tables(active[0].generation))
             except DBAPIError:  # a rebuild may have switched and dropped it between our two statements
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    def _active_generation(self, conn: Connection, name: str) -> int:
-        query = select(STATE.c.generation, STATE.c.version).where(STATE.c.name == name, STATE.c.active)
-        row, code = conn.execute(query).first(), self.projections[name].VERSION
-        if row is None:
-            raise ProjectionNotReady(f"read model {name!r} is not built yet (keyledger projections rebuild)")
-        if row.version != code:
-            raise ProjectionNotReady(f"read model {name!r} is at version {row.version}; this code reads {code}")
-        return int(row.generation)
 
     def applied(self, name: str) -> int:
         """The position this process last saw the named read model reach (0 before); no I/O.
