@@ -244,9 +244,8 @@ class KeyQueries(Queries):
 
         def query(conn: Connection, tables: Tables) -> dict[str, UUID]:
             c = tables["keys"].c
-            return dict(
-                conn.execute(select(c.imported_digest, c.key_id).where(c.imported_digest.is_not(None))).tuples()
-            )
+            rows = conn.execute(select(c.imported_digest, c.key_id).where(c.imported_digest.is_not(None)))
+            return {digest: key_id for digest, key_id in rows}
 
         return self._read("keys", query)
 
