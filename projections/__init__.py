@@ -4,18 +4,9 @@ May import: `domain` and third-party libraries. Never `adapters`, `api`, `keyled
 (checked by `lint-imports`); where the read models live is handed in (`projections.db.DatabaseSettings`).
 """
 
-from projections.audit import AuditEntry
-from projections.errors import ProjectionNotReady, RebuildInProgress, UnknownProjection
-from projections.service import ProjectionStatus, ReadModels
-from projections.usage import KeyUsage, UsageBucket
-
-__all__ = [
-    "AuditEntry",
-    "KeyUsage",
-    "ProjectionNotReady",
-    "ProjectionStatus",
-    "ReadModels",
-    "RebuildInProgress",
-    "UnknownProjection",
-    "UsageBucket",
-]
+from projections.audit import AuditEntry as AuditEntry
+from projections.errors import ProjectionNotReady as ProjectionNotReady
+from projections.errors import RebuildInProgress as RebuildInProgress
+from projections.errors import UnknownProjection as UnknownProjection
+from projections.service import ProjectionStatus as ProjectionStatus
+from projections.service import ReadModels as ReadModels

@@ -20,9 +20,10 @@ from sqlalchemy.engine import Connection
 
 from domain.alerts import Alert
 from domain.auditlog import safe_data
+from domain.errors import InvalidInput
 from domain.keys import ApiKey
 from domain.workspace import Workspace
-from projections.base import Positioned, Projection, Tables, chunks, table_name
+from projections.base import Positioned, Projection, Queries, Tables, chunks, table_name
 from projections.bulk import insert_rows
 from projections.db import POSITION, StorableText, UTCDateTime
 
@@ -124,35 +125,6 @@ class AuditProjection(Projection[list[tuple[Any, ...]]]):
         )
 
 
-def select_entries(
-    conn: Connection,
-    tables: Tables,
-    workspace_id: UUID,
-    key_id: UUID | None = None,
-    types: Sequence[str] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    after: int | None = None,
-    limit: int = 100,
-) -> tuple[list[AuditEntry], int | None]:
-    """A page of entries in stream order (`since` <= time < `until`); the cursor for the next page or None."""
-    table = tables["audit"]
-    query = select(table).where(table.c.workspace_id == workspace_id)
-    if key_id is not None:
-        query = query.where(table.c.key_id == key_id)
-    if types is not None:
-        query = query.where(table.c.type.in_(list(types)))
-    if since is not None:
-        query = query.where(table.c.occurred_at >= since)
-    if until is not None:
-        query = query.where(table.c.occurred_at < until)
-    if after is not None:
-        query = query.where(table.c.position > after)
-    rows = conn.execute(query.order_by(table.c.position).limit(limit + 1)).mappings().all()
-    entries = [_entry(row) for row in rows[:limit]]
-    return entries, entries[-1].position if len(rows) > limit else None
-
-
 @dataclass(frozen=True)
 class Change:
     """Where a key (or, with no key, a whole workspace) changed: ids and position, nothing else."""
@@ -162,27 +134,72 @@ class Change:
     key_id: UUID | None
 
 
-def select_changes(conn: Connection, tables: Tables, after: int, limit: int) -> list[Change]:
-    """Every workspace's changes after position `after`, in stream order."""
-    table = tables["audit"]
-    query = (
-        select(table.c.position, table.c.workspace_id, table.c.key_id)
-        .where(table.c.position > after)
-        .order_by(table.c.position)
-        .limit(limit)
-    )
-    return [Change(row.position, row.workspace_id, row.key_id) for row in conn.execute(query)]
+class AuditQueries(Queries):
+    """Queries of the audit read model (`ReadModels` inherits them)."""
+
+    def audit(
+        self,
+        workspace_id: UUID,
+        key_id: UUID | None = None,
+        types: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[AuditEntry], int | None]:
+        """A page of a workspace's entries in stream order (`since` <= time < `until`) after cursor `after`;
+        the next cursor or None at the end."""
+        _check_limit(limit)
+
+        def query(conn: Connection, tables: Tables) -> tuple[list[AuditEntry], int | None]:
+            table = tables["audit"]
+            query = select(table).where(table.c.workspace_id == workspace_id)
+            if key_id is not None:
+                query = query.where(table.c.key_id == key_id)
+            if types is not None:
+                query = query.where(table.c.type.in_(list(types)))
+            if since is not None:
+                query = query.where(table.c.occurred_at >= since)
+            if until is not None:
+                query = query.where(table.c.occurred_at < until)
+            if after is not None:
+                query = query.where(table.c.position > after)
+            rows = conn.execute(query.order_by(table.c.position).limit(limit + 1)).mappings().all()
+            entries = [_entry(row) for row in rows[:limit]]
+            return entries, entries[-1].position if len(rows) > limit else None
+
+        return self._read("audit", query)
+
+    def changes(self, after: int, limit: int = 100) -> list[Change]:
+        """Which keys and workspaces changed after position `after`, across workspaces, in stream order."""
+        _check_limit(limit)
+
+        def query(conn: Connection, tables: Tables) -> list[Change]:
+            c = tables["audit"].c
+            rows = conn.execute(
+                select(c.position, c.workspace_id, c.key_id).where(c.position > after).order_by(c.position).limit(limit)
+            )
+            return [Change(*row) for row in rows]
+
+        return self._read("audit", query)
+
+    def history(self, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
+        """The key's own events, oldest first (none when the key belongs to another workspace)."""
+
+        def query(conn: Connection, tables: Tables) -> list[AuditEntry]:
+            c = tables["audit"].c
+            ours = (c.key_id == key_id, c.originator_id == key_id, c.workspace_id == workspace_id)
+            return [
+                _entry(row)
+                for row in conn.execute(select(tables["audit"]).where(*ours).order_by(c.position)).mappings()
+            ]
+
+        return self._read("audit", query)
 
 
-def select_history(conn: Connection, tables: Tables, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
-    """The key's own events, oldest first (none when the key belongs to another workspace)."""
-    table = tables["audit"]
-    query = (
-        select(table)
-        .where(table.c.key_id == key_id, table.c.originator_id == key_id, table.c.workspace_id == workspace_id)
-        .order_by(table.c.position)
-    )
-    return [_entry(row) for row in conn.execute(query).mappings()]
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
 
 
 def _entry(row: Any) -> AuditEntry:

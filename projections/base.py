@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import MetaData, Table
@@ -54,6 +54,13 @@ class Projection(ABC, Generic[P]):
     @abstractmethod
     def write(self, conn: Connection, tables: Tables, pending: P) -> None:
         """Write the pending changes, inside the caller's transaction."""
+
+
+class Queries:
+    """Queries of a read model, next to it; `ReadModels` inherits them and runs each on the active generation."""
+
+    def _read(self, name: str, query: Callable[[Connection, Tables], T]) -> T:
+        raise NotImplementedError
 
 
 def table_name(short: str, generation: int) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from domain.exposure import ISSUES
 from domain.insights import KeyUse, ScopeUse
 from domain.timefmt import floor_minute
-from projections.base import Tables, chunks
+from projections.base import Queries, Tables, chunks
 from projections.usage import aggregate_time
 
 GRANTS = (*ISSUES, "ScopesGranted", "ScopesSet")
@@ -149,3 +149,16 @@ def select_exposure_usage(
         for a, n, f, la in conn.execute(query)
     ]
     return requests, endpoints, sources
+
+
+class InsightsQueries(Queries):
+    """The queries above, each run on its read model's active generation (`ReadModels` inherits them)."""
+
+    def key_use(self, key_ids: Sequence[UUID], first_day: date) -> dict[UUID, KeyUse]:
+        return self._read("usage", lambda conn, tables: select_key_use(conn, tables, key_ids, first_day))
+
+    def grant_times(self, workspace_id: UUID) -> dict[UUID, dict[str, datetime]]:
+        return self._read("audit", lambda conn, tables: select_grant_times(conn, tables, workspace_id))
+
+    def exposure_usage(self, key_id: UUID, since: datetime) -> tuple[Requests, list[EndpointUse], list[Source]]:
+        return self._read("usage", lambda conn, tables: select_exposure_usage(conn, tables, key_id, since))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
@@ -35,9 +36,14 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql import Select
 
-from domain.keys import ApiKey
-from projections.base import Positioned, Projection, Tables, chunks, table_name
+from domain.errors import InvalidInput
+from domain.keyinfo import check_owner_id
+from domain.keys import KEY_STATUSES, ApiKey, KeyState
+from domain.plans import Limits
+from domain.scopes import ScopeCatalog
+from projections.base import Positioned, Projection, Queries, Tables, chunks, table_name
 from projections.bulk import insert_rows
 from projections.db import CLUSTERED, StorableText, UTCDateTime
 
@@ -179,42 +185,74 @@ def key_from_row(row: RowMapping) -> ApiKey:
     return cast(ApiKey, snapshot.mutate(None))
 
 
-def select_key(conn: Connection, tables: Tables, key_id: UUID) -> ApiKey | None:
-    table = tables["keys"]
-    row = conn.execute(select(table).where(table.c.key_id == key_id)).mappings().first()
-    return key_from_row(row) if row is not None else None
+class KeyQueries(Queries):
+    """Queries of the keys read model (`ReadModels` inherits them)."""
+
+    catalog: ScopeCatalog
+
+    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime, plan: Limits | None = None) -> KeyState | None:
+        key = self._read("keys", lambda conn, t: _keys(conn, select(t["keys"]).where(t["keys"].c.key_id == key_id)))
+        if not key or key[0].workspace_id != workspace_id:
+            return None
+        return key[0].state(now, self.catalog, plan)
+
+    def list_keys(
+        self,
+        workspace_id: UUID,
+        now: datetime,
+        status: str | None = None,
+        rotation_due: bool | None = None,
+        owner_id: str | None = None,
+        plan: Limits | None = None,
+    ) -> list[KeyState]:
+        if status is not None and status not in KEY_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(KEY_STATUSES)}")
+        owner_id = check_owner_id(owner_id)
+
+        def query(conn: Connection, tables: Tables) -> list[ApiKey]:
+            table = tables["keys"]
+            query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)
+            return _keys(conn, query if owner_id is None else query.where(table.c.owner_id == owner_id))
+
+        states = [key.state(now, self.catalog, plan) for key in self._read("keys", query)]
+        return [
+            s
+            for s in states
+            if (status is None or s.status == status) and (rotation_due is None or s.rotation_due == rotation_due)
+        ]
+
+    def unrevoked_keys(self, now: datetime) -> list[KeyState]:
+        """Every key not revoked, as of `now` (for the time-based alerts: expiry, rotation)."""
+        keys = self._read(
+            "keys", lambda conn, t: _keys(conn, select(t["keys"]).where(t["keys"].c.revoked_at.is_(None)))
+        )
+        return [key.state(now, self.catalog) for key in keys]
+
+    def digest_held(self, digest: str) -> bool:
+        """Whether any key's current or previous secret has this digest (an import of it is refused)."""
+
+        def query(conn: Connection, tables: Tables) -> UUID | None:
+            c = tables["keys"].c
+            return conn.execute(
+                select(c.key_id).where((c.secret_digest == digest) | (c.previous_digest == digest))
+            ).scalar()
+
+        return self._read("keys", query) is not None
+
+    def imported_digests(self) -> dict[str, UUID]:
+        """Each imported key by the digest it was imported with (the verifier's index)."""
+
+        def query(conn: Connection, tables: Tables) -> dict[str, UUID]:
+            c = tables["keys"].c
+            rows = conn.execute(select(c.imported_digest, c.key_id).where(c.imported_digest.is_not(None)))
+            return {digest: key_id for digest, key_id in rows}
+
+        return self._read("keys", query)
+
+    def key_ids(self) -> list[UUID]:
+        """Every key's id (keys are never deleted): what a verifier knows to exist."""
+        return self._read("keys", lambda conn, tables: list(conn.execute(select(tables["keys"].c.key_id)).scalars()))
 
 
-def digest_holders(conn: Connection, tables: Tables, digest: str) -> list[UUID]:
-    """Keys whose current or previous secret has this digest (native keys too)."""
-    table = tables["keys"]
-    query = select(table.c.key_id).where((table.c.secret_digest == digest) | (table.c.previous_digest == digest))
-    return list(conn.execute(query).scalars())
-
-
-def select_imported_digests(conn: Connection, tables: Tables) -> dict[str, UUID]:
-    """The digest each imported key was imported with (the verifier's index)."""
-    table = tables["keys"]
-    query = select(table.c.imported_digest, table.c.key_id).where(table.c.imported_digest.is_not(None))
-    return {digest: key_id for digest, key_id in conn.execute(query)}
-
-
-def select_key_ids(conn: Connection, tables: Tables) -> list[UUID]:
-    table = tables["keys"]
-    return list(conn.execute(select(table.c.key_id)).scalars())
-
-
-def select_workspace_keys(
-    conn: Connection, tables: Tables, workspace_id: UUID, owner_id: str | None = None
-) -> list[ApiKey]:
-    table = tables["keys"]
-    query = select(table).where(table.c.workspace_id == workspace_id).order_by(table.c.created_at)
-    if owner_id is not None:
-        query = query.where(table.c.owner_id == owner_id)
+def _keys(conn: Connection, query: Select[Any]) -> list[ApiKey]:
     return [key_from_row(row) for row in conn.execute(query).mappings()]
-
-
-def select_unrevoked_keys(conn: Connection, tables: Tables) -> list[ApiKey]:
-    """Every key not revoked: those time-based alerts (expiry, rotation) may concern."""
-    table = tables["keys"]
-    return [key_from_row(row) for row in conn.execute(select(table).where(table.c.revoked_at.is_(None))).mappings()]

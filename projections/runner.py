@@ -1,8 +1,10 @@
 """Applying the event stream to read models: batched, exactly once, and rebuilt beside the live ones.
 
-One apply path (`apply`: `fold`, then `commit`) serves following the stream (`step`) and rebuilds
-(`rebuild`, and `projections.bulk`): a generation's rows and its new position commit together,
-and `tracking.advance` refuses a position another writer moved. See DEVELOPERS.md, "Read models".
+One apply path (`fold`, then `commit`) serves following the stream (`step`) and rebuilds (`rebuild`,
+and the optional `projections.bulk`). A row per projection generation in `kl_projection_state` holds
+its position (the last notification id applied), committed with its rows and moved only from the
+value its writer read (`advance`), so no batch applies twice; `active` marks the generation queries
+read. The same statements serve SQLite and PostgreSQL. See DEVELOPERS.md, "Read models".
 """
 
 from __future__ import annotations
@@ -16,18 +18,29 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from eventsourcing.utils import resolve_topic
-from sqlalchemy import Engine
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateTable
 
 from domain.application import KeyLedger, utc_now
-from projections import tracking
 from projections.base import Positioned, Projection
-from projections.db import lock_for_ddl, read_transaction, stored_sizes, write_transaction
+from projections.db import UTCDateTime, lock_for_ddl, read_transaction, stored_sizes, write_transaction
 from projections.errors import RebuildInProgress, TrackingConflict
-from projections.tracking import Generation, select_generations
 
 if TYPE_CHECKING:
     from projections.bulk import Bulk
@@ -44,6 +57,67 @@ MAX_PAGE_BYTES = 8_000_000
 # Errors of the store as a whole (unreachable, a lost race for a position) are retried as a
 # whole rather than blamed on one projection.
 _STORE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, TrackingConflict)
+
+
+STATE = Table(
+    "kl_projection_state",
+    MetaData(),
+    Column("name", String(64), primary_key=True),
+    Column("generation", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),  # a building generation's heartbeat
+)
+# Reported by whichever process failed to apply an event, read by every process's status; current
+# only while the generation is still at `position`, so a process running fixed code clears it.
+FAILURES = Table(
+    "kl_projection_failures",
+    MetaData(),
+    Column("name", String(64), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("error", String(300), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_failed_at", UTCDateTime, nullable=False),
+    Column("last_failed_at", UTCDateTime, nullable=False),
+)
+
+
+class Generation(NamedTuple):
+    name: str
+    generation: int
+    version: int
+    position: int
+    active: bool
+    updated_at: datetime
+
+    def where(self) -> Any:
+        return (STATE.c.name == self.name) & (STATE.c.generation == self.generation)
+
+
+def select_generations(
+    conn: Connection, names: Collection[str] | None = None, *, active: bool | None = None, lock: bool | str = False
+) -> list[Generation]:
+    """Generations, optionally locked (`"skip"`: leaving out rows another process holds; SQLite writers are serial)."""
+    query = select(STATE).order_by(STATE.c.name, STATE.c.generation)
+    if names is not None:
+        query = query.where(STATE.c.name.in_(list(names)))
+    if active is not None:
+        query = query.where(STATE.c.active == active)
+    if lock:
+        query = query.with_for_update(skip_locked=lock == "skip")
+    return [Generation(*row) for row in conn.execute(query)]
+
+
+def advance(conn: Connection, generation: Generation, position: int, now: datetime) -> Generation:
+    """Record that `generation` applied everything up to `position`: refused unless its row is where we read it."""
+    if position <= generation.position:
+        raise TrackingConflict(f"{generation.name}: position {position} is not after {generation.position}")
+    moved = update(STATE).where(generation.where(), STATE.c.position == generation.position)
+    if conn.execute(moved.values(position=position, updated_at=now)).rowcount != 1:
+        raise TrackingConflict(f"{generation.name}: another writer moved its position")
+    return generation._replace(position=position, updated_at=now)
 
 
 def describe_error(error: BaseException) -> str:
@@ -94,8 +168,8 @@ class Runner:
     def setup(self) -> None:
         with write_transaction(self.engine) as conn:
             lock_for_ddl(conn)
-            tracking.STATE.create(conn, checkfirst=True)
-            tracking.FAILURES.create(conn, checkfirst=True)
+            STATE.create(conn, checkfirst=True)
+            FAILURES.create(conn, checkfirst=True)
 
     def head(self) -> int:
         return self.ledger.recorder.max_notification_id() or 0
@@ -105,10 +179,20 @@ class Runner:
             return {g.name: g for g in select_generations(conn, self.projections, active=True)}
 
     def record_failure(self, name: str, error: Exception) -> None:
-        """Report (in the store, for every process's status) that a projection failed at its position."""
+        """Record (or count again), for every process's status, that the active generation failed at its position."""
         with write_transaction(self.engine) as conn:
-            for generation in select_generations(conn, [name], active=True):
-                tracking.record_failure(conn, generation, describe_error(error), self.clock())
+            for g in select_generations(conn, [name], active=True):
+                row = conn.execute(select(FAILURES).where(FAILURES.c.name == name).with_for_update()).first()
+                now, again = (
+                    self.clock(),
+                    row is not None and (row.generation, row.position) == (g.generation, g.position),
+                )
+                attempts, since = (row.attempts + 1, row.first_failed_at) if again and row is not None else (1, now)
+                conn.execute(delete(FAILURES).where(FAILURES.c.name == name))
+                at = {"name": name, "generation": g.generation, "position": g.position, "error": describe_error(error)}
+                conn.execute(
+                    insert(FAILURES).values(**at, attempts=attempts, first_failed_at=since, last_failed_at=now)
+                )
 
     # --- the one apply path ---------------------------------------------------------
 
@@ -131,7 +215,7 @@ class Runner:
             projection = self.projections[each.generation.name]
             if each.changes is not None:
                 projection.write(conn, projection.tables(each.generation.generation), each.changes)
-            each.generation, each.changes = tracking.advance(conn, each.generation, each.position, now), None
+            each.generation, each.changes = advance(conn, each.generation, each.position, now), None
             advanced.append(each.generation)
         return advanced
 
@@ -253,7 +337,10 @@ class Runner:
             reached = {g.name: g.position for g in building}
             if batch.more or any(reached[g.name] < g.position for g in serving):
                 return building, None
-            tracking.activate(conn, building)
+            for new in building:  # in one transaction: an atomic switch
+                conn.execute(
+                    update(STATE).where(STATE.c.name == new.name).values(active=STATE.c.generation == new.generation)
+                )
             return building, serving
 
     def relock(self, conn: Connection, building: Sequence[Generation]) -> None:
@@ -282,7 +369,8 @@ class Runner:
                 for table in self.projections[name].tables(number).values():
                     table.drop(conn, checkfirst=True)  # a leftover of a crash before the state row
                     conn.execute(CreateTable(table))  # its indexes come after the load (`index`)
-                building.append(tracking.insert_generation(conn, name, number, self.projections[name].VERSION, now))
+                building.append(Generation(name, number, self.projections[name].VERSION, 0, False, now))
+                conn.execute(insert(STATE).values(**building[-1]._asdict()))
             return building
 
     def index(self, building: Sequence[Generation]) -> list[Generation]:
@@ -312,7 +400,7 @@ class Runner:
             for table in projection.tables(generation.generation).values():
                 table.drop(conn, checkfirst=True)
             projection.forget(generation.generation)
-        tracking.delete_generation(conn, generation)
+        conn.execute(delete(STATE).where(generation.where()))
 
 
 def _fitting(sizes: Sequence[int]) -> int:

@@ -11,62 +11,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, TypeVar
-from uuid import UUID
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from domain.application import KeyLedger
-from domain.errors import InvalidInput
-from domain.insights import KeyUse
-from domain.keyinfo import check_owner_id
-from domain.keys import KEY_STATUSES, KeyState
-from domain.plans import Limits
-from projections.audit import (
-    MAX_PAGE,
-    AuditEntry,
-    AuditProjection,
-    Change,
-    select_changes,
-    select_entries,
-    select_history,
-)
+from projections.audit import AuditProjection, AuditQueries
 from projections.base import Projection, Tables
 from projections.bulk import MIN_EVENTS, Bulk
 from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
-from projections.insights import (
-    EndpointUse,
-    Requests,
-    Source,
-    select_exposure_usage,
-    select_grant_times,
-    select_key_use,
-)
-from projections.keys import (
-    KeysProjection,
-    digest_holders,
-    select_imported_digests,
-    select_key,
-    select_key_ids,
-    select_unrevoked_keys,
-    select_workspace_keys,
-)
-from projections.runner import Progress, Runner, Step, describe_error
-from projections.tracking import STATE, Generation, current_failures
-from projections.usage import (
-    KeyUsage,
-    MinuteCount,
-    UsageProjection,
-    select_consumed,
-    select_credit_spends,
-    select_day_consumed,
-    select_refused_minutes,
-    select_usage,
-)
+from projections.insights import InsightsQueries
+from projections.keys import KeyQueries, KeysProjection
+from projections.runner import FAILURES, Generation, Progress, Runner, Step, describe_error, select_generations
+from projections.usage import UsageProjection, UsageQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +55,7 @@ class _Failing:  # a projection this process saw fail: retried with growing paus
     retry_at: float  # monotonic
 
 
-class ReadModels:
+class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
     def __init__(
         self,
         settings: DatabaseSettings,
@@ -313,8 +274,11 @@ class ReadModels:
         """Each read model's position and lag, and whether it is failing (seen here or by any process)."""
         self._setup()
         head, active = self.runner.head(), self.runner.active()
-        with read_transaction(self.engine) as conn:
-            recorded = current_failures(conn, list(active.values()))
+        at = {(g.name, g.generation): g.position for g in active.values()}
+        with read_transaction(self.engine) as conn:  # failures still current: the generation is where it failed
+            recorded = {
+                f.name: f for f in conn.execute(select(FAILURES)) if at.get((f.name, f.generation)) == f.position
+            }
         with self._changed:
             local = {name: failing.error for name, failing in self._failing.items()}
         result = []
@@ -354,110 +318,20 @@ class ReadModels:
         for attempt in range(3):
             try:
                 with read_transaction(self.engine) as conn:
-                    return query(conn, self.projections[name].tables(self._active_generation(conn, name)))
+                    active, code = select_generations(conn, [name], active=True), self.projections[name].VERSION
+                    if not active:
+                        raise ProjectionNotReady(
+                            f"read model {name!r} is not built yet (keyledger projections rebuild)"
+                        )
+                    if active[0].version != code:
+                        raise ProjectionNotReady(
+                            f"read model {name!r} is at version {active[0].version}; this code reads {code}"
+                        )
+                    return query(conn, self.projections[name].tables(active[0].generation))
             except DBAPIError:  # a rebuild may have switched and dropped it between our two statements
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    def _active_generation(self, conn: Connection, name: str) -> int:
-        query = select(STATE.c.generation, STATE.c.version).where(STATE.c.name == name, STATE.c.active)
-        row, code = conn.execute(query).first(), self.projections[name].VERSION
-        if row is None:
-            raise ProjectionNotReady(f"read model {name!r} is not built yet (keyledger projections rebuild)")
-        if row.version != code:
-            raise ProjectionNotReady(f"read model {name!r} is at version {row.version}; this code reads {code}")
-        return int(row.generation)
-
-    def digest_held(self, digest: str) -> bool:
-        """Whether any key's current or previous secret has this digest (an import of it is refused)."""
-        return bool(self._read("keys", lambda conn, tables: digest_holders(conn, tables, digest)))
-
-    def imported_digests(self) -> dict[str, UUID]:
-        """Each imported key by the digest it was imported with."""
-        return self._read("keys", select_imported_digests)
-
-    def key_ids(self) -> list[UUID]:
-        """Every key's id (keys are never deleted): what a verifier knows to exist."""
-        return self._read("keys", select_key_ids)
-
-    def get_key(self, workspace_id: UUID, key_id: UUID, now: datetime, plan: Limits | None = None) -> KeyState | None:
-        key = self._read("keys", lambda conn, tables: select_key(conn, tables, key_id))
-        if key is None or key.workspace_id != workspace_id:
-            return None
-        return key.state(now, self.catalog, plan)
-
-    def list_keys(
-        self,
-        workspace_id: UUID,
-        now: datetime,
-        status: str | None = None,
-        rotation_due: bool | None = None,
-        owner_id: str | None = None,
-        plan: Limits | None = None,
-    ) -> list[KeyState]:
-        if status is not None and status not in KEY_STATUSES:
-            raise InvalidInput(f"status must be one of {', '.join(KEY_STATUSES)}")
-        owner_id = check_owner_id(owner_id)
-        keys = self._read("keys", lambda conn, tables: select_workspace_keys(conn, tables, workspace_id, owner_id))
-        states = [key.state(now, self.catalog, plan) for key in keys]
-        return [
-            s
-            for s in states
-            if (status is None or s.status == status) and (rotation_due is None or s.rotation_due == rotation_due)
-        ]
-
-    def usage(
-        self,
-        workspace_id: UUID,
-        key_id: UUID | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[KeyUsage]:
-        """Per key (most used first): totals, top endpoints, minute and day series in [since, until)."""
-        return self._read("usage", lambda c, t: select_usage(c, t, workspace_id, key_id, since, until))
-
-    def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
-        """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
-        return self._read("usage", lambda conn, tables: select_consumed(conn, tables, minute, day))
-
-    def unrevoked_keys(self, now: datetime) -> list[KeyState]:
-        """Every key not revoked, as of `now` (for the time-based alerts)."""
-        return [k.state(now, self.catalog) for k in self._read("keys", select_unrevoked_keys)]
-
-    def refused_minutes(self, since: datetime, at_least: int) -> list[MinuteCount]:
-        """(key, workspace, minute, refused) for minutes from `since` with at least `at_least` refused answers."""
-        return self._read("usage", lambda conn, tables: select_refused_minutes(conn, tables, since, at_least))
-
-    def day_consumed(self, day: date, at_least: int = 1) -> list[MinuteCount]:
-        """(key, workspace, day, consumed) for keys with at least `at_least` quota-consuming answers on `day`."""
-        return self._read("usage", lambda conn, tables: select_day_consumed(conn, tables, day, at_least))
-
-    def credit_spends(self, periods: Sequence[str]) -> list[tuple[UUID, int, str, int]]:
-        """Credits spent per key and credits generation in these periods, as the usage events recorded them."""
-        return self._read("usage", lambda conn, tables: select_credit_spends(conn, tables, periods))
-
-    def audit(
-        self,
-        workspace_id: UUID,
-        key_id: UUID | None = None,
-        types: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        after: int | None = None,
-        limit: int = 100,
-    ) -> tuple[list[AuditEntry], int | None]:
-        """A page of a workspace's audit trail after cursor `after`; the next cursor or None at the end."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
-        entries = (workspace_id, key_id, types, since, until, after, limit)
-        return self._read("audit", lambda conn, tables: select_entries(conn, tables, *entries))
-
-    def changes(self, after: int, limit: int = 100) -> list[Change]:
-        """Which keys and workspaces changed after position `after`, across workspaces."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
-        return self._read("audit", lambda conn, tables: select_changes(conn, tables, after, limit))
 
     def applied(self, name: str) -> int:
         """The position this process last saw the named read model reach (0 before); no I/O.
@@ -467,18 +341,3 @@ class ReadModels:
         with self._changed:
             generation = self._generations.get(name)
             return generation.position if generation else 0
-
-    def history(self, workspace_id: UUID, key_id: UUID) -> list[AuditEntry]:
-        """The key's own events, oldest first."""
-        return self._read("audit", lambda conn, tables: select_history(conn, tables, workspace_id, key_id))
-
-    # --- insights and exposure (SPEC 8.2): the queries live in projections/insights.py ---------
-
-    def key_use(self, key_ids: Sequence[UUID], first_day: date) -> dict[UUID, KeyUse]:
-        return self._read("usage", lambda conn, tables: select_key_use(conn, tables, key_ids, first_day))
-
-    def grant_times(self, workspace_id: UUID) -> dict[UUID, dict[str, datetime]]:
-        return self._read("audit", lambda conn, tables: select_grant_times(conn, tables, workspace_id))
-
-    def exposure_usage(self, key_id: UUID, since: datetime) -> tuple[Requests, list[EndpointUse], list[Source]]:
-        return self._read("usage", lambda conn, tables: select_exposure_usage(conn, tables, key_id, since))

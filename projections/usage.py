@@ -41,7 +41,7 @@ from domain.addresses import MAX_ADDRESS_LENGTH
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
-from projections.base import Positioned, Projection, Tables, chunks, table_name
+from projections.base import Positioned, Projection, Queries, Tables, chunks, table_name
 from projections.bulk import upsert
 from projections.db import CLUSTERED, StorableText, UTCDateTime
 
@@ -612,3 +612,33 @@ def select_credit_spends(conn: Connection, tables: Tables, periods: Sequence[str
     table = tables["credits"]
     query = select(table.c.key_id, table.c.generation, table.c.period, table.c.spent).where(table.c.period.in_(periods))
     return [(key, int(generation), period, int(spent)) for key, generation, period, spent in conn.execute(query)]
+
+
+class UsageQueries(Queries):
+    """Queries of the usage read model (`ReadModels` inherits them)."""
+
+    def usage(
+        self,
+        workspace_id: UUID,
+        key_id: UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[KeyUsage]:
+        """Per key (most used first): totals, top endpoints, minute and day series in [since, until)."""
+        return self._read("usage", lambda c, t: select_usage(c, t, workspace_id, key_id, since, until))
+
+    def consumed_quota(self, minute: datetime, day: date) -> dict[UUID, tuple[int, int]]:
+        """Per key: recorded answers in that UTC minute and that UTC day that consumed quota (not 429)."""
+        return self._read("usage", lambda conn, tables: select_consumed(conn, tables, minute, day))
+
+    def refused_minutes(self, since: datetime, at_least: int) -> list[MinuteCount]:
+        """(key, workspace, minute, refused) for minutes from `since` with at least `at_least` refused answers."""
+        return self._read("usage", lambda conn, tables: select_refused_minutes(conn, tables, since, at_least))
+
+    def day_consumed(self, day: date, at_least: int = 1) -> list[MinuteCount]:
+        """(key, workspace, day, consumed) for keys with at least `at_least` quota-consuming answers on `day`."""
+        return self._read("usage", lambda conn, tables: select_day_consumed(conn, tables, day, at_least))
+
+    def credit_spends(self, periods: Sequence[str]) -> list[tuple[UUID, int, str, int]]:
+        """Credits spent per key and credits generation in these periods, as the usage events recorded them."""
+        return self._read("usage", lambda conn, tables: select_credit_spends(conn, tables, periods))

@@ -30,18 +30,32 @@ from adapters.auditchain.auditlog import TreeReader
 from adapters.auditchain.checkpoints import Checkpoint, CheckpointError
 from adapters.auditchain.tree import Leaf, raw_state
 
-KEEP_LEVEL = 8  # proof nodes at this level and above are kept for the whole export (a few per 256 events)
+_ENCODER = json.JSONEncoder()  # one for every line: json.dumps builds an encoder per call
+SIBLING_WINDOW = 8192  # nodes of one level read at once
+_MISSING = object()  # a proof element whose stored node is lost
 
 
 class ProofWriter:
-    """Adds leaf and proof to export lines, batch by batch, in position order."""
+    """Export lines with leaf and proof, batch by batch, in position order.
+
+    The proofs are not computed leaf by leaf: walking the leaves in order, the sibling at level L
+    changes only when the leaf index's bits from L up change, so each level's proof element is
+    kept as JSON text and only the levels below the highest changed bit are redone (about two per
+    leaf). A batch's siblings are read as one range per level. Equal to `merkle.inclusion_plan`
+    folded over the stored nodes (tests check it).
+    """
 
     def __init__(self, recorder: TreeReader, checkpoint: Checkpoint) -> None:
         self.recorder = recorder
         self.size = checkpoint.tree_size
         self._leaves = self._all_leaves()
         self._leaf: Leaf | None = next(self._leaves, None)
-        self._cache: dict[merkle.Node, bytes] = {}
+        self._levels = max(0, (self.size - 1).bit_length())  # proof levels: those where 2**L < size
+        self._nodes: list[dict[int, bytes]] = [{} for _ in range(self._levels)]  # per level: index -> hash
+        self._edges: dict[merkle.Node, Any] = {}  # right-edge siblings (folded runs), by (level, index)
+        self._proof: list[Any] = [None] * self._levels  # per level: the element's JSON text, None when absent
+        self._index: int | None = None  # the leaf `_proof` is for
+        self._topics: dict[str, str] = {}  # topic -> its JSON text
         last = recorder.leaves(self.size - 2, 1) if self.size else []
         # Events after this one arrived after the checkpoint: not in the export.
         self.last_position = last[0].position if last else 0
@@ -57,26 +71,66 @@ class ProofWriter:
             self._leaf = next(self._leaves, None)
         return self._leaf if self._leaf is not None and self._leaf.position == position else None
 
-    def decorate(self, batch: list[tuple[Notification, dict[str, Any]]]) -> None:
-        plans: list[tuple[dict[str, Any], Leaf | None, list[list[merkle.Node]]]] = []
-        for notification, entry in batch:
-            leaf = self.leaf_of(notification.id)
-            entry["leaf"] = {
-                "index": leaf.index if leaf else None,
-                "originator_id": str(notification.originator_id),
-                "topic": notification.topic,
-                "state_sha256": merkle.state_digest(raw_state(notification.state)).hex(),
-            }
-            plans.append((entry, leaf, merkle.inclusion_plan(leaf.index, self.size) if leaf else []))
-        needed = {node for _, _, plan in plans for element in plan for node in element} - self._cache.keys()
-        if needed:
-            self._cache.update(self.recorder.tree_nodes(needed))
-        for entry, _, plan in plans:
-            if any(node not in self._cache for element in plan for node in element):
-                entry["proof"] = []  # the stored tree lost a node: the check will name this line
-                continue
-            entry["proof"] = [merkle.fold([self._cache[node] for node in element]).hex() for element in plan]
-        self._cache = {node: h for node, h in self._cache.items() if node[0] >= KEEP_LEVEL}
+    def lines(self, batch: list[tuple[Notification, dict[str, Any]]]) -> list[str]:
+        """Each entry as its export line: its JSON with the leaf, then the proof."""
+        leaves = [self.leaf_of(notification.id) for notification, _ in batch]
+        indexes = [leaf.index for leaf in leaves if leaf is not None]
+        if indexes:
+            self._read_siblings(indexes[0], indexes[-1])
+        lines = []
+        for (notification, entry), leaf in zip(batch, leaves, strict=True):
+            # The JSON of {..., "leaf": {...}, "proof": [...]}, the last two written as text.
+            index, proof = (leaf.index, self._proof_of(leaf.index)) if leaf is not None else ("null", "[]")
+            digest = merkle.state_digest(raw_state(notification.state)).hex()
+            leaf_text = (
+                f'{{"index": {index}, "originator_id": "{notification.originator_id}", '
+                f'"topic": {self._topic_json(notification.topic)}, "state_sha256": "{digest}"}}'
+            )
+            lines.append(f'{_ENCODER.encode(entry)[:-1]}, "leaf": {leaf_text}, "proof": {proof}}}')
+        return lines
+
+    def _topic_json(self, topic: str) -> str:
+        if topic not in self._topics:
+            self._topics[topic] = _ENCODER.encode(topic)
+        return self._topics[topic]
+
+    def _read_siblings(self, first: int, last: int) -> None:
+        """Have the stored siblings of leaves `first` to `last` (complete subtrees only) at hand.
+
+        Read a window of each level at a time: constant memory, and few reads of the low levels."""
+        for level, known in enumerate(self._nodes):
+            low, high = (first >> level) & ~1, min((last >> level) | 1, (self.size >> level) - 1)
+            if low <= high and not (low in known and high in known):
+                known.clear()  # those of earlier leaves are not needed again
+                end = min(max(high, low + SIBLING_WINDOW - 1), (self.size >> level) - 1)
+                known.update(self.recorder.tree_level(level, low, end))
+
+    def _proof_of(self, index: int) -> str:
+        redo = self._levels if self._index is None else (index ^ self._index).bit_length()
+        self._index = index
+        for level in range(min(redo, self._levels)):
+            sibling = (index >> level) ^ 1
+            start, end = sibling << level, (sibling + 1) << level
+            if start >= self.size:
+                self._proof[level] = None  # RFC 9162 promotes the node: no element at this level
+            elif end <= self.size:
+                node = self._nodes[level].get(sibling)
+                self._proof[level] = _MISSING if node is None else f'"{node.hex()}"'
+            else:
+                self._proof[level] = self._edge(level, sibling, start)
+        elements = [element for element in self._proof if element is not None]
+        if _MISSING in elements:
+            return "[]"  # the stored tree lost a node: the check will name this line
+        return f"[{', '.join(elements)}]"
+
+    def _edge(self, level: int, sibling: int, start: int) -> Any:
+        """A sibling cut by the tree's right edge: the fold of the complete subtrees it holds."""
+        if (level, sibling) not in self._edges:
+            run = merkle.range_nodes(start, self.size)
+            found = self.recorder.tree_nodes(run)
+            folded = merkle.fold([found[n] for n in run]) if all(n in found for n in run) else None
+            self._edges[(level, sibling)] = _MISSING if folded is None else f'"{folded.hex()}"'
+        return self._edges[(level, sibling)]
 
 
 def trailer(checkpoint: Checkpoint, complete: bool) -> dict[str, Any]:

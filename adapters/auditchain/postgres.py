@@ -192,6 +192,12 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             row = curs.fetchone()
             return None if row is None else int(row["idx"])
 
+    def tree_level(self, level: int, first: int, last: int) -> dict[int, bytes]:
+        """The stored nodes of a level from index `first` to `last`: one range read (an export's proofs)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.tree.select_level, (level, first, last))
+            return {r["idx"]: bytes(r["hash"]) for r in curs.fetchall()}
+
     def leaves(self, after_index: int, limit: int) -> list[tree.Leaf]:
         """Stored leaves from index after_index + 1: their positions and hashes."""
         with self.datastore.transaction(commit=False) as curs:
@@ -254,6 +260,9 @@ class PostgresTree:
             "SELECT n.level, n.idx, n.hash FROM {}.{} n JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
             "ON n.level = w.level AND n.idx = w.idx"
         ).format(s, nodes)
+        self.select_level = SQL("SELECT idx, hash FROM {}.{} WHERE level = %s AND idx BETWEEN %s AND %s").format(
+            s, nodes
+        )
         self.select_leaf_index = SQL("SELECT idx FROM {}.{} WHERE level = 0 AND position = %s").format(s, nodes)
         self.select_leaves = SQL(
             "SELECT idx, position, hash FROM {}.{} WHERE level = 0 AND idx > %s ORDER BY idx LIMIT %s"

@@ -151,6 +151,12 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             return self.tree.nodes(c, nodes)
 
+    def tree_level(self, level: int, first: int, last: int) -> dict[int, bytes]:
+        """The stored nodes of a level from index `first` to `last`: one range read (an export's proofs)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.tree.select_level, (level, first, last))
+            return {row[0]: bytes(row[1]) for row in c.fetchall()}
+
     def leaf_index(self, position: int) -> int | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(self.tree.select_leaf_index, (position,))
@@ -195,6 +201,7 @@ class SQLiteTree:
         self.update_head = f"UPDATE {head} SET size = ?, last_position = ?, frontier = ? WHERE id = 1"  # noqa: S608
         self.insert_node = f"INSERT INTO {nodes} (level, idx, hash, position) VALUES (?, ?, ?, ?)"  # noqa: S608
         self.select_node = f"SELECT hash FROM {nodes} WHERE level = ? AND idx = ?"  # noqa: S608
+        self.select_level = f"SELECT idx, hash FROM {nodes} WHERE level = ? AND idx BETWEEN ? AND ?"  # noqa: S608
         self.select_leaf_index = f"SELECT idx FROM {nodes} WHERE level = 0 AND position = ?"  # noqa: S608
         self.select_leaves = f"SELECT idx, position, hash FROM {nodes} WHERE level = 0 AND idx > ? ORDER BY idx LIMIT ?"  # noqa: S608
         self.select_events_between = (

@@ -13,6 +13,7 @@ from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
 from projections.db import read_transaction
+from projections.runner import select_generations
 from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 
 
@@ -29,8 +30,9 @@ def dump(models: ReadModels) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every active read-model table, in key order, by `<projection>.<table>`."""
     result = {}
     with read_transaction(models.engine) as conn:
+        active = {g.name: g.generation for g in select_generations(conn, active=True)}
         for name, projection in models.projections.items():
-            tables = projection.tables(models._active_generation(conn, name))
+            tables = projection.tables(active[name])
             for short, table in tables.items():
                 query = select(table).order_by(*table.primary_key.columns)
                 result[f"{name}.{short}"] = [tuple(row) for row in conn.execute(query)]

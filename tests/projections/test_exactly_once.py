@@ -15,7 +15,7 @@ from projections import ReadModels
 from projections.base import Positioned, Tables
 from projections.db import write_transaction
 from projections.errors import ProjectionFailed, TrackingConflict
-from projections.tracking import advance, select_generations
+from projections.runner import advance, select_generations
 from tests.projections.conftest import dump
 from tests.projections.workload import run_commands
 

@@ -7,12 +7,18 @@ checkers refuse any altered proof.
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
+from collections.abc import Iterable
 
 import pytest
+from eventsourcing.persistence import Notification
 
 from adapters.auditchain import merkle
+from adapters.auditchain.checkpoints import Checkpoint
+from adapters.auditchain.exportfile import ProofWriter
+from adapters.auditchain.tree import Leaf
 from tests import rfc9162
 
 SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 1023, 1024, 1025, 2000]
@@ -124,3 +130,37 @@ def test_leaf_bytes_are_the_readmes():
 
 def test_an_empty_tree_has_the_rfcs_root():
     assert merkle.Frontier.empty().root() == rfc9162.mth([]) == merkle.root_of(0, lambda wanted: {})
+
+
+class StoredTree:
+    """The reads `ProofWriter` makes of a store holding these leaves (positions 1, 2, ...)."""
+
+    def __init__(self, leaves: list[bytes]) -> None:
+        self.leaf_hashes, self.nodes = leaves, stored_tree(leaves)
+
+    def leaves(self, after_index: int, limit: int) -> list[Leaf]:
+        chosen = range(after_index + 1, min(after_index + 1 + limit, len(self.leaf_hashes)))
+        return [Leaf(i, i + 1, self.leaf_hashes[i]) for i in chosen]
+
+    def tree_nodes(self, nodes: Iterable[merkle.Node]) -> dict[merkle.Node, bytes]:
+        return lookup(self.nodes)(nodes)  # type: ignore[no-any-return]
+
+    def tree_level(self, level: int, first: int, last: int) -> dict[int, bytes]:
+        return {i: self.nodes[(level, i)] for i in range(first, last + 1) if (level, i) in self.nodes}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 129, 257])
+def test_export_proofs_walking_the_leaves_are_the_rfcs(size: int):
+    rng = random.Random(size)
+    leaves = random_leaves(size, rng)
+    for n in {size, rng.randint(1, size)}:  # the checkpoint's tree, and the store beyond it
+        every = list(range(n))
+        some = sorted(rng.sample(every, rng.randint(1, n)))  # a filtered export: leaves skipped
+        for indexes in (every, some):
+            writer = ProofWriter(StoredTree(leaves), Checkpoint("test", n, rfc9162.mth(leaves[:n]), "", b""))
+            batch = [(Notification(uuid.uuid4(), 1, "topic", b"", i + 1), {"position": i + 1}) for i in indexes]
+            for start in range(0, len(batch), 7):  # several batches
+                for line, index in zip(writer.lines(batch[start : start + 7]), indexes[start : start + 7], strict=True):
+                    proof = [bytes.fromhex(h) for h in json.loads(line)["proof"]]
+
+                    assert proof == rfc9162.path(index, leaves[:n])
