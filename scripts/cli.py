@@ -337,7 +337,10 @@ def serve(
     ] = None,
 ) -> None:
     """Start the HTTP API (uvicorn) on the configured store."""
+    import socket
+
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from api.app import create_app
     from keyledger.logs import log_config
@@ -367,7 +370,13 @@ def serve(
         uvicorn.run(create_app(services), **options)
         return
     services.stop()  # each worker builds its own from the same settings (the token is stored now)
-    uvicorn.run("keyledger.asgi:create", factory=True, workers=workers, **options)
+    config = uvicorn.Config("keyledger.asgi:create", factory=True, workers=workers, **options)
+    listening = config.bind_socket()
+    # Workers accept on this shared socket, and their connections miss the TCP_NODELAY asyncio sets on a socket
+    # it opened itself: Nagle's algorithm then held each answer's body behind its headers until the client's
+    # delayed ACK, 40 ms a request. Accepted connections inherit the option from the listening socket (Linux).
+    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[listening]).run()
 
 
 def _fail(message: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -53,11 +55,20 @@ def test_two_workers_on_postgres_and_redis_serve_one_service(tmp_path: Path):
         for _ in range(20):  # new connections: the kernel spreads them over both workers
             with server.client() as client:
                 answers.append(client.post("/v1/verify", json={"key": secret, "scope": "admin"}).json()["code"])
+        with server.client() as client:  # one kept-alive connection, as a service or gateway holds
+            latencies = []
+            for _ in range(30):
+                started = time.perf_counter()
+                client.post("/v1/verify", json={"key": secret, "scope": "admin"})
+                latencies.append(time.perf_counter() - started)
     finally:
         server.stop()
         drop_pg_schema(schema)
 
     assert answers == ["VALID"] * 20
+    # Without TCP_NODELAY on the workers' shared socket every answer waited for the client's delayed ACK:
+    # 40 ms or more each (the same requests to one worker take 1-2 ms here).
+    assert statistics.median(latencies) < 0.035, f"median {statistics.median(latencies) * 1000:.1f} ms"
     lines = [line for line in server.log().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
