@@ -10,6 +10,7 @@ from domain.application import KeyLedger
 from domain.usage import UsageCount
 from projections import ReadModels
 from projections.db import read_transaction
+from projections.runner import select_generations
 from projections.usage import TOP_ADDRESSES
 
 DAY = datetime(2027, 5, 3, tzinfo=UTC)
@@ -17,7 +18,8 @@ DAY = datetime(2027, 5, 3, tzinfo=UTC)
 
 def _addresses(models: ReadModels) -> list[tuple[str, int, int, datetime, datetime]]:
     with read_transaction(models.engine) as conn:
-        table = models.projections["usage"].tables(models._active_generation(conn, "usage"))["address"]
+        active = {g.name: g.generation for g in select_generations(conn, ["usage"], active=True)}
+        table = models.projections["usage"].tables(active["usage"])["address"]
         query = select(table.c.address, table.c.requests, table.c.successes, table.c.first_seen, table.c.last_seen)
         return [tuple(row) for row in conn.execute(query.order_by(table.c.address))]  # type: ignore[misc]
 
