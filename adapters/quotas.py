@@ -188,81 +188,93 @@ def _windows(now: datetime) -> tuple[int, int, int]:
     return second // 60, second // 86_400, second % 86_400
 
 
-# KEYS: the markers (key, workspace), the minute and day counters; ARGV: the expected markers, the limits
-# and the counters' expiries. As `QuotaGate.check` with the `limits` storage's INCR-and-EXPIRE, after
-# checking the markers: {1, allowed, minute used, day used}, or {0} when a marker moved (nothing counted).
-_CHECK_UNCHANGED = """
-local markers = #KEYS - 2
-for i = 1, markers do
-  if tonumber(redis.call('get', KEYS[i]) or '0') ~= tonumber(ARGV[i]) then return {0} end
+# Decisions of the hot path, any number in one call. ARGV[1], ARGV[2]: the minute and day counters' expiries;
+# then per decision, in KEYS its change markers (key, workspace) and its minute and day counters, in ARGV the
+# number of markers, the values they are expected to hold and the two limits. As `QuotaGate.check` with the
+# `limits` storage's INCR-and-EXPIRE, once the markers hold: three numbers per decision, 1 (allowed) or 0
+# (refused) with the minute's and the day's counts, or -1 0 0 when a marker moved (nothing counted).
+_DECIDE = """
+local out, k, a = {}, 1, 3
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local moved = false
+  for i = 1, n do
+    if tonumber(redis.call('get', KEYS[k + i - 1]) or '0') ~= tonumber(ARGV[a + i]) then moved = true break end
+  end
+  local mk, dk = KEYS[k + n], KEYS[k + n + 1]
+  local per_minute, per_day = tonumber(ARGV[a + n + 1]), tonumber(ARGV[a + n + 2])
+  k, a = k + n + 2, a + n + 3
+  local allowed, m, d = -1, 0, 0
+  if not moved then
+    allowed, m = 1, redis.call('incrby', mk, 1)
+    if m == 1 then redis.call('expire', mk, ARGV[1]) end
+    if m > per_minute then
+      allowed, m = 0, redis.call('incrby', mk, -1)
+      d = tonumber(redis.call('get', dk) or '0')
+    else
+      d = redis.call('incrby', dk, 1)
+      if d == 1 then redis.call('expire', dk, ARGV[2]) end
+      if d > per_day then
+        allowed, d, m = 0, redis.call('incrby', dk, -1), redis.call('incrby', mk, -1)
+      end
+    end
+  end
+  out[#out + 1] = allowed
+  out[#out + 1] = m
+  out[#out + 1] = d
 end
-local mk, dk = KEYS[markers + 1], KEYS[markers + 2]
-local per_minute, per_day = tonumber(ARGV[markers + 1]), tonumber(ARGV[markers + 2])
-local m = redis.call('incrby', mk, 1)
-if m == 1 then redis.call('expire', mk, ARGV[markers + 3]) end
-if m > per_minute then
-  m = redis.call('incrby', mk, -1)
-  return {1, 0, m, tonumber(redis.call('get', dk) or '0')}
-end
-local d = redis.call('incrby', dk, 1)
-if d == 1 then redis.call('expire', dk, ARGV[markers + 4]) end
-if d > per_day then
-  d = redis.call('incrby', dk, -1)
-  m = redis.call('incrby', mk, -1)
-  return {1, 0, m, d}
-end
-return {1, 1, m, d}
+return out
 """
+_EXPIRIES = (MINUTE_EXPIRY, DAY_EXPIRY)
 
 
-class _ScriptBatcher:
-    """Calls of one Lua script made on an event loop, sent together: those made before the loop's next turn
-    go in one pipeline (one write, one read), so concurrent requests share a round trip and its costs."""
+class _Batcher:
+    """Decisions made on an event loop, sent together: those made before the loop's next turn go in one
+    call of `_DECIDE` (one command to pack, one reply to parse), so concurrent requests share a round trip."""
 
-    def __init__(self, client: Any, script: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
-        self.script = script
         self.loop = loop
         self.sha: str | None = None
-        self.pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self.keys: list[str] = []
+        self.args: list[Any] = [*_EXPIRIES]
+        self.futures: list[asyncio.Future[Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         future = self.loop.create_future()
-        if not self.pending:
+        if not self.futures:
             self.loop.call_soon(self._start)
-        self.pending.append((keys, args, future))
+        self.keys += keys
+        self.args += args
+        self.futures.append(future)
         return future
 
     def _start(self) -> None:
-        batch, self.pending = self.pending, []
-        task = self.loop.create_task(self._send(batch))
+        batch = self.keys, self.args, self.futures
+        self.keys, self.args, self.futures = [], [*_EXPIRIES], []
+        task = self.loop.create_task(self._send(*batch))
         self._tasks.add(task)  # held until done (the loop keeps only weak references)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, keys: list[str], args: list[Any], futures: list[asyncio.Future[Any]]) -> None:
         try:
-            if self.sha is None:
-                self.sha = await self.client.script_load(self.script)
-            pipe = self.client.pipeline(transaction=False)
-            for keys, args, _ in batch:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
+            try:
+                if self.sha is None:
+                    self.sha = await self.client.script_load(_DECIDE)
+                replies = await self.client.evalsha(self.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): load again, once
+                self.sha = await self.client.script_load(_DECIDE)
+                replies = await self.client.evalsha(self.sha, len(keys), *keys, *args)
         except Exception as error:  # each caller gets it (a RedisError: the caller takes the slow path)
             failure = error if isinstance(error, redis.RedisError) else redis.RedisError(repr(error))
-            for _, _, future in batch:
+            for future in futures:
                 if not future.done():
                     future.set_exception(failure)
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                if "NOSCRIPT" in str(result):
-                    self.sha = None  # Redis lost its scripts (a restart): loaded again next time
-                future.set_exception(result if isinstance(result, redis.RedisError) else redis.RedisError(result))
-            else:
-                future.set_result(result)
+        for i, future in enumerate(futures):
+            if not future.done():
+                future.set_result(replies[3 * i : 3 * i + 3])
 
 
 class RedisUnavailable(Exception):
@@ -309,13 +321,13 @@ class QuotaGate:
         self.storage: Counters
         self._script: Any = None
         self._redis_url = redis_url or ""
-        self._batcher: _ScriptBatcher | None = None  # made on the first call in a loop (check_unchanged_async)
+        self._batcher: _Batcher | None = None  # made on the first call in a loop (check_unchanged_async)
         self._async_down_until = 0.0
         if redis_url:
             # Short timeouts: an unreachable Redis must not hold a verification for long.
             storage = cast(Storage, storage_from_string(redis_url, socket_timeout=1, socket_connect_timeout=1))
             self.storage = FallbackCounters(storage, outage_closed)
-            self._script = cast(Any, storage).get_connection().register_script(_CHECK_UNCHANGED)
+            self._script = cast(Any, storage).get_connection().register_script(_DECIDE)
         else:
             self.storage = LocalCounters()
         self.shared = redis_url is not None
@@ -364,19 +376,15 @@ class QuotaGate:
         its workspace's, `adapters.change_feed`) still hold the `expected` values, so the credentials the
         caller holds are current. None, counting nothing, when a marker moved. Raises redis.RedisError
         (the caller falls back to the step-by-step path, which knows what an outage means)."""
-        storage = self.storage
-        if not isinstance(storage, FallbackCounters) or self._script is None:
+        if self._script is None:
             return None
-        shared = cast(Any, storage.shared)
-        keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
+        keys, args = self._request(markers, expected, minute_key, day_key, per_minute, per_day)
         try:
-            result = self._script(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+            reply = self._script(keys, [*_EXPIRIES, *args])
         except redis.RedisError:
             self._async_down_until = time.monotonic() + ASYNC_PAUSE  # one timeout, not two, per decision a while
             raise
-        if not result[0]:
-            return None
-        return QuotaDecision(bool(result[1]), per_minute, per_day, int(result[2]), int(result[3]), second % 86_400)
+        return self._decided(reply, per_minute, per_day, second)
 
     def async_ready(self) -> bool:
         """Whether `check_unchanged[_async]` may be tried: not for a few seconds after Redis failed one (the
@@ -393,25 +401,39 @@ class QuotaGate:
         per_day: int,
         second: int,
     ) -> QuotaDecision | None:
-        """`check_unchanged` on the event loop (redis.asyncio): no thread hop for the hot path's one round trip.
-        Raises redis.RedisError, and `async_ready` says no for `ASYNC_PAUSE` seconds after."""
-        if not isinstance(self.storage, FallbackCounters):
+        """`check_unchanged` on the event loop (redis.asyncio): no thread hop for the hot path's one round trip,
+        shared with the decisions made in the same loop turn. Raises redis.RedisError, and `async_ready` says
+        no for `ASYNC_PAUSE` seconds after."""
+        if self._script is None:
             return None
         loop = asyncio.get_running_loop()
         batcher = self._batcher
         if batcher is None or batcher.loop is not loop:  # a client's connections belong to the loop that made them
             client = redis.asyncio.Redis.from_url(self._redis_url, socket_timeout=1, socket_connect_timeout=1)
-            batcher = self._batcher = _ScriptBatcher(client, _CHECK_UNCHANGED, loop)
-        shared = cast(Any, self.storage.shared)
-        keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
+            batcher = self._batcher = _Batcher(client, loop)
+        keys, args = self._request(markers, expected, minute_key, day_key, per_minute, per_day)
         try:
-            result = await batcher.call(keys, [*expected, per_minute, per_day, MINUTE_EXPIRY, DAY_EXPIRY])
+            reply = await batcher.call(keys, args)
         except redis.RedisError:
             self._async_down_until = time.monotonic() + ASYNC_PAUSE
             raise
-        if not result[0]:
+        return self._decided(reply, per_minute, per_day, second)
+
+    def _request(
+        self, markers: list[str], expected: list[int], minute_key: str, day_key: str, per_minute: int, per_day: int
+    ) -> tuple[list[str], list[Any]]:
+        """One decision's KEYS and ARGV for `_DECIDE` (the counters named as the `limits` storage names them)."""
+        shared = cast(Any, cast(FallbackCounters, self.storage).shared)
+        keys = [*markers, shared.prefixed_key(minute_key), shared.prefixed_key(day_key)]
+        return keys, [len(markers), *expected, per_minute, per_day]
+
+    @staticmethod
+    def _decided(reply: list[Any], per_minute: int, per_day: int, second: int) -> QuotaDecision | None:
+        """One decision's three numbers from `_DECIDE`: None when a marker moved."""
+        allowed, minute_used, day_used = (int(number) for number in reply)
+        if allowed < 0:
             return None
-        return QuotaDecision(bool(result[1]), per_minute, per_day, int(result[2]), int(result[3]), second % 86_400)
+        return QuotaDecision(allowed == 1, per_minute, per_day, minute_used, day_used, second % 86_400)
 
     def peek(self, key_id: UUID, per_minute: int, per_day: int, now: datetime) -> QuotaDecision:
         """The windows as they stand, consuming nothing."""
