@@ -8,6 +8,7 @@ keyledger with KEYLEDGER_REDIS_URL set with one and with two workers; and the ra
 Runs alternate and medians are quoted, since these machines are noisy.
 
     scripts/bench_verify [--seconds 8] [--rounds 3] [--connections 32] [--redis-url URL]
+                         [--http auto|h11|httptools] [--loop auto|asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -81,6 +83,22 @@ def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subp
     raise RuntimeError(f"server on port {port} did not start: {log.read_text()[-1000:]}")
 
 
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _server_parts(http: str, loop: str) -> str:
+    """The parser and loop every server runs (`auto`: the C ones when installed, as uvicorn picks)."""
+    if http == "auto":
+        http = "httptools" if _version("httptools") else "h11"
+    if loop == "auto":
+        loop = "uvloop" if _version("uvloop") else "asyncio"
+    return f"{http} {_version(http)}, {loop} {_version(loop) or ''}".strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
@@ -92,6 +110,8 @@ def main() -> None:
         default=os.environ.get("KEYLEDGER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
         help="Redis for the lines with KEYLEDGER_REDIS_URL set ('' to leave them out)",
     )
+    parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto", help="every server's parser")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="every server's loop")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_verify needs wrk (Debian package 'wrk'): apt-get install -y wrk")
@@ -126,8 +146,9 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
     env |= {"KEYLEDGER_DATABASE_URL": settings.database_url, "KEYLEDGER_OPERATOR_TOKEN": "klop_bench"}
     redis_env = env | {"KEYLEDGER_REDIS_URL": args.redis_url}
-    keyledger = [str(BIN / "keyledger"), "serve"]
-    uvicorn = [str(BIN / "python"), "-m", "uvicorn", "--log-level", "info"]
+    parts = ["--http", args.http, "--loop", args.loop]
+    keyledger = [str(BIN / "keyledger"), "serve", *parts]
+    uvicorn = [str(BIN / "python"), "-m", "uvicorn", "--log-level", "info", *parts]
     # name: (command, port, environment, body); every server logs each request (uvicorn's access log).
     servers: dict[str, tuple[list[str], int, dict[str, str], str]] = {
         "keyledger": ([*keyledger, "--port", "18431"], 18431, env, body),
@@ -166,6 +187,7 @@ def main() -> None:
     print(
         f"load average before {load_before[0]:.2f} {load_before[1]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f}"
     )
+    print(f"every server: uvicorn {_version('uvicorn')} ({_server_parts(args.http, args.loop)}), access log on")
     print(
         f"in-process decisions/s (median of {args.inprocess_rounds}): {native:,.0f}  (target >= 100,000);"
         f" best round {max(in_process['native']):,.0f} ({1e6 / max(in_process['native']):.1f} us a decision)"

@@ -322,6 +322,18 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+class HttpParser(StrEnum):
+    auto = "auto"  # httptools when installed (it is, with keyledger), else h11
+    h11 = "h11"
+    httptools = "httptools"
+
+
+class EventLoop(StrEnum):
+    auto = "auto"  # uvloop when installed (it is, with keyledger), else asyncio
+    asyncio = "asyncio"
+    uvloop = "uvloop"
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
@@ -335,6 +347,8 @@ def serve(
         str | None,
         typer.Option(help="addresses of gateways whose X-Forwarded-For/-Proto to trust (comma-separated, or *)"),
     ] = None,
+    http: Annotated[HttpParser, typer.Option(help="HTTP/1.1 implementation, as uvicorn's --http")] = HttpParser.auto,
+    loop: Annotated[EventLoop, typer.Option(help="event loop, as uvicorn's --loop")] = EventLoop.auto,
 ) -> None:
     """Start the HTTP API (uvicorn) on the configured store."""
     import socket
@@ -365,6 +379,8 @@ def serve(
         "log_config": log_config(log_format.value),
         "proxy_headers": forwarded_allow_ips is not None,
         "forwarded_allow_ips": forwarded_allow_ips,
+        "http": http.value,
+        "loop": loop.value,
     }
     if workers == 1:
         uvicorn.run(create_app(services), **options)

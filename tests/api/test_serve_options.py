@@ -84,3 +84,30 @@ def test_text_logs_with_the_access_log_by_default(tmp_path: Path):
         server.stop()
 
     assert '"POST /v1/workspaces HTTP/1.1" 201' in server.log()
+
+
+def _mapped_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "loaded", "absent"),
+    [([], ["httptools", "uvloop"], []), (["--http", "h11", "--loop", "asyncio"], [], ["httptools", "uvloop"])],
+    ids=["auto", "pure-python"],
+)
+def test_http_parser_and_event_loop_are_the_ones_chosen(
+    tmp_path: Path, args: list[str], loaded: list[str], absent: list[str]
+):
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("reads the server's loaded libraries from /proc (Linux)")
+    server = Server(Settings(database_url=f"sqlite:///{tmp_path / 'k.db'}"), tmp_path / "server.log", args=args)
+    server.start()
+    try:
+        create_workspace(server)  # answered: the chosen parser and loop serve
+        assert server.process is not None
+        libraries = _mapped_libraries(server.process.pid)
+    finally:
+        server.stop()
+
+    assert all(f"/{name}/" in libraries for name in loaded), loaded
+    assert not any(f"/{name}/" in libraries for name in absent), absent
