@@ -188,44 +188,46 @@ def _windows(now: datetime) -> tuple[int, int, int]:
     return second // 60, second // 86_400, second % 86_400
 
 
-# Decisions of the hot path, any number in one call. ARGV[1], ARGV[2]: the minute and day counters' expiries;
+# Decisions of the hot path, several in one call. ARGV[1], ARGV[2]: the minute and day counters' expiries;
 # then per decision, in KEYS its change markers (key, workspace) and its minute and day counters, in ARGV the
 # number of markers, the values they are expected to hold and the two limits. As `QuotaGate.check` with the
 # `limits` storage's INCR-and-EXPIRE, once the markers hold: three numbers per decision, 1 (allowed) or 0
-# (refused) with the minute's and the day's counts, or -1 0 0 when a marker moved (nothing counted).
+# (refused) with the minute's and the day's counts; -1 0 0 when a marker moved (nothing counted); -2 0 0 when
+# Redis refused a command (a counter that is not a number): only that decision fails, as it would alone.
 _DECIDE = """
-local out, k, a = {}, 1, 3
-while a <= #ARGV do
-  local n = tonumber(ARGV[a])
-  local moved = false
+local function decide(k, a, n)
   for i = 1, n do
-    if tonumber(redis.call('get', KEYS[k + i - 1]) or '0') ~= tonumber(ARGV[a + i]) then moved = true break end
+    if tonumber(redis.call('get', KEYS[k + i - 1]) or '0') ~= tonumber(ARGV[a + i]) then return -1, 0, 0 end
   end
   local mk, dk = KEYS[k + n], KEYS[k + n + 1]
   local per_minute, per_day = tonumber(ARGV[a + n + 1]), tonumber(ARGV[a + n + 2])
-  k, a = k + n + 2, a + n + 3
-  local allowed, m, d = -1, 0, 0
-  if not moved then
-    allowed, m = 1, redis.call('incrby', mk, 1)
-    if m == 1 then redis.call('expire', mk, ARGV[1]) end
-    if m > per_minute then
-      allowed, m = 0, redis.call('incrby', mk, -1)
-      d = tonumber(redis.call('get', dk) or '0')
-    else
-      d = redis.call('incrby', dk, 1)
-      if d == 1 then redis.call('expire', dk, ARGV[2]) end
-      if d > per_day then
-        allowed, d, m = 0, redis.call('incrby', dk, -1), redis.call('incrby', mk, -1)
-      end
-    end
+  local m = redis.call('incrby', mk, 1)
+  if m == 1 then redis.call('expire', mk, ARGV[1]) end
+  if m > per_minute then
+    return 0, redis.call('incrby', mk, -1), tonumber(redis.call('get', dk) or '0')
   end
+  local d = redis.call('incrby', dk, 1)
+  if d == 1 then redis.call('expire', dk, ARGV[2]) end
+  if d > per_day then
+    d = redis.call('incrby', dk, -1)
+    return 0, redis.call('incrby', mk, -1), d
+  end
+  return 1, m, d
+end
+local out, k, a = {}, 1, 3
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local ok, allowed, m, d = pcall(decide, k, a, n)
+  if not ok then allowed, m, d = -2, 0, 0 end
   out[#out + 1] = allowed
   out[#out + 1] = m
   out[#out + 1] = d
+  k, a = k + n + 2, a + n + 3
 end
 return out
 """
 _EXPIRIES = (MINUTE_EXPIRY, DAY_EXPIRY)
+MAX_BATCH = 256  # decisions in one call: Redis runs a script alone, so other clients wait while it runs
 
 
 class _Batcher:
@@ -248,9 +250,13 @@ class _Batcher:
         self.keys += keys
         self.args += args
         self.futures.append(future)
+        if len(self.futures) >= MAX_BATCH:
+            self._start()
         return future
 
     def _start(self) -> None:
+        if not self.futures:  # sent already, full
+            return
         batch = self.keys, self.args, self.futures
         self.keys, self.args, self.futures = [], [*_EXPIRIES], []
         task = self.loop.create_task(self._send(*batch))
@@ -431,6 +437,8 @@ class QuotaGate:
     def _decided(reply: list[Any], per_minute: int, per_day: int, second: int) -> QuotaDecision | None:
         """One decision's three numbers from `_DECIDE`: None when a marker moved."""
         allowed, minute_used, day_used = (int(number) for number in reply)
+        if allowed == -2:
+            raise redis.ResponseError("Redis refused a quota counter's command (not a number?)")
         if allowed < 0:
             return None
         return QuotaDecision(allowed == 1, per_minute, per_day, minute_used, day_used, second % 86_400)

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
+import redis
 
+from adapters import quotas
 from adapters.change_feed import RedisChangeFeed
 from adapters.quotas import LocalCounters, QuotaDecision, QuotaGate
 from tests.backends import REDIS_URL, redis_problem, require
@@ -96,3 +98,37 @@ def test_concurrent_round_trips_on_the_event_loop_are_counted_exactly_and_refuse
     assert sorted(a.minute_used for a in answers if a is not None)[-1] == 10
     assert moved == [None, None, None]
     assert gate.peek(key, 10, 100, NOW).minute_used == 10
+
+
+def test_decisions_sent_together_fail_alone_and_large_batches_are_split(monkeypatch: pytest.MonkeyPatch):
+    require("Redis", redis_problem())
+    monkeypatch.setattr("adapters.quotas.MAX_BATCH", 4)
+    sent: list[int] = []  # decisions per call
+    send = quotas._Batcher._send
+
+    async def counted(self: quotas._Batcher, keys: list[str], args: list[object], futures: list[object]) -> None:
+        sent.append(len(futures))
+        await send(self, keys, args, futures)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(quotas._Batcher, "_send", counted)
+    namespace = f"hot-{uuid4()}"
+    gate, feed = QuotaGate(REDIS_URL, namespace), RedisChangeFeed(REDIS_URL, namespace)
+    good, broken = uuid4(), uuid4()
+    minute, day = SECOND // 60, SECOND // 86_400
+    broken_minute, _ = gate.names(broken, minute, day)
+    shared = gate.storage.shared  # type: ignore[attr-defined]
+    shared.get_connection().set(shared.prefixed_key(broken_minute), "not a number")
+
+    async def trips() -> list[QuotaDecision | BaseException | None]:
+        calls = [
+            gate.check_unchanged_async([feed.name_of(key)], [0], *gate.names(key, minute, day), 5, 100, SECOND)
+            for key in [good, broken] * 5
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(trips())
+
+    assert [a.allowed for a in answers[0::2] if isinstance(a, QuotaDecision)] == [True] * 5
+    assert all(isinstance(a, redis.ResponseError) for a in answers[1::2])
+    assert gate.peek(good, 5, 100, NOW).minute_used == 5  # each counted once
+    assert sent == [4, 4, 2]
