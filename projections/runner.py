@@ -287,10 +287,8 @@ class Runner:
         building = self._start_generations(names)
         log.info("rebuilding %s into generation(s) %s", names, [g.generation for g in building])
         try:
-            if self.bulk is not None:  # the bulk of the stream, then the indexes
-                building = self.bulk.fill(self, building, self.head(), progress)
-            else:
-                building = self.index(building)
+            # The bulk of the stream, then the indexes; without the bulk strategy, only the indexes.
+            building = self.bulk.fill(self, building, self.head(), progress) if self.bulk else self.index(building)
             retired = None
             while retired is None:  # the tail, then the switch
                 start = min(g.position for g in building)
