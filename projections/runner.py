@@ -1,7 +1,6 @@
 """Applying the event stream to read models, exactly once: following it (`step`) and rebuilding (`rebuild`).
 
-Both fold batches of events (`fold`) and write them with their generation's position (`commit`), which moves
-only from the value its writer read (`advance`). DEVELOPERS.md, "Read models", says what the code works around.
+Both fold batches of events and commit them with their generation's position (DEVELOPERS.md, "Read models").
 """
 
 from __future__ import annotations
