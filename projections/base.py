@@ -16,13 +16,8 @@ P = TypeVar("P")
 
 
 class Projection(ABC, Generic[P]):
-    """A read model: tables named `kl_<table>_g<generation>`, filled from the event stream.
-
-    Events are folded into pending changes, which `write` stores: following the stream folds a
-    batch and writes it in one transaction; a bulk rebuild folds many batches first, so rows every
-    batch would update (counters) are written once. Raise VERSION when the tables or the meaning
-    of their rows change: the projection is then rebuilt into a new generation.
-    """
+    """A read model: tables named `kl_<table>_g<generation>`, filled by folding events into pending changes
+    that `write` stores. Raise VERSION when the tables or their rows' meaning change: it is then rebuilt."""
 
     name: ClassVar[str]
     VERSION: ClassVar[int]

@@ -1,9 +1,5 @@
-"""The fast rebuild, an optional strategy of `Runner.rebuild` on the runner's own fold and commit.
-
-It folds many batches per commit (rows every batch would update are written once), spreads the
-projections over processes (each share decoding only its events) and writes rows in bulk.
-See DEVELOPERS.md, "Read models".
-"""
+"""The fast rebuild, an optional strategy of `Runner.rebuild` on its own fold and commit: many batches folded
+per commit, projections spread over processes, rows written in bulk (DEVELOPERS.md, "Read models")."""
 
 from __future__ import annotations
 
@@ -26,7 +22,7 @@ from domain.application import KeyLedger
 from domain.timefmt import clamp_utc
 from projections import db
 from projections.db import DatabaseSettings, LockTaken, UTCDateTime, read_transaction, write_transaction
-from projections.runner import Generation, Pending, Progress, Runner, select_generations
+from projections.runner import Generation, Pending, Progress, Runner
 
 MAX_PENDING = 100_000  # rows of one projection's pending changes: about 30 MB, written in one transaction
 HEARTBEAT_INTERVAL = 5.0  # at least this often every building generation's position is written
@@ -39,10 +35,8 @@ def fill(
 ) -> list[Generation]:
     """Apply the stream up to `stop` to building generations at one position (only `topics`' events, if given).
 
-    The cyclic garbage collector is paused meanwhile (process-wide, in this call only): decoding
-    makes containers by the million, none cyclic, and its full passes over the growing pending
-    changes were most of the cost. Measured, one process, 100,000 events on SQLite (CPU s):
-    4.8 paused, 6.5-6.9 with it deferred to batch boundaries, 9-10 never paused.
+    The garbage collector is paused in this call: its passes over the growing pending changes cost
+    twice the fill itself (DEVELOPERS.md).
     """
     pending, names = [Pending(g, g.position) for g in building], [g.name for g in building]
     position, beat, collecting = min(g.position for g in building), time.monotonic(), gc.isenabled()
@@ -74,10 +68,7 @@ def fill(
 
 
 def _work(settings: DatabaseSettings, env: dict[str, str], classes: list[str], *job: Any) -> list[Generation]:
-    """A worker process: fills and indexes `building` (of projections of these class topics) up to `stop`.
-
-    The parent created every table: the worker reads only its events (`topics`) and writes rows.
-    """
+    """A worker process: fills and indexes `building` (of projections of these class topics) up to `stop`."""
     building, stop, topics, batch_size = job
     ledger = KeyLedger(env={**env, "CREATE_TABLE": "n"})
     engine = db.create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
@@ -125,7 +116,8 @@ class Bulk:
                 for failed in (r for r in results if r.ready() and not r.successful()):
                     failed.get()  # raises the worker's exception
                 if progress is not None:
-                    progress(_reached(runner, building), stop)
+                    with read_transaction(runner.engine) as conn:
+                        progress(min((g.position for g in runner.building(conn, building)), default=0), stop)
 
             filled = runner.index(fill(runner, own, stop, report, own_topics))
             while not all(r.ready() for r in results):
@@ -151,7 +143,7 @@ class Bulk:
 def stored_topics(runner: Runner, shares: Sequence[Collection[str]]) -> list[list[str]]:
     """Per share of projection names: the topics of stored events they apply (renamed ones too).
 
-    One scan of the library's events table; on PostgreSQL its statistics first (topic-filtered pages need them).
+    On PostgreSQL the events table's statistics first: topic-filtered pages need them.
     """
     if runner.engine.dialect.name == "postgresql":
         with write_transaction(runner.engine) as conn:
@@ -159,14 +151,6 @@ def stored_topics(runner: Runner, shares: Sequence[Collection[str]]) -> list[lis
     with read_transaction(runner.engine) as conn:
         stored = conn.exec_driver_sql(f"SELECT DISTINCT topic FROM {runner.events_table}").scalars().all()  # noqa: S608
     return [sorted(t for t in stored if not runner.projections_of(t).isdisjoint(names)) for names in shares]
-
-
-def _reached(runner: Runner, building: Sequence[Generation]) -> int:
-    """How far the slowest of our building generations got."""
-    ours = {(g.name, g.generation) for g in building}
-    with read_transaction(runner.engine) as conn:
-        found = select_generations(conn, [g.name for g in building], active=False)
-    return min((g.position for g in found if (g.name, g.generation) in ours), default=0)
 
 
 # --- writing rows -------------------------------------------------------------------------
@@ -197,14 +181,10 @@ def upsert(
 
 
 class _Statement:
-    """A Core insert compiled once per table, fed a batch's rows with each value through its column's converter.
+    """A Core insert compiled once per table, fed a batch's rows column by column through each column's converter.
 
-    Not `conn.execute(insert, rows)`: Core processes every row's parameters in Python, never
-    caches ON CONFLICT statements, and psycopg runs its executemany as a statement per row.
-    Measured, one-process rebuild of 100,000 events (CPU s): SQLite 4.8 here vs 5.7 with Core
-    executemany (-16 %), PostgreSQL 7.1 vs 12.5 wall (-43 %); Core multi-row `insert().values`
-    took 20 s and more. SQLite gets one executemany of the compiled statement; PostgreSQL one
-    `INSERT ... SELECT FROM unnest(%b::type[], ...)` with the statement's ON CONFLICT clause.
+    Not `conn.execute(insert, rows)`, measured 16 % (SQLite) and 43 % (PostgreSQL) slower on a rebuild
+    (DEVELOPERS.md): SQLite gets one executemany, PostgreSQL one `INSERT ... SELECT FROM unnest(%b::type[])`.
     """
 
     def __init__(self, dialect: Dialect, table: Table, statement: Any) -> None:
@@ -261,8 +241,7 @@ def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
     for kind, convert in fast.items() if dialect.name == "sqlite" else ():
         if isinstance(type_, kind):
             return convert
-    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
-    return processor
+    return type_.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
 
 
 def sqlite_utc_text(value: datetime | None) -> str | None:

@@ -20,8 +20,7 @@ from domain.text import storable_text
 from domain.timefmt import clamp_utc
 
 SQLITE_LOCK_TIMEOUT = 30.0
-# SQLite table layouts (ignored elsewhere): a table stored in its primary key's order and a
-# position that is the rowid itself. Rebuilds write every row; these halve the b-trees touched.
+# SQLite layouts (ignored elsewhere): tables in primary-key order, a position that is the rowid (DEVELOPERS.md).
 CLUSTERED: dict[str, Any] = {"sqlite_with_rowid": False}
 POSITION = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -79,9 +78,8 @@ def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = N
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL; no fsync per commit (derived data: a lost commit is re-applied); a 32 MB cache (the 2 MB
-    # default made rebuilds ~10% slower); secure_delete=FAST: Debian's SQLite zeroes every freed
-    # page, and dropping a retired generation rewrote all its pages (0.5 s per 100 MB).
+    # No fsync per commit (derived data: a lost commit is re-applied); a 32 MB cache (the 2 MB default
+    # made rebuilds ~10% slower); secure_delete=FAST: Debian's build zeroes every freed page (DEVELOPERS.md).
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-32768", "secure_delete=FAST"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
 

@@ -1,10 +1,6 @@
-"""Applying the event stream to read models: batched, exactly once, and rebuilt beside the live ones.
+"""Applying the event stream to read models, exactly once: following it (`step`) and rebuilding (`rebuild`).
 
-One apply path (`fold`, then `commit`) serves following the stream (`step`) and rebuilds (`rebuild`,
-and the optional `projections.bulk`). A row per projection generation in `kl_projection_state` holds
-its position (the last notification id applied), committed with its rows and moved only from the
-value its writer read (`advance`), so no batch applies twice; `active` marks the generation queries
-read. The same statements serve SQLite and PostgreSQL. See DEVELOPERS.md, "Read models".
+Both fold batches of events and commit them with their generation's position (DEVELOPERS.md, "Read models").
 """
 
 from __future__ import annotations
@@ -18,21 +14,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from eventsourcing.utils import resolve_topic
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    delete,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection
+from sqlalchemy import BigInteger, Boolean, Column, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateTable
@@ -51,13 +34,10 @@ Progress = Callable[[int, int], None]
 # A building generation whose heartbeat (`updated_at`) is older than this was abandoned: its
 # process died. A rebuild that fails with an exception drops its generations at once.
 REBUILD_LEASE = timedelta(seconds=20)
-# Pages are bounded in stored bytes too: a usage event holds up to 1,000 counts (~150 KB), and
-# 5,000 of them would decode into gigabytes. The next events' sizes are read first (no data).
+# Pages are bounded in stored bytes too: a usage event holds up to 1,000 counts (~150 KB).
 MAX_PAGE_BYTES = 8_000_000
-# Errors of the store as a whole (unreachable, a lost race for a position) are retried as a
-# whole rather than blamed on one projection.
+# Errors of the store as a whole are retried as a whole rather than blamed on one projection.
 _STORE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, TrackingConflict)
-
 
 STATE = Table(
     "kl_projection_state",
@@ -66,7 +46,7 @@ STATE = Table(
     Column("generation", Integer, primary_key=True),
     Column("version", Integer, nullable=False),
     Column("position", BigInteger, nullable=False),
-    Column("active", Boolean, nullable=False),
+    Column("active", Boolean, nullable=False),  # the generation queries read
     Column("updated_at", UTCDateTime, nullable=False),  # a building generation's heartbeat
 )
 # Reported by whichever process failed to apply an event, read by every process's status; current
@@ -128,8 +108,7 @@ def describe_error(error: BaseException) -> str:
 
 class Batch(NamedTuple):
     events: list[Positioned]  # those some projection applies, decoded
-    read: int  # notifications read, wanted or not
-    last: int  # id of the last one read (the start position when none)
+    last: int  # id of the last notification read, wanted or not (the start position when none)
     more: bool = False  # the page was full: more may follow at once
 
 
@@ -178,21 +157,29 @@ class Runner:
         with read_transaction(self.engine) as conn:
             return {g.name: g for g in select_generations(conn, self.projections, active=True)}
 
+    def applicable(self, generations: Sequence[Generation]) -> list[Generation]:
+        """Never write rows of another definition (a process running older or newer code)."""
+        return [g for g in generations if g.version == self.projections[g.name].VERSION]
+
+    def failures(self, active: Mapping[str, Generation]) -> dict[str, Any]:
+        """The recorded failures still current: their generation is where it failed."""
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(select(FAILURES)).all()
+        at = {(g.name, g.generation): g.position for g in active.values()}
+        return {f.name: f for f in rows if at.get((f.name, f.generation)) == f.position}
+
     def record_failure(self, name: str, error: Exception) -> None:
         """Record (or count again), for every process's status, that the active generation failed at its position."""
         with write_transaction(self.engine) as conn:
             for g in select_generations(conn, [name], active=True):
-                row = conn.execute(select(FAILURES).where(FAILURES.c.name == name).with_for_update()).first()
-                now, again = (
-                    self.clock(),
-                    row is not None and (row.generation, row.position) == (g.generation, g.position),
-                )
-                attempts, since = (row.attempts + 1, row.first_failed_at) if again and row is not None else (1, now)
+                stored = conn.execute(select(FAILURES).where(FAILURES.c.name == name).with_for_update()).first()
+                now = self.clock()
+                attempts, since = 1, now
+                if stored is not None and (stored.generation, stored.position) == (g.generation, g.position):
+                    attempts, since = stored.attempts + 1, stored.first_failed_at
                 conn.execute(delete(FAILURES).where(FAILURES.c.name == name))
-                at = {"name": name, "generation": g.generation, "position": g.position, "error": describe_error(error)}
-                conn.execute(
-                    insert(FAILURES).values(**at, attempts=attempts, first_failed_at=since, last_failed_at=now)
-                )
+                failure = (name, g.generation, g.position, describe_error(error), attempts, since, now)
+                conn.execute(insert(FAILURES).values(failure))
 
     # --- the one apply path ---------------------------------------------------------
 
@@ -231,10 +218,11 @@ class Runner:
         When the batch fails, each projection tries it alone; those that fail are reported in `failed`.
         """
         seen = [g for g in self.applicable(list(known) or list(self.active().values())) if g.name not in skip]
-        batch = self.read(min((g.position for g in seen), default=0), self.batch_size) if seen else None
-        if batch is None or not batch.read:
+        start = min((g.position for g in seen), default=0)
+        batch = self.read(start, self.batch_size) if seen else Batch([], start)
+        if batch.last <= start:
             return Step([], False, {})
-        names, start = sorted({g.name for g in seen}), min(g.position for g in seen)
+        names = sorted({g.name for g in seen})
         advanced: list[Generation] = []
         failed: dict[str, Exception] = {}
         for group in [names, *([n] for n in names)] if len(names) > 1 else [names]:
@@ -251,10 +239,6 @@ class Runner:
                 failed.update(dict.fromkeys(group, error) if len(group) == 1 else {})
         return Step(advanced, batch.more, failed)
 
-    def applicable(self, generations: Sequence[Generation]) -> list[Generation]:
-        """Never write rows of another definition (a process running older or newer code)."""
-        return [g for g in generations if g.version == self.projections[g.name].VERSION]
-
     def read(
         self,
         position: int,
@@ -268,7 +252,7 @@ class Runner:
         Never under our write lock: the library's SQLite pool can make a reader wait for writers that wait for it.
         """
         if topics is not None and (stop is None or not topics):
-            return Batch([], 0, position if stop is None else stop)  # no topic, nothing to read
+            return Batch([], position if stop is None else stop)  # no topic, nothing to read
         with read_transaction(self.engine) as conn:
             sizes = stored_sizes(conn, self.events_table, position, limit, topics)
         if (fitting := _fitting(sizes)) < len(sizes):
@@ -282,12 +266,12 @@ class Runner:
         if within < len(notifications):
             notifications, more = notifications[:within], True
         if not notifications and (topics is None or stop is None):
-            return Batch([], 0, position)
+            return Batch([], position)
         last = stop if stop is not None and topics is not None and not more else notifications[-1].id
         wanted = set(names or self.projections)
         decode = self.ledger.mapper.to_domain_event
         events = [(n.id, decode(n)) for n in notifications if not wanted.isdisjoint(self.projections_of(n.topic))]
-        return Batch(events, len(notifications), last, more)
+        return Batch(events, last, more)
 
     def projections_of(self, topic: str) -> frozenset[str]:
         if topic not in self._wanting:  # resolve_topic follows renamed topics: old events find their class
@@ -302,10 +286,8 @@ class Runner:
         building = self._start_generations(names)
         log.info("rebuilding %s into generation(s) %s", names, [g.generation for g in building])
         try:
-            if self.bulk is not None:  # the bulk of the stream, then the indexes
-                building = self.bulk.fill(self, building, self.head(), progress)
-            else:
-                building = self.index(building)
+            # The bulk of the stream, then the indexes; without the bulk strategy, only the indexes.
+            building = self.bulk.fill(self, building, self.head(), progress) if self.bulk else self.index(building)
             retired = None
             while retired is None:  # the tail, then the switch
                 start = min(g.position for g in building)
@@ -343,9 +325,15 @@ class Runner:
                 )
             return building, serving
 
+    def building(self, conn: Connection, building: Sequence[Generation], lock: bool = False) -> list[Generation]:
+        """The stored rows of these building generations (found by number: workers may have moved them on)."""
+        ours = {(g.name, g.generation) for g in building}
+        found = select_generations(conn, [g.name for g in building], active=False, lock=lock)
+        return [g for g in found if (g.name, g.generation) in ours]
+
     def relock(self, conn: Connection, building: Sequence[Generation]) -> None:
         """Lock our building generations, checking nobody took them over meanwhile."""
-        found = set(select_generations(conn, [g.name for g in building], active=False, lock=True))
+        found = self.building(conn, building, lock=True)
         for g in building:
             if g not in found:
                 raise RebuildInProgress(f"the rebuild of {g.name!r} was taken over by another process")
@@ -384,13 +372,11 @@ class Runner:
         return list(building)
 
     def _abandon(self, building: Sequence[Generation]) -> None:
-        """Drop a failed rebuild's generations (by number: workers may have moved them on)."""
-        ours = {(g.name, g.generation) for g in building}
+        """Drop a failed rebuild's generations."""
         try:
             with write_transaction(self.engine) as conn:
-                for generation in select_generations(conn, [g.name for g in building], active=False, lock=True):
-                    if (generation.name, generation.generation) in ours:
-                        self._drop(conn, generation)
+                for generation in self.building(conn, building, lock=True):
+                    self._drop(conn, generation)
         except Exception:
             log.warning("could not drop the failed rebuild's generations; they expire with the lease")
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -26,7 +25,7 @@ from projections.db import DatabaseSettings, create_read_engine, read_transactio
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.insights import InsightsQueries
 from projections.keys import KeyQueries, KeysProjection
-from projections.runner import FAILURES, Generation, Progress, Runner, Step, describe_error, select_generations
+from projections.runner import Generation, Progress, Runner, Step, describe_error, select_generations
 from projections.usage import UsageProjection, UsageQueries
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,10 @@ class _Failing:  # a projection this process saw fail: retried with growing paus
     retry_at: float  # monotonic
 
 
+def _pause(attempts: int) -> float:
+    return min(RETRY_MAX, RETRY_FIRST * 2.0**attempts)
+
+
 class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
     def __init__(
         self,
@@ -71,10 +74,10 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         self.ledger, self.catalog, self.poll_interval = ledger, ledger.catalog, poll_interval
         self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
         listed = projections or [KeysProjection(), UsageProjection(), AuditProjection()]
-        self.projections = {p.name: p for p in listed}
-        self.names = tuple(self.projections)
         bulk = Bulk(settings, ledger, rebuild_workers, rebuild_workers_min_events)
         self.runner = Runner(self.engine, ledger, listed, batch_size, rebuild_batch_size, bulk)
+        self.projections = self.runner.projections
+        self.names = tuple(self.projections)
         self._changed = threading.Condition()  # on an RLock; signalled whenever what it guards moves
         self._generations: dict[str, Generation] = {}  # the active ones, as last seen
         self._failing: dict[str, _Failing] = {}
@@ -115,17 +118,7 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         """Rebuild every read model never built or whose VERSION was raised (waiting for other processes' rebuilds)."""
         self._setup()
         rebuilt: list[str] = []
-        while True:
-            active = self.runner.active()
-            for name, generation in active.items():
-                if generation.version > (code := self.projections[name].VERSION):
-                    raise ProjectionNotReady(
-                        f"read model {name!r} was built by newer code (version {generation.version}, "
-                        f"this code has {code}); upgrade this process"
-                    )
-            stale = [n for n in self.names if n not in active or active[n].version < self.projections[n].VERSION]
-            if not stale:
-                break
+        while stale := self._stale():
             try:
                 self.runner.rebuild(stale, progress)
                 rebuilt += stale
@@ -138,14 +131,24 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
                 for name in stale if len(stale) > 1 else ():  # one failing must not leave the others unbuilt
                     try:
                         self.runner.rebuild([name], progress)
-                        rebuilt.append(name)
                     except Exception as one:
                         self._fail(name, one)
-                self._record(list(self.runner.active().values()))
+                self._refresh()
                 raise
         self._current = True
-        self._record(list(self.runner.active().values()))
+        self._refresh()
         return rebuilt
+
+    def _stale(self) -> list[str]:
+        """The read models to rebuild: never built, or of an older VERSION (refused: built by newer code)."""
+        active = self.runner.active()
+        for name, generation in active.items():
+            if generation.version > (code := self.projections[name].VERSION):
+                raise ProjectionNotReady(
+                    f"read model {name!r} was built by newer code (version {generation.version}, "
+                    f"this code has {code}); upgrade this process"
+                )
+        return [n for n in self.names if n not in active or active[n].version < self.projections[n].VERSION]
 
     def _setup(self) -> None:
         if not self._set_up:
@@ -162,7 +165,7 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
                     self.ensure_current()
                 except Exception as error:  # reported; the built read models are followed meanwhile
                     build_failures += 1
-                    build_retry_at = time.monotonic() + min(RETRY_MAX, RETRY_FIRST * 2**build_failures)
+                    build_retry_at = time.monotonic() + _pause(build_failures)
                     self._stall(error)
             try:
                 step = self._poll()
@@ -170,7 +173,7 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
             except Exception as error:
                 failures += 1
                 self._stall(error)
-                self._stopping.wait(min(RETRY_MAX, RETRY_FIRST * 2**failures))
+                self._stopping.wait(_pause(failures))
                 continue
             if not (step.advanced and step.more):  # at the head, or nothing for us to apply
                 self._wake.wait(0.01 if self._waiters else self.poll_interval)
@@ -190,20 +193,19 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         if step.advanced and len(step.advanced) == len(known) == len(self.names):
             self._record(step.advanced)
         else:  # skipped some (another process is on them) or saw none: read what is there
-            self._record(list(self.runner.active().values()))
+            self._refresh()
         return step
 
     def _fail(self, name: str, error: Exception) -> None:
         """One projection cannot apply the next event: report it, retry it later, let the others go on."""
         with self._changed:
             attempts = self._failing[name].attempts + 1 if name in self._failing else 1
-            delay = min(RETRY_MAX, RETRY_FIRST * 2**attempts)
-            self._failing[name] = _Failing(describe_error(error), attempts, time.monotonic() + delay)
+            self._failing[name] = _Failing(describe_error(error), attempts, time.monotonic() + _pause(attempts))
             self.failure_counts[name] += 1
             self._changed.notify_all()  # whoever waits for it stops waiting
         log.error(
             "read model %r cannot apply the event after its position (attempt %d, next in %.1fs): %s",
-            *(name, attempts, delay, describe_error(error)),
+            *(name, attempts, _pause(attempts), describe_error(error)),
             exc_info=error if attempts == 1 else None,
         )
         try:
@@ -217,6 +219,9 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         with self._changed:
             self._changed.notify_all()
         log.error("read models: following the event stream failed; retrying: %s", self._stalled, exc_info=error)
+
+    def _refresh(self) -> None:
+        self._record(list(self.runner.active().values()))
 
     def _record(self, generations: Sequence[Generation]) -> None:
         """Remember the active generations this code can apply, and wake whoever waits on them."""
@@ -274,11 +279,7 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         """Each read model's position and lag, and whether it is failing (seen here or by any process)."""
         self._setup()
         head, active = self.runner.head(), self.runner.active()
-        at = {(g.name, g.generation): g.position for g in active.values()}
-        with read_transaction(self.engine) as conn:  # failures still current: the generation is where it failed
-            recorded = {
-                f.name: f for f in conn.execute(select(FAILURES)) if at.get((f.name, f.generation)) == f.position
-            }
+        recorded = self.runner.failures(active)
         with self._changed:
             local = {name: failing.error for name, failing in self._failing.items()}
         result = []
@@ -303,41 +304,37 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         names = self.check_names([name]) if name is not None else self.names
         self._setup()
         self.runner.rebuild(names, progress)
-        self._record(list(self.runner.active().values()))
+        self._refresh()
 
     def check_names(self, names: Sequence[str]) -> tuple[str, ...]:
         for unknown in (n for n in names if n not in self.projections):
             raise UnknownProjection(f"unknown projection {unknown!r}; known projections: {', '.join(self.names)}")
         return tuple(names)
 
-    # --- queries ------------------------------------------------------------------
-
     def _read(self, name: str, query: Callable[[Connection, Tables], T]) -> T:
         """Run `query` on the active generation of a read model, in one snapshot."""
         self._setup()
-        for attempt in range(3):
+        projection, attempts = self.projections[name], 0
+        while True:
             try:
                 with read_transaction(self.engine) as conn:
-                    active, code = select_generations(conn, [name], active=True), self.projections[name].VERSION
+                    active = select_generations(conn, [name], active=True)
                     if not active:
                         raise ProjectionNotReady(
                             f"read model {name!r} is not built yet (keyledger projections rebuild)"
                         )
-                    if active[0].version != code:
+                    if (version := active[0].version) != projection.VERSION:
                         raise ProjectionNotReady(
-                            f"read model {name!r} is at version {active[0].version}; this code reads {code}"
+                            f"read model {name!r} is at version {version}; this code reads {projection.VERSION}"
                         )
-                    return query(conn, self.projections[name].tables(active[0].generation))
+                    return query(conn, projection.tables(active[0].generation))
             except DBAPIError:  # a rebuild may have switched and dropped it between our two statements
-                if attempt == 2:
+                attempts += 1
+                if attempts == 3:
                     raise
-        raise AssertionError("unreachable")
 
     def applied(self, name: str) -> int:
-        """The position this process last saw the named read model reach (0 before); no I/O.
-
-        The follower thread keeps it current, also when other processes apply the events.
-        """
+        """The position this process last saw the named read model reach (0 before; kept by the follower); no I/O."""
         with self._changed:
             generation = self._generations.get(name)
             return generation.position if generation else 0

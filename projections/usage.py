@@ -13,8 +13,9 @@ the largest table by far (keys x endpoints x 1,440 a day) for little use.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
@@ -286,26 +287,13 @@ class UsageProjection(Projection[UsageSums]):
             key=["key_id", "day"],
             add=COUNTERS,
         )
-        upsert(
-            conn,
-            tables["endpoint"],
-            [(ids[k], d, e, ids[workspace_of[k]], *n) for (k, d, e), n in by_endpoint.items()],
-            key=["key_id", "day", "endpoint"],
-            add=["requests", "successes"],
-        )
-        upsert(
-            conn,
-            tables["scope"],
-            [(ids[k], d, s, ids[workspace_of[k]], *c) for (k, d, s), c in pending.scopes.items()],
-            key=["key_id", "day", "scope"],
-            add=["allowed", "refused"],
-            latest=["last_allowed", "last_refused"],
-        )
-        upsert(
-            conn,
+        # The endpoint, scope and address tables: sums per key, day and one more key column.
+        per_day = functools.partial(_upsert_per_day, conn, ids=ids, workspace_of=workspace_of)
+        per_day(tables["endpoint"], by_endpoint, add=["requests", "successes"])
+        per_day(tables["scope"], pending.scopes, add=["allowed", "refused"], latest=["last_allowed", "last_refused"])
+        per_day(
             tables["address"],
-            [(ids[k], d, a, ids[workspace_of[k]], *c) for (k, d, a), c in pending.addresses.items()],
-            key=["key_id", "day", "address"],
+            pending.addresses,
             add=["requests", "successes"],
             latest=["last_seen"],
             earliest=["first_seen"],
@@ -318,6 +306,23 @@ class UsageProjection(Projection[UsageSums]):
             key=["key_id", "generation", "period"],
             add=["spent"],
         )
+
+
+def _upsert_per_day(
+    conn: Connection,
+    table: Table,
+    sums: Mapping[tuple[str, date, str], Sequence[Any]],
+    *,
+    ids: Mapping[str, UUID],
+    workspace_of: Mapping[str, str],
+    add: Sequence[str],
+    latest: Sequence[str] = (),
+    earliest: Sequence[str] = (),
+) -> None:
+    """Add sums per (key, day, <the table's third key column>) to the endpoint, scope or address table."""
+    rows = [(ids[k], d, x, ids[workspace_of[k]], *counts) for (k, d, x), counts in sums.items()]
+    key = [column.name for column in table.primary_key]
+    upsert(conn, table, rows, key=key, add=add, latest=latest, earliest=earliest)
 
 
 def _add(buckets: dict[B, list[int]], bucket: B, counts: list[int], width: int = 4) -> None:
