@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
-
 from adapters.auditchain import merkle
 from adapters.auditchain.auditlog import TreeReader
 from adapters.auditchain.checkpoints import Checkpoint, CheckpointError
+from adapters.auditchain.exportrows import Entry, StoredRow
 from adapters.auditchain.tree import Leaf, raw_state
 
 _ENCODER = json.JSONEncoder()  # one for every line: json.dumps builds an encoder per call
@@ -71,20 +70,20 @@ class ProofWriter:
             self._leaf = next(self._leaves, None)
         return self._leaf if self._leaf is not None and self._leaf.position == position else None
 
-    def lines(self, batch: list[tuple[Notification, dict[str, Any]]]) -> list[str]:
+    def lines(self, batch: list[tuple[StoredRow, Entry]]) -> list[str]:
         """Each entry as its export line: its JSON with the leaf, then the proof."""
-        leaves = [self.leaf_of(notification.id) for notification, _ in batch]
+        leaves = [self.leaf_of(row.position) for row, _ in batch]
         indexes = [leaf.index for leaf in leaves if leaf is not None]
         if indexes:
             self._read_siblings(indexes[0], indexes[-1])
         lines = []
-        for (notification, entry), leaf in zip(batch, leaves, strict=True):
+        for (row, entry), leaf in zip(batch, leaves, strict=True):
             # The JSON of {..., "leaf": {...}, "proof": [...]}, the last two written as text.
             index, proof = (leaf.index, self._proof_of(leaf.index)) if leaf is not None else ("null", "[]")
-            digest = merkle.state_digest(raw_state(notification.state)).hex()
+            digest = merkle.state_digest(raw_state(row.state)).hex()
             leaf_text = (
-                f'{{"index": {index}, "originator_id": "{notification.originator_id}", '
-                f'"topic": {self._topic_json(notification.topic)}, "state_sha256": "{digest}"}}'
+                f'{{"index": {index}, "originator_id": "{row.originator_id}", '
+                f'"topic": {self._topic_json(row.topic)}, "state_sha256": "{digest}"}}'
             )
             lines.append(f'{_ENCODER.encode(entry)[:-1]}, "leaf": {leaf_text}, "proof": {proof}}}')
         return lines

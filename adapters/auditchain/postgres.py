@@ -23,6 +23,7 @@ from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import PoolTimeout
 
 from adapters.auditchain import tree, writer
+from adapters.auditchain.exportrows import StoredRow
 from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 from adapters.auditchain.merkle import Frontier, Node
 
@@ -71,6 +72,10 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         self.select_events_between = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
             "WHERE notification_id > %s AND notification_id < %s ORDER BY notification_id LIMIT %s"
+        ).format(schema, events)
+        self.select_rows_statement = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state FROM {}.{} "
+            "WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s"
         ).format(schema, events)
         self.select_snapshot_ids_statement = SQL("SELECT DISTINCT originator_id FROM {}.{}").format(
             schema, Identifier(snapshots_table_name)
@@ -144,6 +149,15 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.select_links_statement, (gt, limit))
             return [Link(r["position"], bytes(r["mac"])) for r in curs.fetchall()]
+
+    def stored_rows(self, after: int, stop: int, limit: int) -> list[StoredRow]:
+        """Stored events after position `after` up to `stop`, as plain rows (an export's page: no mapper)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_rows_statement, (after, stop, limit))
+            return [
+                StoredRow(r["notification_id"], r["originator_id"], r["originator_version"], r["topic"], r["state"])
+                for r in curs.fetchall()
+            ]
 
     def select_positions(self, originator_id: UUID) -> dict[int, int]:
         """Stream position of each version of one aggregate."""

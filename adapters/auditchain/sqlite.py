@@ -18,6 +18,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLite
 from eventsourcing.utils import strtobool
 
 from adapters.auditchain import tree, writer
+from adapters.auditchain.exportrows import StoredRow, uuid_text
 from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 from adapters.auditchain.merkle import Frontier, Node
 
@@ -51,6 +52,10 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         self.insert_link = f"INSERT INTO {chain} (position, mac) VALUES (?, ?)"  # noqa: S608
         self.select_links_statement = f"SELECT position, mac FROM {chain} WHERE position > ? ORDER BY position LIMIT ?"  # noqa: S608
         self.select_positions_statement = f"SELECT originator_version, rowid FROM {events} WHERE originator_id = ?"  # noqa: S608
+        self.select_rows_statement = (
+            f"SELECT rowid, originator_id, originator_version, topic, state FROM {events} "  # noqa: S608
+            "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
+        )
         self.take_write_lock = f"DELETE FROM {chain} WHERE 0"  # noqa: S608
         self.select_snapshot_ids_statement = f"SELECT DISTINCT originator_id FROM {snapshots_table_name}"  # noqa: S608
 
@@ -116,6 +121,12 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             c.execute(self.select_positions_statement, (originator_id.hex,))
             return {row[0]: row[1] for row in c.fetchall()}
+
+    def stored_rows(self, after: int, stop: int, limit: int) -> list[StoredRow]:
+        """Stored events after position `after` up to `stop`, as plain rows (an export's page: no mapper)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.select_rows_statement, (after, stop, limit))
+            return [StoredRow(row[0], uuid_text(row[1]), row[2], row[3], row[4]) for row in c.fetchall()]
 
     def select_snapshot_ids(self) -> list[UUID]:
         """Every aggregate that has a snapshot (the snapshots table is the library's)."""
