@@ -47,6 +47,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             self.datastore.schema, events_table_name.removesuffix("_events") + "_audit_", events_table_name
         )
         self.sql_create_statements.extend(self.tree.create_statements())
+        self.head_guess = tree.HeadGuess()
         schema, chain, events = (
             Identifier(self.datastore.schema),
             Identifier(self.chain_table_name),
@@ -104,7 +105,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
                 ((by_version[(e.originator_id, e.originator_version)], e) for e in stored_events),
                 key=lambda pair: pair[0],
             )
-            tree.append(self.tree, curs, new)
+            tree.append(self.tree, curs, new, self.head_guess)
             if self.chain_key is not None:
                 self._extend_chain(curs, self.chain_key, new)
         return [r["notification_id"] for r in rows]
@@ -270,6 +271,15 @@ class PostgresTree:
             "ON CONFLICT (id) DO UPDATE SET size = excluded.size, last_position = excluded.last_position, "
             "frontier = excluded.frontier"
         ).format(s, nodes, head)
+        # The same write in one round trip without reading the head first: only if it is still `was`.
+        self.write_if_head_statement = SQL(
+            "WITH h AS (UPDATE {0}.{2} SET size = %s, last_position = %s, frontier = %s "
+            "WHERE id = 1 AND size = %s AND last_position = %s AND frontier = %s RETURNING 1), "
+            "n AS (INSERT INTO {0}.{1} (level, idx, hash, position) "
+            "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[], %s::bigint[]) "
+            "WHERE EXISTS (SELECT 1 FROM h)) "
+            "SELECT count(*) AS written FROM h"
+        ).format(s, nodes, head)
         self.select_nodes = SQL(
             "SELECT n.level, n.idx, n.hash FROM {}.{} n JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
             "ON n.level = w.level AND n.idx = w.idx"
@@ -312,6 +322,25 @@ class PostgresTree:
                 head.frontier.pack(),
             ),
         )
+
+    def write_if_head(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, was: tree.Head) -> bool:
+        cursor.execute(
+            self.write_if_head_statement,
+            (
+                head.frontier.size,
+                head.last_position,
+                head.frontier.pack(),
+                was.frontier.size,
+                was.last_position,
+                was.frontier.pack(),
+                [row[0] for row in rows],
+                [row[1] for row in rows],
+                [row[2] for row in rows],
+                [row[3] for row in rows],
+            ),
+        )
+        row = cursor.fetchone()
+        return row is not None and row["written"] == 1
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
         cursor.execute(self.select_events_between, (after, before, limit))

@@ -38,6 +38,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         self.chain_table_name = chain_table_name  # the base constructor builds the CREATE statements
         self.chain_key = chain_key
         self.tree = SQLiteTree(tree_prefix, events_table_name)
+        self.head_guess = tree.HeadGuess()
         super().__init__(datastore, events_table_name)
         # Table names are constants of this class, never input.
         chain, events = chain_table_name, events_table_name
@@ -70,7 +71,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         positions: Sequence[int] | None = super()._insert_events(c, stored_events, **kwargs)
         if positions:
             new = sorted(zip(positions, stored_events, strict=True), key=lambda pair: pair[0])
-            tree.append(self.tree, c, new)
+            tree.append(self.tree, c, new, self.head_guess)
             if self.chain_key is not None:
                 self._extend_chain(c, self.chain_key, new)
         return positions
@@ -210,6 +211,10 @@ class SQLiteTree:
         self.select_head = f"SELECT size, last_position, frontier FROM {head} WHERE id = 1"  # noqa: S608
         self.insert_head = f"INSERT INTO {head} (id, size, last_position, frontier) VALUES (1, ?, ?, ?)"  # noqa: S608
         self.update_head = f"UPDATE {head} SET size = ?, last_position = ?, frontier = ? WHERE id = 1"  # noqa: S608
+        self.update_head_if = (
+            f"UPDATE {head} SET size = ?, last_position = ?, frontier = ? "  # noqa: S608
+            "WHERE id = 1 AND size = ? AND last_position = ? AND frontier = ?"
+        )
         self.insert_node = f"INSERT INTO {nodes} (level, idx, hash, position) VALUES (?, ?, ?, ?)"  # noqa: S608
         self.select_node = f"SELECT hash FROM {nodes} WHERE level = ? AND idx = ?"  # noqa: S608
         self.select_level = f"SELECT idx, hash FROM {nodes} WHERE level = ? AND idx BETWEEN ? AND ?"  # noqa: S608
@@ -248,6 +253,24 @@ class SQLiteTree:
             self.insert_head if new_head else self.update_head,
             (head.frontier.size, head.last_position, head.frontier.pack()),
         )
+
+    def write_if_head(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, was: tree.Head) -> bool:
+        cursor.execute(
+            self.update_head_if,
+            (
+                head.frontier.size,
+                head.last_position,
+                head.frontier.pack(),
+                was.frontier.size,
+                was.last_position,
+                was.frontier.pack(),
+            ),
+        )
+        # The library's cursor wraps sqlite3's, which counts the rows the update changed.
+        if getattr(cursor, "sqlite_cursor", cursor).rowcount != 1:
+            return False
+        cursor.executemany(self.insert_node, rows)
+        return True
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
         cursor.execute(self.select_events_between, (after, before, limit))
