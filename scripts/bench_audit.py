@@ -7,8 +7,9 @@ revokes alternating, saved in chunks, audit chain on), then times `state_at` at
 random moments of its life, in-process. Target: median under 50 ms.
 
 `commands`: the latency of issuing and of revoking a key (in-process, median of
---commands each, HMAC chain off), the cost the Merkle tree's leaf hashing adds
-to the write path. Run it on the code before and after a change to compare.
+--commands each, HMAC chain off), in --rounds alternating rounds of the same code
+with and without the Merkle tree's writes (leaf hashing and its statements left
+out): what the tree adds to a command (target: at most 10 %).
 
 `proofs`: on a store of --store-events events (default 1,000,000), the median
 time of an inclusion proof at a random position (in-process, target < 5 ms),
@@ -16,7 +17,7 @@ then `keyledger audit export --proofs` of the whole store: events/s and the
 export process's peak RSS (targets >= 20,000 events/s, < 200 MB).
 
     scripts/bench_audit [--only state_at|commands|proofs] [--events 10000] [--samples 200] [--commands 1000]
-                        [--store-events 1000000] [--backend sqlite|postgres|both]
+                        [--rounds 3] [--store-events 1000000] [--backend sqlite|postgres|both]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
+from adapters.auditchain import tree
 from domain.application import KeyLedger
 from domain.history import replay, state_at
 from keyledger.audit import open_audit_log
@@ -118,7 +120,8 @@ def bench(backend: str, events: int, samples: int) -> None:
     )
 
 
-def bench_commands(backend: str, commands: int) -> None:
+def _commands_once(backend: str, commands: int) -> tuple[float, float]:
+    """Issue and revoke medians (ms) of `commands` keys on a fresh store."""
     with store(backend) as settings:
         ledger = open_ledger(settings.model_copy(update={"audit_key": None}))
         try:
@@ -134,9 +137,45 @@ def bench_commands(backend: str, commands: int) -> None:
                 revoke.append((t2 - t1) * 1000)
         finally:
             ledger.close()
+    return statistics.median(issue), statistics.median(revoke)
+
+
+@contextmanager
+def _without_tree() -> Iterator[None]:
+    """The same code with the Merkle tree's writes left out (its leaf hashing and its statements)."""
+    kept = tree.append
+    tree.append = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        tree.append = kept
+
+
+def bench_commands(backend: str, commands: int, rounds: int) -> None:
+    """Rounds alternating the code with and without the tree's writes: what leaf hashing adds."""
+    medians: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for round_ in range(rounds):
+        for with_tree in (True, False) if round_ % 2 == 0 else (False, True):
+            if with_tree:
+                medians[True].append(_commands_once(backend, commands))
+            else:
+                with _without_tree():
+                    medians[False].append(_commands_once(backend, commands))
+    for with_tree in (False, True):
+        runs = medians[with_tree]
+        rounds_text = ", ".join(f"{i:.3f}/{r:.3f}" for i, r in runs)
+        print(
+            f"{backend:9} commands {'with' if with_tree else 'without'} the tree: issue/revoke medians per round "
+            f"{rounds_text} ms over {commands} each"
+        )
+    issue = [statistics.median(i for i, _ in medians[w]) for w in (False, True)]
+    revoke = [statistics.median(r for _, r in medians[w]) for w in (False, True)]
+    added = [100 * (b / a - 1) for a, b in (issue, revoke)]
+    verdict = "OK" if max(added) <= 10 else "OVER TARGET"
     print(
-        f"{backend:9} commands: issue median {statistics.median(issue):.3f} ms, "
-        f"revoke median {statistics.median(revoke):.3f} ms over {commands} each ({_load()})"
+        f"{backend:9} commands: the tree adds {added[0]:+.1f} % to issue ({issue[0]:.3f} -> {issue[1]:.3f} ms), "
+        f"{added[1]:+.1f} % to revoke ({revoke[0]:.3f} -> {revoke[1]:.3f} ms), medians of {rounds} rounds "
+        f"[{verdict}] ({_load()})"
     )
 
 
@@ -212,6 +251,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--commands", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with and without the tree")
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--store-events", type=int, default=1_000_000)
     parser.add_argument("--only", choices=["state_at", "commands", "proofs"], default=None)
@@ -221,7 +261,7 @@ def main() -> None:
         if args.only in (None, "state_at"):
             bench(backend, args.events, args.samples)
         if args.only in (None, "commands"):
-            bench_commands(backend, args.commands)
+            bench_commands(backend, args.commands, args.rounds)
         if args.only in (None, "proofs"):
             bench_proofs(backend, args.store_events, args.samples)
     sys.stdout.flush()
