@@ -34,10 +34,10 @@ Entry = dict[str, Any]  # an export line's JSON, ready to encode
 
 
 class StoredRow(NamedTuple):
-    """A stored event as read for an export: its position and columns, the originator id as text."""
+    """A stored event as read for an export: its position and columns as stored."""
 
     position: int
-    originator_id: str  # canonical text (str(UUID))
+    originator_id: str  # as stored (hex on SQLite, text on PostgreSQL): `uuid_text` gives str(UUID)
     originator_version: int
     topic: str
     state: bytes
@@ -232,9 +232,9 @@ def _subject(row: StoredRow, topic: _Topic, state: dict[str, Any]) -> tuple[str 
     """(key id, workspace id) as `describe` names them, as text."""
     kind, cls = topic.kind, topic.cls
     if kind == _KEY:
-        return row.originator_id, _id_text(_attribute(state, cls, "workspace_id"))
+        return uuid_text(row.originator_id), _id_text(_attribute(state, cls, "workspace_id"))
     if kind in (_ALERT, _CLAIM):
         return _id_text(_attribute(state, cls, "key_id")), _id_text(_attribute(state, cls, "workspace_id"))
     if kind == _WORKSPACE:
-        return _id_text(_attribute(state, cls, "key_id", None)), row.originator_id
+        return _id_text(_attribute(state, cls, "key_id", None)), uuid_text(row.originator_id)
     return None, None
