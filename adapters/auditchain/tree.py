@@ -4,7 +4,7 @@ Tables (each backend names them after its events table; `TreeSQL` runs the state
 - nodes (level, idx, hash, position): every complete subtree, leaves at level 0 with the
   position of their event (a unique index on it finds an event's leaf);
 - head (one row): size, last position and the frontier (right edge), so an insert
-  reads one row, not the tree;
+  reads one row, not the tree (none when the recorder's `HeadGuess` still holds);
 - checkpoints: signed tree heads (adapters/auditchain/checkpoints.py).
 
 A recorder holding the store's write lock calls `append` with the events it just
