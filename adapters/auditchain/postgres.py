@@ -28,6 +28,9 @@ from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 from adapters.auditchain.merkle import Frontier, Node
 
 BACKFILL_BATCH = 1000
+# A page "after P, in order, LIMIT n" must walk the index from P, whatever the statistics say: freshly
+# written tables (no ANALYZE yet) got a bitmap scan of every later row and a sort, per page (quadratic).
+IN_INDEX_ORDER = "SET LOCAL enable_sort = off"
 
 
 class ChainedPostgresRecorder(PostgresApplicationRecorder):
@@ -155,6 +158,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         """Stored events after position `after` up to `stop`, as plain rows (an export's page: no mapper)."""
         # Tuples, not the library's dict rows: no Python call per row.
         with self.datastore.transaction(commit=False) as curs, curs.connection.cursor(row_factory=tuple_row) as rows:
+            rows.execute(IN_INDEX_ORDER)
             rows.execute(self.select_rows_statement, (after, stop, limit))
             return list(map(StoredRow._make, rows.fetchall()))
 
@@ -214,6 +218,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
     def leaves(self, after_index: int, limit: int) -> list[tree.Leaf]:
         """Stored leaves from index after_index + 1: their positions and hashes."""
         with self.datastore.transaction(commit=False) as curs:
+            curs.execute(IN_INDEX_ORDER)
             curs.execute(self.tree.select_leaves, (after_index, limit))
             return [tree.Leaf(r["idx"], r["position"], bytes(r["hash"])) for r in curs.fetchall()]
 
