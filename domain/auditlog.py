@@ -21,7 +21,7 @@ from domain.workspace import Workspace
 
 _PLAIN = frozenset({str, int, float, bool})
 # Fields every event has, shown apart from `data`.
-_ENVELOPE = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "actor"})
+ENVELOPE = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp", "actor"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def safe_data(fields: dict[str, Any]) -> dict[str, Any]:
     """An event's own fields, JSON-ready; a digest becomes its public fingerprint."""
     data: dict[str, Any] = {}
     for name, value in fields.items():
-        if name in _ENVELOPE or (name == "workspace_id" and value is None):  # not recorded by v1 key events
+        if name in ENVELOPE or (name == "workspace_id" and value is None):  # not recorded by v1 key events
             continue
         if name == "secret_digest":
             data["secret_fingerprint"] = fingerprint(value)

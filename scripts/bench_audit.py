@@ -7,8 +7,9 @@ revokes alternating, saved in chunks, audit chain on), then times `state_at` at
 random moments of its life, in-process. Target: median under 50 ms.
 
 `commands`: the latency of issuing and of revoking a key (in-process, median of
---commands each, HMAC chain off), the cost the Merkle tree's leaf hashing adds
-to the write path. Run it on the code before and after a change to compare.
+--commands each, HMAC chain off), in --rounds alternating rounds of the same code
+with and without the Merkle tree's writes (leaf hashing and its statements left
+out): what the tree adds to a command (target: at most 10 %).
 
 `proofs`: on a store of --store-events events (default 1,000,000), the median
 time of an inclusion proof at a random position (in-process, target < 5 ms),
@@ -16,7 +17,7 @@ then `keyledger audit export --proofs` of the whole store: events/s and the
 export process's peak RSS (targets >= 20,000 events/s, < 200 MB).
 
     scripts/bench_audit [--only state_at|commands|proofs] [--events 10000] [--samples 200] [--commands 1000]
-                        [--store-events 1000000] [--backend sqlite|postgres|both]
+                        [--rounds 3] [--store-events 1000000] [--backend sqlite|postgres|both]
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
+from adapters.auditchain import tree
 from domain.application import KeyLedger
 from domain.history import replay, state_at
 from keyledger.audit import open_audit_log
@@ -64,7 +67,7 @@ def store(backend: str) -> Iterator[Settings]:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def build_key(ledger: KeyLedger, events: int) -> tuple[object, list[datetime]]:
+def build_key(ledger: KeyLedger, events: int, read_back: bool = True) -> tuple[object, list[datetime]]:
     ws = ledger.create_workspace("bench", "pro").workspace.id
     key = ledger.issue_key(ws, "busy", ["read:nodes"]).key
     for i in range(events - 1):
@@ -75,8 +78,15 @@ def build_key(ledger: KeyLedger, events: int) -> tuple[object, list[datetime]]:
         if (i + 1) % CHUNK == 0:
             ledger.save(key)
     ledger.save(key)
+    if not read_back:  # the proofs benchmark needs no times: reading a million events back costs minutes
+        return key.id, []
     times = [e.timestamp for e in ledger.events.get(key.id)]  # type: ignore[attr-defined]
     return key.id, times
+
+
+def _load() -> str:
+    """The 1-minute load average: the machine is shared, so every figure says how busy it was."""
+    return f"load {os.getloadavg()[0]:.1f}"
 
 
 def bench(backend: str, events: int, samples: int) -> None:
@@ -107,29 +117,95 @@ def bench(backend: str, events: int, samples: int) -> None:
         f"{backend:9} key with {len(times)} events (built in {built:.1f} s): "
         f"state_at median {median:.2f} ms, "
         f"p95 {p95:.2f} ms, max {durations[-1]:.2f} ms over {samples} random times [{verdict}]; "
-        f"raw replay of all events {full_replay:.0f} ms"
+        f"raw replay of all events {full_replay:.0f} ms ({_load()})"
     )
 
 
-def bench_commands(backend: str, commands: int) -> None:
+Medians = tuple[float, float, float, float]  # issue, revoke: wall ms; issue, revoke: CPU ms
+
+
+def _commands_once(backend: str, commands: int) -> Medians:
+    """Issue and revoke medians of `commands` keys on a fresh store: wall time, and this thread's CPU time
+    (steadier on a busy machine; on SQLite a command is all CPU, on PostgreSQL the server's part is not in it)."""
     with store(backend) as settings:
         ledger = open_ledger(settings.model_copy(update={"audit_key": None}))
         try:
             ws = ledger.create_workspace("bench", "pro").workspace.id
-            issue, revoke = [], []
+            times: list[list[float]] = [[], [], [], []]
             for i in range(commands):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 key = ledger.issue_key(ws, f"k{i}", ["read:nodes"]).key.id
-                t1 = time.perf_counter()
+                t1, c1 = time.perf_counter(), time.thread_time()
                 ledger.revoke_key(key)
-                t2 = time.perf_counter()
-                issue.append((t1 - t0) * 1000)
-                revoke.append((t2 - t1) * 1000)
+                t2, c2 = time.perf_counter(), time.thread_time()
+                for kept, spent in zip(times, (t1 - t0, t2 - t1, c1 - c0, c2 - c1), strict=True):
+                    kept.append(spent * 1000)
         finally:
             ledger.close()
+    issue, revoke, issue_cpu, revoke_cpu = (statistics.median(kept) for kept in times)
+    return issue, revoke, issue_cpu, revoke_cpu
+
+
+@contextmanager
+def _without_tree() -> Iterator[None]:
+    """The same code with the Merkle tree's writes left out (its leaf hashing and its statements)."""
+    kept = tree.append
+    tree.append = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        tree.append = kept
+
+
+@contextmanager
+def _timed_tree(spent: list[float]) -> Iterator[None]:
+    """The tree's writes timed one by one (ms): its cost apart from the rest of the command's noise."""
+    kept = tree.append
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return kept(*args, **kwargs)
+        finally:
+            spent.append((time.perf_counter() - t0) * 1000)
+
+    tree.append = timed
+    try:
+        yield
+    finally:
+        tree.append = kept
+
+
+def bench_commands(backend: str, commands: int, rounds: int) -> None:
+    """Rounds alternating the code with and without the tree's writes: what leaf hashing adds."""
+    runs: dict[bool, list[Medians]] = {True: [], False: []}
+    appends: list[float] = []
+    for round_ in range(rounds):
+        for with_tree in (True, False) if round_ % 2 == 0 else (False, True):
+            if with_tree:
+                with _timed_tree(appends):
+                    runs[with_tree].append(_commands_once(backend, commands))
+            else:
+                with _without_tree():
+                    runs[with_tree].append(_commands_once(backend, commands))
+    for with_tree in (False, True):
+        per_round = ", ".join(f"{m[0]:.3f}/{m[1]:.3f} (CPU {m[2]:.3f}/{m[3]:.3f})" for m in runs[with_tree])
+        print(
+            f"{backend:9} commands {'with' if with_tree else 'without'} the tree: issue/revoke medians per round "
+            f"{per_round} ms over {commands} each"
+        )
+    for what, columns in (("wall", (0, 1)), ("CPU", (2, 3))):
+        before, after = ([statistics.median(m[c] for m in runs[w]) for c in columns] for w in (False, True))
+        added = [100 * (b / a - 1) for a, b in zip(before, after, strict=True)]
+        verdict = "OK" if max(added) <= 10 else "OVER TARGET"
+        print(
+            f"{backend:9} commands, {what} time: the tree adds {added[0]:+.1f} % to issue "
+            f"({before[0]:.3f} -> {after[0]:.3f} ms), {added[1]:+.1f} % to revoke ({before[1]:.3f} -> "
+            f"{after[1]:.3f} ms), medians of {rounds} rounds [{verdict}] ({_load()})"
+        )
     print(
-        f"{backend:9} commands: issue median {statistics.median(issue):.3f} ms, "
-        f"revoke median {statistics.median(revoke):.3f} ms over {commands} each"
+        f"{backend:9} commands: the tree's write itself (leaf hashes and statements, one per save, each command "
+        f"one save) median {statistics.median(appends) * 1000:.0f} us over {len(appends)} ({_load()})"
     )
 
 
@@ -154,7 +230,7 @@ def bench_proofs(backend: str, events: int, samples: int) -> None:
         ledger = open_ledger(settings)
         try:
             started = time.perf_counter()
-            build_key(ledger, events)
+            build_key(ledger, events, read_back=False)
             built = time.perf_counter() - started
             audit = open_audit_log(settings, ledger)
             size = audit.checkpoint().tree_size
@@ -196,7 +272,7 @@ def bench_proofs(backend: str, events: int, samples: int) -> None:
         f"{backend:9} proofs: store of {size} events (written in {built:.0f} s); inclusion proof median "
         f"{median:.2f} ms, max {max(durations):.2f} ms over {samples} [{'OK' if median < 5 else 'OVER TARGET'}]; "
         f"export --proofs {size / exported:,.0f} events/s, peak RSS {peak_mb:.0f} MB "
-        f"[{'OK' if size / exported >= 20_000 and peak_mb < 200 else 'OVER TARGET'}]"
+        f"[{'OK' if size / exported >= 20_000 and peak_mb < 200 else 'OVER TARGET'}] ({_load()})"
     )
 
 
@@ -205,6 +281,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--commands", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with and without the tree")
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--store-events", type=int, default=1_000_000)
     parser.add_argument("--only", choices=["state_at", "commands", "proofs"], default=None)
@@ -214,7 +291,7 @@ def main() -> None:
         if args.only in (None, "state_at"):
             bench(backend, args.events, args.samples)
         if args.only in (None, "commands"):
-            bench_commands(backend, args.commands)
+            bench_commands(backend, args.commands, args.rounds)
         if args.only in (None, "proofs"):
             bench_proofs(backend, args.store_events, args.samples)
     sys.stdout.flush()

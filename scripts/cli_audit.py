@@ -23,12 +23,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
-from eventsourcing.persistence import Notification
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from adapters.auditchain.checkpoints import Checkpoint, parse_public_key
 from adapters.auditchain.exportfile import ProofWriter, trailer, verify_export
+from adapters.auditchain.exportrows import Describer, Entry, StoredRow, entry_of, reference
 from adapters.auditchain.links import MAC_SIZE, ChainKey, Link
 from adapters.auditchain.postgres import ChainedPostgresRecorder
 from adapters.auditchain.snapshots import check_snapshots
@@ -37,10 +37,9 @@ from adapters.auditchain.treeverify import TreeVerdict, verify_tree
 from adapters.auditchain.verify import Verdict, verify_chain
 from adapters.auditchain.writer import ENV_STARTUP_CHECK
 from domain.application import KeyLedger
-from domain.auditlog import EventInfo, describe
 from domain.errors import InvalidInput
 from domain.history import replay
-from domain.timefmt import parse_rfc3339, to_rfc3339
+from domain.timefmt import parse_rfc3339
 from keyledger.audit import configured_public_key, open_audit_log
 from keyledger.bootstrap import build_tree, open_ledger
 from keyledger.settings import Settings
@@ -86,20 +85,6 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _entry(position: int | None, info: EventInfo) -> dict[str, Any]:
-    """An event as the CLI prints it; JSON-ready, so an export encodes its lines with no call back per value."""
-    return {
-        "position": position,
-        "occurred_at": to_rfc3339(info.occurred_at),
-        "type": info.type,
-        "workspace_id": _text(info.workspace_id),
-        "key_id": _text(info.key_id),
-        "actor": info.actor,
-        "version": info.version,
-        "data": info.data,
-    }
-
-
 @audit_app.command("replay")
 def replay_command(
     key: str,
@@ -116,7 +101,7 @@ def replay_command(
     payload = {
         "key_id": key_id,
         "at": result.state.at,
-        "timeline": [_entry(t.position, t.event) for t in result.timeline],
+        "timeline": [entry_of(t.position, t.event) for t in result.timeline],
         "state": dataclasses.asdict(result.state),
     }
     emit(payload)
@@ -139,7 +124,7 @@ def export_command(
     console = Console(stderr=True)
     written = 0
     try:
-        checkpoint, writer, bound = None, None, 0
+        checkpoint, writer, bound = None, None, 2**63 - 1
         if proofs:
             audit = open_audit_log(settings, ledger)
             ledger_tree(ledger, console)  # a store written before the tree: build it first
@@ -153,12 +138,8 @@ def export_command(
         complete = workspace_id is None and moment is None
         with _progress(console) as progress:
             task = progress.add_task("export", total=total)
-            for batch in _export_batches(ledger, workspace_id, moment, keep_all=proofs and complete):
-                if writer is not None:
-                    batch = [(n, entry) for n, entry in batch if n.id <= bound]
-                    lines = writer.lines(batch)
-                else:
-                    lines = [_encode_line(entry) for _, entry in batch]
+            for batch in _export_batches(ledger, bound, workspace_id, moment, keep_all=proofs and complete):
+                lines = writer.lines(batch) if writer is not None else [_encode_line(entry) for _, entry in batch]
                 sys.stdout.write("".join(f"{line}\n" for line in lines))
                 written += len(batch)
                 progress.advance(task, EXPORT_BATCH)
@@ -171,40 +152,43 @@ def export_command(
     typer.echo(f"exported {written} events{signed}", err=True)
 
 
-def _notifications(ledger: KeyLedger) -> Iterator[list[Notification]]:
+def _rows(ledger: KeyLedger, stop: int) -> Iterator[list[StoredRow]]:
+    """The stored events up to position `stop`, a page at a time, as plain rows (no domain event objects)."""
+    recorder = ledger.recorder
+    if not isinstance(recorder, ChainedSQLiteRecorder | ChainedPostgresRecorder):
+        raise InvalidInput("this store's recorder cannot be exported")
     after = 0
-    while batch := list(ledger.recorder.select_notifications(after, EXPORT_BATCH, inclusive_of_start=False)):
+    while batch := recorder.stored_rows(after, stop, EXPORT_BATCH):
         yield batch
-        after = batch[-1].id
+        after = batch[-1].position
 
 
 def _export_batches(
-    ledger: KeyLedger, workspace_id: UUID | None, since: datetime | None, keep_all: bool
-) -> Iterator[list[tuple[Notification, dict[str, Any]]]]:
+    ledger: KeyLedger, stop: int, workspace_id: UUID | None, since: datetime | None, keep_all: bool
+) -> Iterator[list[tuple[StoredRow, Entry]]]:
     """The export's entries, a batch of stored events at a time; `keep_all` keeps empty usage batches too."""
-    key_workspaces: dict[UUID, UUID] = {}  # from each KeyIssued, for later events stored by v1 code (no workspace)
-    for batch in _notifications(ledger):
-        entries: list[tuple[Notification, dict[str, Any]]] = []
-        for notification in batch:
-            info = describe(ledger.mapper.to_domain_event(notification))
-            if info.type == "KeyIssued" and info.key_id and info.workspace_id:
-                key_workspaces[info.key_id] = info.workspace_id
-            if info.workspace_id is None and info.key_id is not None:
-                info = dataclasses.replace(info, workspace_id=key_workspaces.get(info.key_id))
-            if info.type == "UsageRecorded" and workspace_id is not None:
-                info = _usage_of(info, workspace_id)
-            elif workspace_id is not None and info.workspace_id != workspace_id:
+    describer = Describer(reference(ledger.mapper))
+    workspace = None if workspace_id is None else str(workspace_id)
+    key_workspaces: dict[str, str] = {}  # from each KeyIssued, for later events stored by v1 code (no workspace)
+    for batch in _rows(ledger, stop):
+        entries: list[tuple[StoredRow, Entry]] = []
+        for row in batch:
+            entry, occurred_at = describer.entry(row)
+            kind, key_id = entry["type"], entry["key_id"]
+            if kind == "KeyIssued" and key_id and entry["workspace_id"]:
+                key_workspaces[key_id] = entry["workspace_id"]
+            if entry["workspace_id"] is None and key_id is not None:
+                entry["workspace_id"] = key_workspaces.get(key_id)
+            if kind == "UsageRecorded" and workspace is not None:
+                _usage_of(entry, workspace)
+            elif workspace is not None and entry["workspace_id"] != workspace:
                 continue
-            if since is not None and info.occurred_at < since:
+            if since is not None and occurred_at < since:
                 continue
-            if (
-                info.type == "UsageRecorded"
-                and not info.data.get("entries")
-                and not info.data.get("credits")
-                and not keep_all
-            ):
+            data = entry["data"]
+            if kind == "UsageRecorded" and not data.get("entries") and not data.get("credits") and not keep_all:
                 continue
-            entries.append((notification, _entry(notification.id, info)))
+            entries.append((row, entry))
         yield entries
 
 
@@ -212,12 +196,13 @@ def _text(value: UUID | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _usage_of(info: EventInfo, workspace_id: UUID) -> EventInfo:
+def _usage_of(entry: Entry, workspace: str) -> None:
     """A usage batch mixes workspaces: keep only the entries of the one exported."""
-    entries = [e for e in info.data.get("entries", []) if e.get("workspace_id") == str(workspace_id)]
-    credits = [c for c in info.data.get("credits", []) if c.get("workspace_id") == str(workspace_id)]
-    data = {**info.data, "entries": entries} | ({"credits": credits} if "credits" in info.data else {})
-    return dataclasses.replace(info, workspace_id=workspace_id, data=data)
+    data = entry["data"]
+    entries = [e for e in data.get("entries", []) if e.get("workspace_id") == workspace]
+    credits = [c for c in data.get("credits", []) if c.get("workspace_id") == workspace]
+    entry["workspace_id"] = workspace
+    entry["data"] = {**data, "entries": entries} | ({"credits": credits} if "credits" in data else {})
 
 
 @audit_app.command("verify")

@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
-
 from adapters.auditchain import merkle
 from adapters.auditchain.auditlog import TreeReader
 from adapters.auditchain.checkpoints import Checkpoint, CheckpointError
+from adapters.auditchain.exportrows import Entry, StoredRow, uuid_text
 from adapters.auditchain.tree import Leaf, raw_state
 
 _ENCODER = json.JSONEncoder()  # one for every line: json.dumps builds an encoder per call
 SIBLING_WINDOW = 8192  # nodes of one level read at once
 _MISSING = object()  # a proof element whose stored node is lost
+_LOW = 4  # proof levels joined anew for every leaf
 
 
 class ProofWriter:
@@ -55,6 +55,7 @@ class ProofWriter:
         self._edges: dict[merkle.Node, Any] = {}  # right-edge siblings (folded runs), by (level, index)
         self._proof: list[Any] = [None] * self._levels  # per level: the element's JSON text, None when absent
         self._index: int | None = None  # the leaf `_proof` is for
+        self._high: Any = None  # the joined text of the proof's levels from _LOW up (None: not yet made)
         self._topics: dict[str, str] = {}  # topic -> its JSON text
         last = recorder.leaves(self.size - 2, 1) if self.size else []
         # Events after this one arrived after the checkpoint: not in the export.
@@ -71,20 +72,20 @@ class ProofWriter:
             self._leaf = next(self._leaves, None)
         return self._leaf if self._leaf is not None and self._leaf.position == position else None
 
-    def lines(self, batch: list[tuple[Notification, dict[str, Any]]]) -> list[str]:
+    def lines(self, batch: list[tuple[StoredRow, Entry]]) -> list[str]:
         """Each entry as its export line: its JSON with the leaf, then the proof."""
-        leaves = [self.leaf_of(notification.id) for notification, _ in batch]
+        leaves = [self.leaf_of(row.position) for row, _ in batch]
         indexes = [leaf.index for leaf in leaves if leaf is not None]
         if indexes:
             self._read_siblings(indexes[0], indexes[-1])
         lines = []
-        for (notification, entry), leaf in zip(batch, leaves, strict=True):
+        for (row, entry), leaf in zip(batch, leaves, strict=True):
             # The JSON of {..., "leaf": {...}, "proof": [...]}, the last two written as text.
             index, proof = (leaf.index, self._proof_of(leaf.index)) if leaf is not None else ("null", "[]")
-            digest = merkle.state_digest(raw_state(notification.state)).hex()
+            digest = merkle.state_digest(raw_state(row.state)).hex()
             leaf_text = (
-                f'{{"index": {index}, "originator_id": "{notification.originator_id}", '
-                f'"topic": {self._topic_json(notification.topic)}, "state_sha256": "{digest}"}}'
+                f'{{"index": {index}, "originator_id": "{uuid_text(row.originator_id)}", '
+                f'"topic": {self._topic_json(row.topic)}, "state_sha256": "{digest}"}}'
             )
             lines.append(f'{_ENCODER.encode(entry)[:-1]}, "leaf": {leaf_text}, "proof": {proof}}}')
         return lines
@@ -118,9 +119,15 @@ class ProofWriter:
                 self._proof[level] = _MISSING if node is None else f'"{node.hex()}"'
             else:
                 self._proof[level] = self._edge(level, sibling, start)
-        elements = [element for element in self._proof if element is not None]
-        if _MISSING in elements:
+        # The levels above the lowest few change once in 2**_LOW leaves: their text is joined then only.
+        if redo > _LOW or self._high is None:
+            high = [element for element in self._proof[_LOW:] if element is not None]
+            self._high = _MISSING if _MISSING in high else ", ".join(high)
+        elements = [element for element in self._proof[:_LOW] if element is not None]
+        if self._high is _MISSING or _MISSING in elements:
             return "[]"  # the stored tree lost a node: the check will name this line
+        if self._high:
+            elements.append(self._high)
         return f"[{', '.join(elements)}]"
 
     def _edge(self, level: int, sibling: int, start: int) -> Any:

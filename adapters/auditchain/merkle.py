@@ -18,6 +18,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from uuid import UUID
 
 HASH_SIZE = 32
@@ -33,19 +34,18 @@ def state_digest(state: bytes) -> bytes:
     return hashlib.sha256(state).digest()
 
 
+_LEAF_HEAD = struct.Struct(">3sQ16sQH")  # prefix, position, originator id, version, topic length
+
+
+@lru_cache(maxsize=1024)  # a store has a few dozen topics
+def _utf8(topic: str) -> bytes:
+    return topic.encode("utf-8")
+
+
 def leaf_bytes(position: int, originator_id: UUID | str, version: int, topic: str, state_sha256: bytes) -> bytes:
     oid = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
-    topic_bytes = topic.encode("utf-8")
-    return b"".join(
-        (
-            LEAF_PREFIX,
-            struct.pack(">Q", position),
-            oid.bytes,
-            struct.pack(">QH", version, len(topic_bytes)),
-            topic_bytes,
-            state_sha256,
-        )
-    )
+    topic_bytes = _utf8(topic)
+    return _LEAF_HEAD.pack(LEAF_PREFIX, position, oid.bytes, version, len(topic_bytes)) + topic_bytes + state_sha256
 
 
 def leaf_hash(data: bytes) -> bytes:

@@ -18,15 +18,19 @@ from eventsourcing.persistence import ApplicationRecorder, InterfaceError, Opera
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import Environment, retry, strtobool
 from psycopg import Connection, Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import PoolTimeout
 
 from adapters.auditchain import tree, writer
+from adapters.auditchain.exportrows import StoredRow
 from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 from adapters.auditchain.merkle import Frontier, Node
 
 BACKFILL_BATCH = 1000
+# A page "after P, in order, LIMIT n" must walk the index from P, whatever the statistics say: freshly
+# written tables (no ANALYZE yet) got a bitmap scan of every later row and a sort, per page (quadratic).
+IN_INDEX_ORDER = "SET LOCAL enable_sort = off"
 
 
 class ChainedPostgresRecorder(PostgresApplicationRecorder):
@@ -46,6 +50,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             self.datastore.schema, events_table_name.removesuffix("_events") + "_audit_", events_table_name
         )
         self.sql_create_statements.extend(self.tree.create_statements())
+        self.head_guess = tree.HeadGuess()
         schema, chain, events = (
             Identifier(self.datastore.schema),
             Identifier(self.chain_table_name),
@@ -71,6 +76,10 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         self.select_events_between = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
             "WHERE notification_id > %s AND notification_id < %s ORDER BY notification_id LIMIT %s"
+        ).format(schema, events)
+        self.select_rows_statement = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state FROM {}.{} "
+            "WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s"
         ).format(schema, events)
         self.select_snapshot_ids_statement = SQL("SELECT DISTINCT originator_id FROM {}.{}").format(
             schema, Identifier(snapshots_table_name)
@@ -99,7 +108,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
                 ((by_version[(e.originator_id, e.originator_version)], e) for e in stored_events),
                 key=lambda pair: pair[0],
             )
-            tree.append(self.tree, curs, new)
+            tree.append(self.tree, curs, new, self.head_guess)
             if self.chain_key is not None:
                 self._extend_chain(curs, self.chain_key, new)
         return [r["notification_id"] for r in rows]
@@ -144,6 +153,14 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.select_links_statement, (gt, limit))
             return [Link(r["position"], bytes(r["mac"])) for r in curs.fetchall()]
+
+    def stored_rows(self, after: int, stop: int, limit: int) -> list[StoredRow]:
+        """Stored events after position `after` up to `stop`, as plain rows (an export's page: no mapper)."""
+        # Tuples, not the library's dict rows: no Python call per row.
+        with self.datastore.transaction(commit=False) as curs, curs.connection.cursor(row_factory=tuple_row) as rows:
+            rows.execute(IN_INDEX_ORDER)
+            rows.execute(self.select_rows_statement, (after, stop, limit))
+            return list(map(StoredRow._make, rows.fetchall()))
 
     def select_positions(self, originator_id: UUID) -> dict[int, int]:
         """Stream position of each version of one aggregate."""
@@ -201,6 +218,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
     def leaves(self, after_index: int, limit: int) -> list[tree.Leaf]:
         """Stored leaves from index after_index + 1: their positions and hashes."""
         with self.datastore.transaction(commit=False) as curs:
+            curs.execute(IN_INDEX_ORDER)
             curs.execute(self.tree.select_leaves, (after_index, limit))
             return [tree.Leaf(r["idx"], r["position"], bytes(r["hash"])) for r in curs.fetchall()]
 
@@ -256,6 +274,15 @@ class PostgresTree:
             "ON CONFLICT (id) DO UPDATE SET size = excluded.size, last_position = excluded.last_position, "
             "frontier = excluded.frontier"
         ).format(s, nodes, head)
+        # The same write in one round trip without reading the head first: only if it is still `was`.
+        self.write_if_head_statement = SQL(
+            "WITH h AS (UPDATE {0}.{2} SET size = %s, last_position = %s, frontier = %s "
+            "WHERE id = 1 AND size = %s AND last_position = %s AND frontier = %s RETURNING 1), "
+            "n AS (INSERT INTO {0}.{1} (level, idx, hash, position) "
+            "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[], %s::bigint[]) "
+            "WHERE EXISTS (SELECT 1 FROM h)) "
+            "SELECT count(*) AS written FROM h"
+        ).format(s, nodes, head)
         self.select_nodes = SQL(
             "SELECT n.level, n.idx, n.hash FROM {}.{} n JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
             "ON n.level = w.level AND n.idx = w.idx"
@@ -298,6 +325,25 @@ class PostgresTree:
                 head.frontier.pack(),
             ),
         )
+
+    def write_if_head(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, was: tree.Head) -> bool:
+        cursor.execute(
+            self.write_if_head_statement,
+            (
+                head.frontier.size,
+                head.last_position,
+                head.frontier.pack(),
+                was.frontier.size,
+                was.last_position,
+                was.frontier.pack(),
+                [row[0] for row in rows],
+                [row[1] for row in rows],
+                [row[2] for row in rows],
+                [row[3] for row in rows],
+            ),
+        )
+        row = cursor.fetchone()
+        return row is not None and row["written"] == 1
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
         cursor.execute(self.select_events_between, (after, before, limit))

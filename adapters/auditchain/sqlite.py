@@ -18,6 +18,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLite
 from eventsourcing.utils import strtobool
 
 from adapters.auditchain import tree, writer
+from adapters.auditchain.exportrows import StoredRow
 from adapters.auditchain.links import GENESIS_POSITION, ChainKey, Link
 from adapters.auditchain.merkle import Frontier, Node
 
@@ -37,6 +38,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         self.chain_table_name = chain_table_name  # the base constructor builds the CREATE statements
         self.chain_key = chain_key
         self.tree = SQLiteTree(tree_prefix, events_table_name)
+        self.head_guess = tree.HeadGuess()
         super().__init__(datastore, events_table_name)
         # Table names are constants of this class, never input.
         chain, events = chain_table_name, events_table_name
@@ -51,6 +53,10 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         self.insert_link = f"INSERT INTO {chain} (position, mac) VALUES (?, ?)"  # noqa: S608
         self.select_links_statement = f"SELECT position, mac FROM {chain} WHERE position > ? ORDER BY position LIMIT ?"  # noqa: S608
         self.select_positions_statement = f"SELECT originator_version, rowid FROM {events} WHERE originator_id = ?"  # noqa: S608
+        self.select_rows_statement = (
+            f"SELECT rowid, originator_id, originator_version, topic, state FROM {events} "  # noqa: S608
+            "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
+        )
         self.take_write_lock = f"DELETE FROM {chain} WHERE 0"  # noqa: S608
         self.select_snapshot_ids_statement = f"SELECT DISTINCT originator_id FROM {snapshots_table_name}"  # noqa: S608
 
@@ -65,7 +71,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         positions: Sequence[int] | None = super()._insert_events(c, stored_events, **kwargs)
         if positions:
             new = sorted(zip(positions, stored_events, strict=True), key=lambda pair: pair[0])
-            tree.append(self.tree, c, new)
+            tree.append(self.tree, c, new, self.head_guess)
             if self.chain_key is not None:
                 self._extend_chain(c, self.chain_key, new)
         return positions
@@ -116,6 +122,12 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             c.execute(self.select_positions_statement, (originator_id.hex,))
             return {row[0]: row[1] for row in c.fetchall()}
+
+    def stored_rows(self, after: int, stop: int, limit: int) -> list[StoredRow]:
+        """Stored events after position `after` up to `stop`, as plain rows (an export's page: no mapper)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.select_rows_statement, (after, stop, limit))
+            return list(map(StoredRow._make, c.fetchall()))  # no Python call per row
 
     def select_snapshot_ids(self) -> list[UUID]:
         """Every aggregate that has a snapshot (the snapshots table is the library's)."""
@@ -199,6 +211,10 @@ class SQLiteTree:
         self.select_head = f"SELECT size, last_position, frontier FROM {head} WHERE id = 1"  # noqa: S608
         self.insert_head = f"INSERT INTO {head} (id, size, last_position, frontier) VALUES (1, ?, ?, ?)"  # noqa: S608
         self.update_head = f"UPDATE {head} SET size = ?, last_position = ?, frontier = ? WHERE id = 1"  # noqa: S608
+        self.update_head_if = (
+            f"UPDATE {head} SET size = ?, last_position = ?, frontier = ? "  # noqa: S608
+            "WHERE id = 1 AND size = ? AND last_position = ? AND frontier = ?"
+        )
         self.insert_node = f"INSERT INTO {nodes} (level, idx, hash, position) VALUES (?, ?, ?, ?)"  # noqa: S608
         self.select_node = f"SELECT hash FROM {nodes} WHERE level = ? AND idx = ?"  # noqa: S608
         self.select_level = f"SELECT idx, hash FROM {nodes} WHERE level = ? AND idx BETWEEN ? AND ?"  # noqa: S608
@@ -237,6 +253,24 @@ class SQLiteTree:
             self.insert_head if new_head else self.update_head,
             (head.frontier.size, head.last_position, head.frontier.pack()),
         )
+
+    def write_if_head(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, was: tree.Head) -> bool:
+        cursor.execute(
+            self.update_head_if,
+            (
+                head.frontier.size,
+                head.last_position,
+                head.frontier.pack(),
+                was.frontier.size,
+                was.last_position,
+                was.frontier.pack(),
+            ),
+        )
+        # The library's cursor wraps sqlite3's, which counts the rows the update changed.
+        if getattr(cursor, "sqlite_cursor", cursor).rowcount != 1:
+            return False
+        cursor.executemany(self.insert_node, rows)
+        return True
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
         cursor.execute(self.select_events_between, (after, before, limit))

@@ -4,7 +4,7 @@ Tables (each backend names them after its events table; `TreeSQL` runs the state
 - nodes (level, idx, hash, position): every complete subtree, leaves at level 0 with the
   position of their event (a unique index on it finds an event's leaf);
 - head (one row): size, last position and the frontier (right edge), so an insert
-  reads one row, not the tree;
+  reads one row, not the tree (none when the recorder's `HeadGuess` still holds);
 - checkpoints: signed tree heads (adapters/auditchain/checkpoints.py).
 
 A recorder holding the store's write lock calls `append` with the events it just
@@ -85,15 +85,51 @@ class TreeSQL(Protocol):
 
     def write(self, cursor: Any, rows: list[NodeRow], head: Head, new_head: bool) -> None: ...
 
+    def write_if_head(self, cursor: Any, rows: list[NodeRow], head: Head, was: Head) -> bool:
+        """`write` when the stored head is exactly `was` (else write nothing and answer False)."""
+        ...
+
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, Stored]]: ...
 
 
-def append(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]]) -> Head:
+class HeadGuess:
+    """The head this process last wrote: most saves then skip reading it.
+
+    Only a guess (the transaction that wrote it may have rolled back since, another process may have
+    written after it): `write_if_head` checks it against the stored row, under the write lock, in the
+    statement that writes the new head, and the save reads the head as before when it differs.
+    """
+
+    def __init__(self) -> None:
+        self.head: Head | None = None
+
+
+def append(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]], guess: HeadGuess | None = None) -> Head:
     """Add events (ascending positions) as leaves; a store without a tree first gets one of what it holds.
 
     Only an empty tree catches up: an event that a tree-keeping store holds without a leaf was put
     there behind keyledger's back, and `keyledger audit verify` must find it, not the tree absorb it.
     """
+    if guess is None:
+        return _append_read(sql, cursor, new)
+    was, guess.head = guess.head, None  # kept only once this save's head is known
+    if was is not None and new and new[0][0] > was.last_position:
+        head = _copy(was)
+        rows: list[NodeRow] = []
+        _add(head, new, rows)
+        if sql.write_if_head(cursor, rows, head, was):
+            guess.head = head
+            return head
+    head = _append_read(sql, cursor, new)
+    guess.head = _copy(head)
+    return head
+
+
+def _copy(head: Head) -> Head:
+    return Head(Frontier(head.frontier.size, list(head.frontier.hashes)), head.last_position)
+
+
+def _append_read(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]]) -> Head:
     head = sql.read_head(cursor)
     if not new:
         return head or Head(Frontier.empty(), 0)

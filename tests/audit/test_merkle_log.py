@@ -423,3 +423,58 @@ def test_audit_log_reader_signs_nothing(ledger_of_log: KeyLedger):
 
     with pytest.raises(Exception, match="no audit signing key"):
         reader.checkpoint()
+
+
+def assert_tree_is_the_rfcs(settings: Settings) -> None:
+    """The stored tree (head and every node a proof reads) is the RFC's tree of the stored events."""
+    stored = reference_leaves(settings)
+    hashes = [leaf for _, leaf in stored]
+    ledger = open_ledger(settings)
+    try:
+        audit = open_audit_log(settings, ledger)
+        made = audit.checkpoint()
+        assert (made.tree_size, made.root_hash) == (len(hashes), rfc9162.mth(hashes))
+        for index, (position, _) in enumerate(stored):
+            assert audit.inclusion(position).hashes == rfc9162.path(index, hashes)
+    finally:
+        ledger.close()
+
+
+def test_writers_taking_turns_and_a_rolled_back_save_keep_the_rfcs_tree(
+    log_settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """Each recorder guesses the head it last wrote: a guess made stale by another writer or by a save
+    rolled back after the tree's write must be noticed, and a single writer must not read the head."""
+    settings = log_settings.model_copy(update={"audit_key": SecretStr("k" * 40)})  # the chain writes after the tree
+    first, second = open_ledger(settings), open_ledger(settings)
+    try:
+        ws = first.create_workspace("acme", "pro").workspace.id
+        for i in range(9):  # the other writer moved the head since each one's last save
+            writer, other = (first, second) if i % 3 else (second, first)
+            other.revoke_key(writer.issue_key(ws, f"k{i}", ["read:nodes"]).key.id)
+
+        tree = first.recorder.tree  # type: ignore[attr-defined]
+        reads: list[int] = []
+        read_head = tree.read_head
+        monkeypatch.setattr(tree, "read_head", lambda cursor: reads.append(1) or read_head(cursor))
+        key = first.issue_key(ws, "warm", ["read:nodes"]).key.id  # may read: the second ledger wrote last
+        reads.clear()
+        for _ in range(3):
+            first.grant_scopes(key, ["write:edges"])
+            first.revoke_scopes(key, ["write:edges"])
+        assert reads == [], "a single writer's saves take the head they wrote"
+
+        def failing(*args: Any) -> Any:
+            raise RuntimeError("the chain's write fails after the tree's")
+
+        monkeypatch.setattr("adapters.auditchain.writer.extend", failing)
+        with pytest.raises(Exception, match="fails after the tree"):
+            first.grant_scopes(key, ["read:edges"])
+        monkeypatch.undo()
+        first.repository.cache = None  # the rolled-back event is not in the key either
+        first.grant_scopes(key, ["read:edges"])
+        first.revoke_key(key)
+    finally:
+        first.close()
+        second.close()
+    assert_tree_is_the_rfcs(settings)

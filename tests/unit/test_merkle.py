@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Iterable
 
 import pytest
-from eventsourcing.persistence import Notification
 
 from adapters.auditchain import merkle
 from adapters.auditchain.checkpoints import Checkpoint
 from adapters.auditchain.exportfile import ProofWriter
+from adapters.auditchain.exportrows import StoredRow
 from adapters.auditchain.tree import Leaf
 from tests import rfc9162
 
@@ -158,7 +158,7 @@ def test_export_proofs_walking_the_leaves_are_the_rfcs(size: int):
         some = sorted(rng.sample(every, rng.randint(1, n)))  # a filtered export: leaves skipped
         for indexes in (every, some):
             writer = ProofWriter(StoredTree(leaves), Checkpoint("test", n, rfc9162.mth(leaves[:n]), "", b""))
-            batch = [(Notification(uuid.uuid4(), 1, "topic", b"", i + 1), {"position": i + 1}) for i in indexes]
+            batch = [(StoredRow(i + 1, str(uuid.uuid4()), 1, "topic", b""), {"position": i + 1}) for i in indexes]
             for start in range(0, len(batch), 7):  # several batches
                 for line, index in zip(writer.lines(batch[start : start + 7]), indexes[start : start + 7], strict=True):
                     proof = [bytes.fromhex(h) for h in json.loads(line)["proof"]]
