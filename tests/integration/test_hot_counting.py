@@ -132,3 +132,22 @@ def test_decisions_sent_together_fail_alone_and_large_batches_are_split(monkeypa
     assert all(isinstance(a, redis.ResponseError) for a in answers[1::2])
     assert gate.peek(good, 5, 100, NOW).minute_used == 5  # each counted once
     assert sent == [4, 4, 2]
+
+
+def test_a_script_redis_lost_is_loaded_again():
+    require("Redis", redis_problem())
+    namespace = f"hot-{uuid4()}"
+    gate, feed, key = QuotaGate(REDIS_URL, namespace), RedisChangeFeed(REDIS_URL, namespace), uuid4()
+    minute_key, day_key = gate.names(key, SECOND // 60, SECOND // 86_400)
+
+    async def trips() -> list[QuotaDecision | None]:
+        call = gate.check_unchanged_async([feed.name_of(key)], [0], minute_key, day_key, 10, 100, SECOND)
+        first = await call
+        assert gate._batcher is not None
+        gate._batcher.sha = "0" * 40  # as after a restart of Redis: no script by that digest
+        return [first, await gate.check_unchanged_async([feed.name_of(key)], [0], minute_key, day_key, 10, 100, SECOND)]
+
+    answers = asyncio.run(trips())
+
+    assert [a.minute_used if a else None for a in answers] == [1, 2]
+    assert gate.async_ready()  # no pause: Redis answered
