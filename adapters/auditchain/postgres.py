@@ -320,9 +320,7 @@ class PostgresTree:
                 [row[1] for row in rows],
                 [row[2] for row in rows],
                 [row[3] for row in rows],
-                head.frontier.size,
-                head.last_position,
-                head.frontier.pack(),
+                *head.row(),
             ),
         )
 
@@ -330,12 +328,8 @@ class PostgresTree:
         cursor.execute(
             self.write_if_head_statement,
             (
-                head.frontier.size,
-                head.last_position,
-                head.frontier.pack(),
-                was.frontier.size,
-                was.last_position,
-                was.frontier.pack(),
+                *head.row(),
+                *was.row(),
                 [row[0] for row in rows],
                 [row[1] for row in rows],
                 [row[2] for row in rows],

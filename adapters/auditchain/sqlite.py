@@ -251,21 +251,11 @@ class SQLiteTree:
         cursor.executemany(self.insert_node, rows)
         cursor.execute(
             self.insert_head if new_head else self.update_head,
-            (head.frontier.size, head.last_position, head.frontier.pack()),
+            head.row(),
         )
 
     def write_if_head(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, was: tree.Head) -> bool:
-        cursor.execute(
-            self.update_head_if,
-            (
-                head.frontier.size,
-                head.last_position,
-                head.frontier.pack(),
-                was.frontier.size,
-                was.last_position,
-                was.frontier.pack(),
-            ),
-        )
+        cursor.execute(self.update_head_if, (*head.row(), *was.row()))
         # The library's cursor wraps sqlite3's, which counts the rows the update changed.
         if getattr(cursor, "sqlite_cursor", cursor).rowcount != 1:
             return False

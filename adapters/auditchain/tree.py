@@ -52,6 +52,10 @@ class Head:
     frontier: Frontier
     last_position: int
 
+    def row(self) -> tuple[int, int, bytes]:
+        """The stored head row's values: size, last position, packed frontier."""
+        return self.frontier.size, self.last_position, self.frontier.pack()
+
 
 class Reading:
     """Reads of one proof, in one transaction of the backend (`recorder.reading()`)."""
