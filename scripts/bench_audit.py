@@ -7,9 +7,10 @@ revokes alternating, saved in chunks, audit chain on), then times `state_at` at
 random moments of its life, in-process. Target: median under 50 ms.
 
 `commands`: the latency of issuing and of revoking a key (in-process, median of
---commands each, HMAC chain off), in --rounds alternating rounds of the same code
-with and without the Merkle tree's writes (leaf hashing and its statements left
-out): what the tree adds to a command (target: at most 10 %).
+--commands each, HMAC chain off) on two fresh stores side by side, one with and
+one without the Merkle tree's writes (leaf hashing and its statements left out),
+commands alternating between them; --rounds such runs: what the tree adds to a
+command (target: at most 10 %).
 
 `proofs`: on a store of --store-events events (default 1,000,000), the median
 time of an inclusion proof at a random position (in-process, target < 5 ms),
@@ -124,26 +125,37 @@ def bench(backend: str, events: int, samples: int) -> None:
 Medians = tuple[float, float, float, float]  # issue, revoke: wall ms; issue, revoke: CPU ms
 
 
-def _commands_once(backend: str, commands: int) -> Medians:
-    """Issue and revoke medians of `commands` keys on a fresh store: wall time, and this thread's CPU time
-    (steadier on a busy machine; on SQLite a command is all CPU, on PostgreSQL the server's part is not in it)."""
-    with store(backend) as settings:
-        ledger = open_ledger(settings.model_copy(update={"audit_key": None}))
+def _commands_side_by_side(backend: str, commands: int, appends: list[float]) -> dict[bool, Medians]:
+    """Issue and revoke medians on two fresh stores side by side, one writing the tree and one not: wall time, and
+    this thread's CPU time (on SQLite a command is all CPU, on PostgreSQL the server's part is not in it).
+
+    Each step issues and revokes a key on both stores, the side going first alternating, so both see the same
+    moment's load: rounds of one side after the other differed by more than the tree's cost on a busy machine."""
+    with store(backend) as with_tree, store(backend) as without_tree:
+        ledgers = {
+            side: open_ledger(settings.model_copy(update={"audit_key": None}))
+            for side, settings in ((True, with_tree), (False, without_tree))
+        }
         try:
-            ws = ledger.create_workspace("bench", "pro").workspace.id
-            times: list[list[float]] = [[], [], [], []]
+            workspaces = {
+                side: ledger.create_workspace("bench", "pro").workspace.id for side, ledger in ledgers.items()
+            }
+            times: dict[bool, list[list[float]]] = {True: [[], [], [], []], False: [[], [], [], []]}
             for i in range(commands):
-                t0, c0 = time.perf_counter(), time.thread_time()
-                key = ledger.issue_key(ws, f"k{i}", ["read:nodes"]).key.id
-                t1, c1 = time.perf_counter(), time.thread_time()
-                ledger.revoke_key(key)
-                t2, c2 = time.perf_counter(), time.thread_time()
-                for kept, spent in zip(times, (t1 - t0, t2 - t1, c1 - c0, c2 - c1), strict=True):
-                    kept.append(spent * 1000)
+                for side in (True, False) if i % 2 == 0 else (False, True):
+                    ledger, ws = ledgers[side], workspaces[side]
+                    with _timed_tree(appends) if side else _without_tree():
+                        t0, c0 = time.perf_counter(), time.thread_time()
+                        key = ledger.issue_key(ws, f"k{i}", ["read:nodes"]).key.id
+                        t1, c1 = time.perf_counter(), time.thread_time()
+                        ledger.revoke_key(key)
+                        t2, c2 = time.perf_counter(), time.thread_time()
+                    for kept, spent in zip(times[side], (t1 - t0, t2 - t1, c1 - c0, c2 - c1), strict=True):
+                        kept.append(spent * 1000)
         finally:
-            ledger.close()
-    issue, revoke, issue_cpu, revoke_cpu = (statistics.median(kept) for kept in times)
-    return issue, revoke, issue_cpu, revoke_cpu
+            for ledger in ledgers.values():
+                ledger.close()
+    return {side: tuple(statistics.median(kept) for kept in kept_times) for side, kept_times in times.items()}  # type: ignore[misc]
 
 
 @contextmanager
@@ -177,17 +189,12 @@ def _timed_tree(spent: list[float]) -> Iterator[None]:
 
 
 def bench_commands(backend: str, commands: int, rounds: int) -> None:
-    """Rounds alternating the code with and without the tree's writes: what leaf hashing adds."""
+    """Rounds of the same code with and without the tree's writes, side by side: what leaf hashing adds."""
     runs: dict[bool, list[Medians]] = {True: [], False: []}
     appends: list[float] = []
-    for round_ in range(rounds):
-        for with_tree in (True, False) if round_ % 2 == 0 else (False, True):
-            if with_tree:
-                with _timed_tree(appends):
-                    runs[with_tree].append(_commands_once(backend, commands))
-            else:
-                with _without_tree():
-                    runs[with_tree].append(_commands_once(backend, commands))
+    for _ in range(rounds):
+        for side, medians in _commands_side_by_side(backend, commands, appends).items():
+            runs[side].append(medians)
     for with_tree in (False, True):
         per_round = ", ".join(f"{m[0]:.3f}/{m[1]:.3f} (CPU {m[2]:.3f}/{m[3]:.3f})" for m in runs[with_tree])
         print(
@@ -281,7 +288,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--commands", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with and without the tree")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of the two stores side by side")
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--store-events", type=int, default=1_000_000)
     parser.add_argument("--only", choices=["state_at", "commands", "proofs"], default=None)

@@ -19,7 +19,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import Environment, retry, strtobool
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow, tuple_row
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composable, Composed, Identifier
 from psycopg_pool import PoolTimeout
 
 from adapters.auditchain import tree, writer
@@ -31,6 +31,7 @@ BACKFILL_BATCH = 1000
 # A page "after P, in order, LIMIT n" must walk the index from P, whatever the statistics say: freshly
 # written tables (no ANALYZE yet) got a bitmap scan of every later row and a sort, per page (quadratic).
 IN_INDEX_ORDER = "SET LOCAL enable_sort = off"
+SMALL_WRITE = 32  # tree nodes a save writes as a VALUES list (see PostgresTree._write_statement)
 
 
 class ChainedPostgresRecorder(PostgresApplicationRecorder):
@@ -205,22 +206,17 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
 
     def leaf_index(self, position: int) -> int | None:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.tree.select_leaf_index, (position,))
-            row = curs.fetchone()
-            return None if row is None else int(row["idx"])
+            return self.tree.leaf_index(curs, position)
 
     def tree_level(self, level: int, first: int, last: int) -> dict[int, bytes]:
         """The stored nodes of a level from index `first` to `last`: one range read (an export's proofs)."""
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.tree.select_level, (level, first, last))
-            return {r["idx"]: bytes(r["hash"]) for r in curs.fetchall()}
+            return self.tree.level(curs, level, first, last)
 
     def leaves(self, after_index: int, limit: int) -> list[tree.Leaf]:
         """Stored leaves from index after_index + 1: their positions and hashes."""
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(IN_INDEX_ORDER)
-            curs.execute(self.tree.select_leaves, (after_index, limit))
-            return [tree.Leaf(r["idx"], r["position"], bytes(r["hash"])) for r in curs.fetchall()]
+            return self.tree.leaves(curs, after_index, limit)
 
     def insert_checkpoint(self, tree_size: int, document: str) -> None:
         with self.datastore.transaction(commit=True) as curs:
@@ -266,23 +262,9 @@ class PostgresTree:
             ).format(s, cps),
         ]
         self.select_head = SQL("SELECT size, last_position, frontier FROM {}.{} WHERE id = 1").format(s, head)
-        # One round trip for the whole write: the nodes, then the head.
-        self.write_statement = SQL(
-            "WITH n AS (INSERT INTO {0}.{1} (level, idx, hash, position) "
-            "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[], %s::bigint[])) "
-            "INSERT INTO {0}.{2} (id, size, last_position, frontier) VALUES (1, %s, %s, %s) "
-            "ON CONFLICT (id) DO UPDATE SET size = excluded.size, last_position = excluded.last_position, "
-            "frontier = excluded.frontier"
-        ).format(s, nodes, head)
-        # The same write in one round trip without reading the head first: only if it is still `was`.
-        self.write_if_head_statement = SQL(
-            "WITH h AS (UPDATE {0}.{2} SET size = %s, last_position = %s, frontier = %s "
-            "WHERE id = 1 AND size = %s AND last_position = %s AND frontier = %s RETURNING 1), "
-            "n AS (INSERT INTO {0}.{1} (level, idx, hash, position) "
-            "SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[], %s::bigint[]) "
-            "WHERE EXISTS (SELECT 1 FROM h)) "
-            "SELECT count(*) AS written FROM h"
-        ).format(s, nodes, head)
+        self.nodes_identifier, self.head_identifier = nodes, head
+        self.schema_identifier = s
+        self._writes: dict[tuple[bool, int], Composed] = {}
         self.select_nodes = SQL(
             "SELECT n.level, n.idx, n.hash FROM {}.{} n JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
             "ON n.level = w.level AND n.idx = w.idx"
@@ -313,31 +295,46 @@ class PostgresTree:
         return tree.Head(Frontier.unpack(row["size"], bytes(row["frontier"])), row["last_position"])
 
     def write(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, new_head: bool) -> None:
-        cursor.execute(
-            self.write_statement,
-            (
-                [row[0] for row in rows],
-                [row[1] for row in rows],
-                [row[2] for row in rows],
-                [row[3] for row in rows],
-                *head.row(),
-            ),
-        )
+        cursor.execute(self._write_statement(False, len(rows)), (*_node_params(rows), *head.row()))
 
     def write_if_head(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, was: tree.Head) -> bool:
-        cursor.execute(
-            self.write_if_head_statement,
-            (
-                *head.row(),
-                *was.row(),
-                [row[0] for row in rows],
-                [row[1] for row in rows],
-                [row[2] for row in rows],
-                [row[3] for row in rows],
-            ),
-        )
+        cursor.execute(self._write_statement(True, len(rows)), (*head.row(), *was.row(), *_node_params(rows)))
         row = cursor.fetchone()
         return row is not None and row["written"] == 1
+
+    def _write_statement(self, guarded: bool, count: int) -> Composed:
+        """The whole write in one round trip: the nodes, then the head (`guarded`: only if the head is still `was`).
+
+        A save's few nodes go as a VALUES list, a statement per count (psycopg prepares each after a few
+        uses): the same rows sent as arrays to unnest took 100-150 us more a save on the server. A
+        tree's build writes thousands of rows at once: arrays then (fewer parameters than the protocol's limit).
+        """
+        rows: Composable
+        if _as_arrays(count):
+            key = (guarded, 0)
+            rows = SQL("SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[], %s::bigint[])")
+        else:
+            key = (guarded, count)
+            one = SQL("(%s::smallint, %s::bigint, %s::bytea, %s::bigint)")
+            rows = SQL("SELECT * FROM (VALUES {}) AS v").format(SQL(", ").join([one] * count))
+        if key not in self._writes:
+            names = (self.schema_identifier, self.nodes_identifier, self.head_identifier)
+            if guarded:
+                statement = SQL(
+                    "WITH h AS (UPDATE {0}.{2} SET size = %s, last_position = %s, frontier = %s "
+                    "WHERE id = 1 AND size = %s AND last_position = %s AND frontier = %s RETURNING 1), "
+                    "n AS (INSERT INTO {0}.{1} (level, idx, hash, position) {3} WHERE EXISTS (SELECT 1 FROM h)) "
+                    "SELECT count(*) AS written FROM h"
+                ).format(*names, rows)
+            else:
+                statement = SQL(
+                    "WITH n AS (INSERT INTO {0}.{1} (level, idx, hash, position) {3}) "
+                    "INSERT INTO {0}.{2} (id, size, last_position, frontier) VALUES (1, %s, %s, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET size = excluded.size, last_position = excluded.last_position, "
+                    "frontier = excluded.frontier"
+                ).format(*names, rows)
+            self._writes[key] = statement
+        return self._writes[key]
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
         cursor.execute(self.select_events_between, (after, before, limit))
@@ -353,6 +350,30 @@ class PostgresTree:
         keys = list(wanted)
         cursor.execute(self.select_nodes, ([level for level, _ in keys], [idx for _, idx in keys]))
         return {(r["level"], r["idx"]): bytes(r["hash"]) for r in cursor.fetchall()}
+
+    def level(self, cursor: Any, level: int, first: int, last: int) -> dict[int, bytes]:
+        cursor.execute(self.select_level, (level, first, last))
+        return {r["idx"]: bytes(r["hash"]) for r in cursor.fetchall()}
+
+    def leaves(self, cursor: Any, after_index: int, limit: int) -> list[tree.Leaf]:
+        cursor.execute(IN_INDEX_ORDER)
+        cursor.execute(self.select_leaves, (after_index, limit))
+        return [tree.Leaf(r["idx"], r["position"], bytes(r["hash"])) for r in cursor.fetchall()]
+
+    def leaf_index(self, cursor: Any, position: int) -> int | None:
+        cursor.execute(self.select_leaf_index, (position,))
+        row = cursor.fetchone()
+        return None if row is None else int(row["idx"])
+
+
+def _as_arrays(count: int) -> bool:
+    return not 0 < count <= SMALL_WRITE
+
+
+def _node_params(rows: list[tree.NodeRow]) -> list[Any]:
+    if _as_arrays(len(rows)):
+        return [[row[column] for row in rows] for column in range(4)]
+    return [value for row in rows for value in row]
 
 
 class FailFastDatastore(PostgresDatastore):

@@ -60,6 +60,11 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         self.take_write_lock = f"DELETE FROM {chain} WHERE 0"  # noqa: S608
         self.select_snapshot_ids_statement = f"SELECT DISTINCT originator_id FROM {snapshots_table_name}"  # noqa: S608
 
+    def create_table(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            self.tree.migrate(c)
+            self._create_table(c)
+
     def construct_create_table_statements(self) -> list[str]:
         return [
             *super().construct_create_table_statements(),
@@ -164,22 +169,18 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             return self.tree.nodes(c, nodes)
 
     def tree_level(self, level: int, first: int, last: int) -> dict[int, bytes]:
-        """The stored nodes of a level from index `first` to `last`: one range read (an export's proofs)."""
+        """The stored nodes of a level from index `first` to `last` (an export's proofs)."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(self.tree.select_level, (level, first, last))
-            return {row[0]: bytes(row[1]) for row in c.fetchall()}
+            return self.tree.level(c, level, first, last)
 
     def leaf_index(self, position: int) -> int | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(self.tree.select_leaf_index, (position,))
-            row = c.fetchone()
-            return None if row is None else int(row[0])
+            return self.tree.leaf_index(c, position)
 
     def leaves(self, after_index: int, limit: int) -> list[tree.Leaf]:
         """Stored leaves from index after_index + 1: their positions and hashes."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(self.tree.select_leaves, (after_index, limit))
-            return [tree.Leaf(row[0], row[1], bytes(row[2])) for row in c.fetchall()]
+            return self.tree.leaves(c, after_index, limit)
 
     def insert_checkpoint(self, tree_size: int, document: str) -> None:
         with self.datastore.transaction(commit=True) as c:
@@ -202,7 +203,16 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
 
 
 class SQLiteTree:
-    """The tree's statements on SQLite (table names are constants of this module, never input)."""
+    """The tree's statements on SQLite (table names are constants of this module, never input).
+
+    Nodes are keyed by the last leaf they cover and their level, (ending, level): the nodes one
+    save adds all end at its leaves, so they go to one page at the table's right edge. Keyed by
+    (level, idx) with an index on the leaves' positions, as before, a save wrote a page per level
+    it reached plus the index's: most of what the tree added to a command was SQLite writing those
+    pages at commit. An event's leaf is found without that index: leaves are in position order and
+    SQLite hands out rowids without gaps, so the leaf of position p is at index p - 1 unless events
+    were removed (then a binary search over the leaves).
+    """
 
     def __init__(self, prefix: str, events: str) -> None:
         self.nodes_table, self.head_table = prefix + "tree_nodes", prefix + "tree_head"
@@ -215,11 +225,20 @@ class SQLiteTree:
             f"UPDATE {head} SET size = ?, last_position = ?, frontier = ? "  # noqa: S608
             "WHERE id = 1 AND size = ? AND last_position = ? AND frontier = ?"
         )
-        self.insert_node = f"INSERT INTO {nodes} (level, idx, hash, position) VALUES (?, ?, ?, ?)"  # noqa: S608
-        self.select_node = f"SELECT hash FROM {nodes} WHERE level = ? AND idx = ?"  # noqa: S608
-        self.select_level = f"SELECT idx, hash FROM {nodes} WHERE level = ? AND idx BETWEEN ? AND ?"  # noqa: S608
-        self.select_leaf_index = f"SELECT idx FROM {nodes} WHERE level = 0 AND position = ?"  # noqa: S608
-        self.select_leaves = f"SELECT idx, position, hash FROM {nodes} WHERE level = 0 AND idx > ? ORDER BY idx LIMIT ?"  # noqa: S608
+        self.insert_node = f"INSERT INTO {nodes} (ending, level, hash, position) VALUES (?, ?, ?, ?)"  # noqa: S608
+        self.select_node = f"SELECT hash FROM {nodes} WHERE ending = ? AND level = ?"  # noqa: S608
+        # The endings of a level's nodes first..last step by 2**level: generated in SQL, one lookup each.
+        self.select_level = (
+            "WITH RECURSIVE e(ending) AS (SELECT ? UNION ALL SELECT ending + ? FROM e WHERE ending + ? <= ?) "  # noqa: S608
+            f"SELECT n.ending, n.hash FROM e JOIN {nodes} n ON n.ending = e.ending AND n.level = ?"
+        )
+        self.select_leaf_from = (
+            f"SELECT ending, position FROM {nodes} WHERE ending >= ? AND level = 0 ORDER BY ending LIMIT 1"  # noqa: S608
+        )
+        self.select_last_leaf = f"SELECT max(ending) FROM {nodes}"  # noqa: S608
+        self.select_leaves = (
+            f"SELECT ending, position, hash FROM {nodes} WHERE ending > ? AND level = 0 ORDER BY ending LIMIT ?"  # noqa: S608
+        )
         self.select_events_between = (
             f"SELECT rowid, originator_id, originator_version, topic, state FROM {events} "  # noqa: S608
             "WHERE rowid > ? AND rowid < ? ORDER BY rowid LIMIT ?"
@@ -230,15 +249,27 @@ class SQLiteTree:
 
     def create_statements(self) -> list[str]:
         return [
-            f"CREATE TABLE IF NOT EXISTS {self.nodes_table} (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
-            "hash BLOB NOT NULL, position INTEGER, PRIMARY KEY (level, idx)) WITHOUT ROWID",
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {self.nodes_table}_position ON {self.nodes_table} (position) "
-            "WHERE level = 0",
+            f"CREATE TABLE IF NOT EXISTS {self.nodes_table} (ending INTEGER NOT NULL, level INTEGER NOT NULL, "
+            "hash BLOB NOT NULL, position INTEGER, PRIMARY KEY (ending, level)) WITHOUT ROWID",
             f"CREATE TABLE IF NOT EXISTS {self.head_table} (id INTEGER PRIMARY KEY CHECK (id = 1), "
             "size INTEGER NOT NULL, last_position INTEGER NOT NULL, frontier BLOB NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {self.checkpoints_table} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
             "tree_size INTEGER NOT NULL, document TEXT NOT NULL)",
         ]
+
+    def migrate(self, cursor: Any) -> None:
+        """Re-key the nodes of a store written with the (level, idx) layout, hashes untouched (one transaction)."""
+        nodes, old = self.nodes_table, self.nodes_table + "_by_level"
+        cursor.execute("SELECT 1 FROM pragma_table_info(?) WHERE name = 'idx'", (nodes,))
+        if cursor.fetchone() is None:
+            return
+        cursor.execute(f"ALTER TABLE {nodes} RENAME TO {old}")
+        cursor.execute(self.create_statements()[0])
+        cursor.execute(
+            f"INSERT INTO {nodes} (ending, level, hash, position) "  # noqa: S608
+            f"SELECT ((idx + 1) << level) - 1, level, hash, position FROM {old}"
+        )
+        cursor.execute(f"DROP TABLE {old}")  # and its index on the leaves' positions
 
     def read_head(self, cursor: Any) -> tree.Head | None:
         cursor.execute(self.select_head)
@@ -248,7 +279,7 @@ class SQLiteTree:
         return tree.Head(Frontier.unpack(row[0], bytes(row[2])), row[1])
 
     def write(self, cursor: Any, rows: list[tree.NodeRow], head: tree.Head, new_head: bool) -> None:
-        cursor.executemany(self.insert_node, rows)
+        cursor.executemany(self.insert_node, _keyed(rows))
         cursor.execute(
             self.insert_head if new_head else self.update_head,
             head.row(),
@@ -259,7 +290,7 @@ class SQLiteTree:
         # The library's cursor wraps sqlite3's, which counts the rows the update changed.
         if getattr(cursor, "sqlite_cursor", cursor).rowcount != 1:
             return False
-        cursor.executemany(self.insert_node, rows)
+        cursor.executemany(self.insert_node, _keyed(rows))
         return True
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, tree.Stored]]:
@@ -270,12 +301,53 @@ class SQLiteTree:
 
     def nodes(self, cursor: Any, wanted: Iterable[Node]) -> dict[Node, bytes]:
         found: dict[Node, bytes] = {}
-        for node in wanted:  # in-process reads: a few microseconds each
-            cursor.execute(self.select_node, node)
+        for level, idx in wanted:  # in-process reads: a few microseconds each
+            cursor.execute(self.select_node, (_ending(level, idx), level))
             row = cursor.fetchone()
             if row is not None:
-                found[node] = bytes(row[0])
+                found[(level, idx)] = bytes(row[0])
         return found
+
+    def level(self, cursor: Any, level: int, first: int, last: int) -> dict[int, bytes]:
+        step = 1 << level
+        cursor.execute(self.select_level, (_ending(level, first), step, step, _ending(level, last), level))
+        return {((row[0] + 1) >> level) - 1: bytes(row[1]) for row in cursor.fetchall()}
+
+    def leaves(self, cursor: Any, after_index: int, limit: int) -> list[tree.Leaf]:
+        cursor.execute(self.select_leaves, (after_index, limit))
+        return [tree.Leaf(row[0], row[1], bytes(row[2])) for row in cursor.fetchall()]
+
+    def leaf_index(self, cursor: Any, position: int) -> int | None:
+        found = self._leaf_from(cursor, position - 1)
+        if found is not None and found[1] == position:
+            return found[0]
+        cursor.execute(self.select_last_leaf)
+        last = cursor.fetchone()[0]
+        low, high = 0, -1 if last is None else last + 1
+        while low < high:  # the first stored leaf whose position is not below `position`
+            middle = (low + high) // 2
+            found = self._leaf_from(cursor, middle)
+            if found is None or found[1] >= position:
+                high = middle
+            else:
+                low = found[0] + 1
+        found = self._leaf_from(cursor, low)
+        return found[0] if found is not None and found[1] == position else None
+
+    def _leaf_from(self, cursor: Any, index: int) -> tuple[int, int] | None:
+        """(index, position) of the first stored leaf at or after `index`: removed leaves do not stop a search."""
+        cursor.execute(self.select_leaf_from, (max(index, 0),))
+        row = cursor.fetchone()
+        return None if row is None else (row[0], row[1])
+
+
+def _ending(level: int, idx: int) -> int:
+    """The index of the last leaf under node (level, idx)."""
+    return ((idx + 1) << level) - 1
+
+
+def _keyed(rows: list[tree.NodeRow]) -> list[tuple[int, int, bytes, int | None]]:
+    return [(_ending(level, idx), level, hash_, position) for level, idx, hash_, position in rows]
 
 
 class Factory(SQLiteFactory):

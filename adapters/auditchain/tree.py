@@ -69,9 +69,8 @@ class Reading:
         return None if row is None else str(row["document"])
 
     def leaf_index(self, position: int) -> int | None:
-        self.cursor.execute(self.sql.select_leaf_index, (position,))
-        row = self.cursor.fetchone()
-        return None if row is None else int(row["idx"])
+        found: int | None = self.sql.leaf_index(self.cursor, position)
+        return found
 
     def nodes(self, wanted: Iterable[Node]) -> dict[Node, bytes]:
         found: dict[Node, bytes] = self.sql.nodes(self.cursor, wanted)
@@ -94,6 +93,20 @@ class TreeSQL(Protocol):
         ...
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, Stored]]: ...
+
+    def leaf_index(self, cursor: Any, position: int) -> int | None:
+        """The index of the leaf of the event at `position` (None if it has none)."""
+        ...
+
+    def nodes(self, cursor: Any, wanted: Iterable[Node]) -> dict[Node, bytes]: ...
+
+    def level(self, cursor: Any, level: int, first: int, last: int) -> dict[int, bytes]:
+        """The stored nodes of `level` from index `first` to `last`, by index."""
+        ...
+
+    def leaves(self, cursor: Any, after_index: int, limit: int) -> list[Leaf]:
+        """Stored leaves from index after_index + 1, in index order."""
+        ...
 
 
 class HeadGuess:
