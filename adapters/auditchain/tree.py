@@ -89,7 +89,8 @@ class TreeSQL(Protocol):
     def write(self, cursor: Any, rows: list[NodeRow], head: Head, new_head: bool) -> None: ...
 
     def write_if_head(self, cursor: Any, rows: list[NodeRow], head: Head, was: Head) -> bool:
-        """`write` when the stored head is exactly `was` (else write nothing and answer False)."""
+        """`write` when the stored head is exactly `was`; else write nothing and answer False or, where the
+        write goes unanswered with the commit (PostgreSQL), fail the transaction."""
         ...
 
     def events_between(self, cursor: Any, after: int, before: int, limit: int) -> list[tuple[int, Stored]]: ...
@@ -114,7 +115,8 @@ class HeadGuess:
 
     Only a guess (the transaction that wrote it may have rolled back since, another process may have
     written after it): `write_if_head` checks it against the stored row, under the write lock, in the
-    statement that writes the new head, and the save reads the head as before when it differs.
+    statement that writes the new head, and the save reads the head as before when it differs
+    (on PostgreSQL: the save's transaction fails and the recorder runs it again, reading the head).
     """
 
     def __init__(self) -> None:
