@@ -21,8 +21,9 @@ from sqlalchemy.engine import Connection, Dialect
 from domain.application import KeyLedger
 from domain.timefmt import clamp_utc
 from projections import db
-from projections.db import DatabaseSettings, LockTaken, UTCDateTime, read_transaction, write_transaction
+from projections.db import DatabaseSettings, LockTaken, read_transaction, write_transaction
 from projections.runner import Generation, Pending, Progress, Runner
+from projections.schema import UTCDateTime
 
 MAX_PENDING = 100_000  # rows of one projection's pending changes: about 30 MB, written in one transaction
 HEARTBEAT_INTERVAL = 5.0  # at least this often every building generation's position is written

@@ -22,8 +22,9 @@ from sqlalchemy.schema import CreateTable
 
 from domain.application import KeyLedger, utc_now
 from projections.base import Positioned, Projection
-from projections.db import UTCDateTime, lock_for_ddl, read_transaction, stored_sizes, write_transaction
+from projections.db import lock_for_ddl, read_transaction, stored_sizes, write_transaction
 from projections.errors import RebuildInProgress, TrackingConflict
+from projections.schema import UTCDateTime
 
 if TYPE_CHECKING:
     from projections.bulk import Bulk

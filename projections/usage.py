@@ -42,9 +42,9 @@ from domain.addresses import MAX_ADDRESS_LENGTH
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
-from projections.base import Positioned, Projection, Queries, Tables, chunks, table_name
+from projections.base import Positioned, Projection, Queries, Tables
 from projections.bulk import upsert
-from projections.db import CLUSTERED, StorableText, UTCDateTime
+from projections.schema import CLUSTERED, StorableText, UTCDateTime, chunks, table_name
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
