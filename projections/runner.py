@@ -1,7 +1,5 @@
-"""Applying the event stream to read models, exactly once: following it (`step`) and rebuilding (`rebuild`).
-
-Both fold batches of events and commit them with their generation's position (DEVELOPERS.md, "Read models").
-"""
+"""Applying the event stream to read models, exactly once: following it (`step`) and rebuilding (`rebuild`), both
+folding batches of events and committing them with their generation's position (DEVELOPERS.md, "Read models")."""
 
 from __future__ import annotations
 
@@ -32,8 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
-# A building generation whose heartbeat (`updated_at`) is older than this was abandoned: its
-# process died. A rebuild that fails with an exception drops its generations at once.
+# A building generation whose heartbeat (`updated_at`) is older was abandoned (a failing rebuild drops its own).
 REBUILD_LEASE = timedelta(seconds=20)
 # Pages are bounded in stored bytes too: a usage event holds up to 1,000 counts (~150 KB).
 MAX_PAGE_BYTES = 8_000_000
@@ -182,8 +179,6 @@ class Runner:
                 failure = (name, g.generation, g.position, describe_error(error), attempts, since, now)
                 conn.execute(insert(FAILURES).values(failure))
 
-    # --- the one apply path ---------------------------------------------------------
-
     def fold(self, conn: Connection, pending: Sequence[Pending], batch: Batch) -> None:
         """Fold into each pending the events of `batch` after its position (`batch` starts at or before it)."""
         for each in pending:
@@ -279,8 +274,6 @@ class Runner:
             kind = resolve_topic(topic)
             self._wanting[topic] = frozenset(n for n, p in self.projections.items() if issubclass(kind, p.event_types))
         return self._wanting[topic]
-
-    # --- rebuild --------------------------------------------------------------------
 
     def rebuild(self, names: Sequence[str], progress: Progress | None = None) -> list[Generation]:
         """Replay the stream from 0 into new generations while the active ones serve, then switch atomically."""
