@@ -75,12 +75,10 @@ class Generation(NamedTuple):
 
 
 def select_generations(
-    conn: Connection, names: Collection[str] | None = None, *, active: bool | None = None, lock: bool | str = False
+    conn: Connection, names: Collection[str], *, active: bool | None = None, lock: bool | str = False
 ) -> list[Generation]:
     """Generations, optionally locked (`"skip"`: leaving out rows another process holds; SQLite writers are serial)."""
-    query = select(STATE).order_by(STATE.c.name, STATE.c.generation)
-    if names is not None:
-        query = query.where(STATE.c.name.in_(list(names)))
+    query = select(STATE).where(STATE.c.name.in_(list(names))).order_by(STATE.c.name, STATE.c.generation)
     if active is not None:
         query = query.where(STATE.c.active == active)
     if lock:
@@ -366,7 +364,6 @@ class Runner:
         return list(building)
 
     def _abandon(self, building: Sequence[Generation]) -> None:
-        """Drop a failed rebuild's generations."""
         try:
             with write_transaction(self.engine) as conn:
                 for generation in self.building(conn, building, lock=True):
