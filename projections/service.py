@@ -298,7 +298,6 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         return result
 
     def rebuild(self, name: str | None = None, progress: Progress | None = None) -> None:
-        """Replay the stream into fresh tables while the current ones serve, then switch atomically."""
         names = self.check_names([name]) if name is not None else self.names
         self._setup()
         self.runner.rebuild(names, progress)
