@@ -31,18 +31,17 @@ class DatabaseSettings(Protocol):
 
 def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = None) -> Engine:
     """An engine on the event store's database (`sqlite_dbname`: the SQLite file the store itself opened)."""
-    # hide_parameters: errors and logs must never show a digest.
+    # Both pools alike; hide_parameters: errors and logs must never show a digest.
+    pool: dict[str, Any] = {"pool_size": 5, "max_overflow": 10, "hide_parameters": True}
     if settings.is_postgres:
         url = settings.url.set(drivername="postgresql+psycopg")
         schema = settings.database_schema or "public"
         return create_engine(
             url.set(host=url.host or "127.0.0.1"),  # TCP, as the event store (EVENTSOURCING-NOTES)
             connect_args={"options": f"-c search_path={schema}", "connect_timeout": 2},
-            pool_size=5,
-            max_overflow=10,
             pool_timeout=2,  # an outage answers 503 within seconds rather than queueing for 30
             pool_pre_ping=True,
-            hide_parameters=True,
+            **pool,
         )
     name = sqlite_dbname or settings.url.database or ""
     if name in ("", ":memory:") or "mode=memory" in name:
@@ -61,9 +60,7 @@ def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = N
             isolation_level=None,  # we issue BEGIN ourselves (`_sqlite_on_begin`)
         ),
         poolclass=QueuePool,  # the URL names no file, which would otherwise pick a memory-only pool
-        pool_size=5,
-        max_overflow=10,
-        hide_parameters=True,
+        **pool,
     )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)

@@ -312,9 +312,8 @@ class Runner:
             if batch.more or any(reached[g.name] < g.position for g in serving):
                 return building, None
             for new in building:  # in one transaction: an atomic switch
-                conn.execute(
-                    update(STATE).where(STATE.c.name == new.name).values(active=STATE.c.generation == new.generation)
-                )
+                switch = update(STATE).where(STATE.c.name == new.name)
+                conn.execute(switch.values(active=STATE.c.generation == new.generation))
             return building, serving
 
     def building(self, conn: Connection, building: Sequence[Generation], lock: bool = False) -> list[Generation]:
@@ -372,11 +371,10 @@ class Runner:
             log.warning("could not drop the failed rebuild's generations; they expire with the lease")
 
     def _drop(self, conn: Connection, generation: Generation) -> None:
-        projection = self.projections.get(generation.name)
-        if projection is not None:
-            for table in projection.tables(generation.generation).values():
-                table.drop(conn, checkfirst=True)
-            projection.forget(generation.generation)
+        projection = self.projections[generation.name]  # only ours are ever selected to drop
+        for table in projection.tables(generation.generation).values():
+            table.drop(conn, checkfirst=True)
+        projection.forget(generation.generation)
         conn.execute(delete(STATE).where(generation.where()))
 
 
