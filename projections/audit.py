@@ -23,9 +23,9 @@ from domain.auditlog import safe_data
 from domain.errors import InvalidInput
 from domain.keys import ApiKey
 from domain.workspace import Workspace
-from projections.base import Positioned, Projection, Queries, Tables, chunks, table_name
+from projections.base import Positioned, Projection, Queries, Tables
 from projections.bulk import insert_rows
-from projections.db import POSITION, StorableText, UTCDateTime
+from projections.schema import POSITION, StorableText, UTCDateTime, chunks, table_name
 
 MAX_PAGE = 1000
 

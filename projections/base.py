@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import MetaData, Table
@@ -56,13 +56,3 @@ class Queries:
 
     def _read(self, name: str, query: Callable[[Connection, Tables], T]) -> T:
         raise NotImplementedError
-
-
-def table_name(short: str, generation: int) -> str:
-    return f"kl_{short}_g{generation}"
-
-
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """Keeps `IN (...)` lists well under every backend's bound-parameter limit."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -21,13 +21,15 @@ from sqlalchemy.engine import Connection, Dialect
 from domain.application import KeyLedger
 from domain.timefmt import clamp_utc
 from projections import db
-from projections.db import DatabaseSettings, LockTaken, UTCDateTime, read_transaction, write_transaction
+from projections.db import DatabaseSettings, LockTaken, read_transaction, write_transaction
 from projections.runner import Generation, Pending, Progress, Runner
+from projections.schema import UTCDateTime
 
 MAX_PENDING = 100_000  # rows of one projection's pending changes: about 30 MB, written in one transaction
 HEARTBEAT_INTERVAL = 5.0  # at least this often every building generation's position is written
 MIN_EVENTS = 50_000  # below this backlog, starting processes (a second: imports) costs more than it saves
 Rows = Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
+Names = Sequence[str]
 
 
 def fill(
@@ -153,31 +155,17 @@ def stored_topics(runner: Runner, shares: Sequence[Collection[str]]) -> list[lis
     return [sorted(t for t in stored if not runner.projections_of(t).isdisjoint(names)) for names in shares]
 
 
-# --- writing rows -------------------------------------------------------------------------
-
-
-def insert_rows(conn: Connection, table: Table, rows: Rows) -> None:
-    """Insert rows: value tuples in the table's column order, or mappings by column name."""
-    if rows:
-        _statement(conn.dialect, table, None).run(conn, rows)
-
-
-def upsert(
-    conn: Connection,
-    table: Table,
-    rows: Rows,
-    key: Sequence[str],
-    add: Sequence[str],
-    latest: Sequence[str] = (),
-    earliest: Sequence[str] = (),
+def insert_rows(
+    conn: Connection, table: Table, rows: Rows, add: Names = (), latest: Names = (), earliest: Names = ()
 ) -> None:
-    """Insert rows (as `insert_rows`); on a key conflict add the `add` columns to the stored ones and keep the
-    greater of the stored and new `latest` values and the lesser of the `earliest` ones (NULL: the other).
+    """Insert rows: value tuples in the table's column order, or mappings by column name.
 
-    Rows must have distinct keys (PostgreSQL refuses to update one row twice in one statement).
+    With `add`, a row whose primary key is stored adds its `add` columns to the stored ones and keeps the greater
+    of the stored and new `latest` values and the lesser of the `earliest` ones (NULL: the other); the rows must
+    then have distinct keys (PostgreSQL refuses to update one row twice in one statement).
     """
     if rows:
-        _statement(conn.dialect, table, (tuple(key), tuple(add), tuple(latest), tuple(earliest))).run(conn, rows)
+        _statement(conn.dialect, table, tuple(add), tuple(latest), tuple(earliest)).run(conn, rows)
 
 
 class _Statement:
@@ -217,10 +205,9 @@ class _Statement:
 
 
 @functools.lru_cache(maxsize=256)
-def _statement(dialect: Dialect, table: Table, conflict: tuple[tuple[str, ...], ...] | None) -> _Statement:
+def _statement(dialect: Dialect, table: Table, add: Names, latest: Names, earliest: Names) -> _Statement:
     insert: Any = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
-    if conflict is not None:
-        key, add, latest, earliest = conflict
+    if add:
         changes = {name: table.c[name] + insert.excluded[name] for name in add}
         for names, postgres, lite in ((latest, func.greatest, func.max), (earliest, func.least, func.min)):
             for name in names:
@@ -231,17 +218,15 @@ def _statement(dialect: Dialect, table: Table, conflict: tuple[tuple[str, ...], 
                     if dialect.name == "postgresql"
                     else lite(func.coalesce(stored, new), func.coalesce(new, stored))
                 )
-        insert = insert.on_conflict_do_update(index_elements=list(key), set_=changes)
+        insert = insert.on_conflict_do_update(index_elements=list(table.primary_key), set_=changes)
     return _Statement(dialect, table, insert)
 
 
 def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
     """The dialect's own bind processor, but for the three hottest on SQLite: the same text, C-level formatting."""
     fast: dict[type, Callable[[Any], Any]] = {UTCDateTime: sqlite_utc_text, Uuid: uuid_hex, Date: sqlite_date_text}
-    for kind, convert in fast.items() if dialect.name == "sqlite" else ():
-        if isinstance(type_, kind):
-            return convert
-    return type_.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
+    kind = next((k for k in fast if isinstance(type_, k)), None) if dialect.name == "sqlite" else None
+    return fast[kind] if kind else type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 def sqlite_utc_text(value: datetime | None) -> str | None:

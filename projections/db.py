@@ -1,28 +1,21 @@
-"""Database plumbing of the read models, in the event store's database: engine, transactions, column types."""
+"""Database plumbing of the read models, in the event store's database: engine, transactions."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, DateTime, Engine, Integer, String, column, create_engine, event, func, select, text
+from sqlalchemy import Engine, column, create_engine, event, func, select, text
 from sqlalchemy import table as sql_table
-from sqlalchemy.engine import URL, Connection, Dialect
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.types import TypeDecorator
 
 from domain.errors import InvalidInput
-from domain.text import storable_text
-from domain.timefmt import clamp_utc
 
 SQLITE_LOCK_TIMEOUT = 30.0
-# SQLite layouts (ignored elsewhere): tables in primary-key order, a position that is the rowid (DEVELOPERS.md).
-CLUSTERED: dict[str, Any] = {"sqlite_with_rowid": False}
-POSITION = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class DatabaseSettings(Protocol):
@@ -38,18 +31,17 @@ class DatabaseSettings(Protocol):
 
 def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = None) -> Engine:
     """An engine on the event store's database (`sqlite_dbname`: the SQLite file the store itself opened)."""
-    # hide_parameters: errors and logs must never show a digest.
+    # Both pools alike; hide_parameters: errors and logs must never show a digest.
+    pool: dict[str, Any] = {"pool_size": 5, "max_overflow": 10, "hide_parameters": True}
     if settings.is_postgres:
         url = settings.url.set(drivername="postgresql+psycopg")
         schema = settings.database_schema or "public"
         return create_engine(
             url.set(host=url.host or "127.0.0.1"),  # TCP, as the event store (EVENTSOURCING-NOTES)
             connect_args={"options": f"-c search_path={schema}", "connect_timeout": 2},
-            pool_size=5,
-            max_overflow=10,
             pool_timeout=2,  # an outage answers 503 within seconds rather than queueing for 30
             pool_pre_ping=True,
-            hide_parameters=True,
+            **pool,
         )
     name = sqlite_dbname or settings.url.database or ""
     if name in ("", ":memory:") or "mode=memory" in name:
@@ -68,9 +60,7 @@ def create_read_engine(settings: DatabaseSettings, sqlite_dbname: str | None = N
             isolation_level=None,  # we issue BEGIN ourselves (`_sqlite_on_begin`)
         ),
         poolclass=QueuePool,  # the URL names no file, which would otherwise pick a memory-only pool
-        pool_size=5,
-        max_overflow=10,
-        hide_parameters=True,
+        **pool,
     )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
@@ -152,33 +142,3 @@ def lock_for_ddl(conn: Connection) -> None:
     """Serialise table creation between processes (PostgreSQL; SQLite writers are serial anyway)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.kl_ddl'))"))
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware UTC datetimes on both backends (SQLite stores naive text: UTC is implied)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: read models store aware UTC times only")
-        value = clamp_utc(value)  # older code stored times that overflow in UTC
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class StorableText(TypeDecorator[str]):
-    """Text as every backend stores it: NUL and unpaired surrogates (let in by older code) become U+FFFD."""
-
-    impl = String
-    cache_ok = True
-
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        return None if value is None else storable_text(value)

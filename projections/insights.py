@@ -20,7 +20,8 @@ from sqlalchemy.engine import Connection
 from domain.exposure import ISSUES
 from domain.insights import KeyUse, ScopeUse
 from domain.timefmt import floor_minute
-from projections.base import Queries, Tables, chunks
+from projections.base import Queries, Tables
+from projections.schema import chunks
 from projections.usage import aggregate_time
 
 GRANTS = (*ISSUES, "ScopesGranted", "ScopesSet")

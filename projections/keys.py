@@ -43,9 +43,9 @@ from domain.keyinfo import check_owner_id
 from domain.keys import KEY_STATUSES, ApiKey, KeyState
 from domain.plans import Limits
 from domain.scopes import ScopeCatalog
-from projections.base import Positioned, Projection, Queries, Tables, chunks, table_name
+from projections.base import Positioned, Projection, Queries, Tables
 from projections.bulk import insert_rows
-from projections.db import CLUSTERED, StorableText, UTCDateTime
+from projections.schema import CLUSTERED, StorableText, UTCDateTime, chunks, table_name
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
 ATTRIBUTE_COLUMNS = {

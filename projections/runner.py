@@ -1,7 +1,5 @@
-"""Applying the event stream to read models, exactly once: following it (`step`) and rebuilding (`rebuild`).
-
-Both fold batches of events and commit them with their generation's position (DEVELOPERS.md, "Read models").
-"""
+"""Applying the event stream to read models, exactly once: following it (`step`) and rebuilding (`rebuild`), both
+folding batches of events and committing them with their generation's position (DEVELOPERS.md, "Read models")."""
 
 from __future__ import annotations
 
@@ -22,8 +20,9 @@ from sqlalchemy.schema import CreateTable
 
 from domain.application import KeyLedger, utc_now
 from projections.base import Positioned, Projection
-from projections.db import UTCDateTime, lock_for_ddl, read_transaction, stored_sizes, write_transaction
+from projections.db import lock_for_ddl, read_transaction, stored_sizes, write_transaction
 from projections.errors import RebuildInProgress, TrackingConflict
+from projections.schema import UTCDateTime
 
 if TYPE_CHECKING:
     from projections.bulk import Bulk
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
-# A building generation whose heartbeat (`updated_at`) is older than this was abandoned: its
-# process died. A rebuild that fails with an exception drops its generations at once.
+# A building generation whose heartbeat (`updated_at`) is older was abandoned (a failing rebuild drops its own).
 REBUILD_LEASE = timedelta(seconds=20)
 # Pages are bounded in stored bytes too: a usage event holds up to 1,000 counts (~150 KB).
 MAX_PAGE_BYTES = 8_000_000
@@ -77,12 +75,10 @@ class Generation(NamedTuple):
 
 
 def select_generations(
-    conn: Connection, names: Collection[str] | None = None, *, active: bool | None = None, lock: bool | str = False
+    conn: Connection, names: Collection[str], *, active: bool | None = None, lock: bool | str = False
 ) -> list[Generation]:
     """Generations, optionally locked (`"skip"`: leaving out rows another process holds; SQLite writers are serial)."""
-    query = select(STATE).order_by(STATE.c.name, STATE.c.generation)
-    if names is not None:
-        query = query.where(STATE.c.name.in_(list(names)))
+    query = select(STATE).where(STATE.c.name.in_(list(names))).order_by(STATE.c.name, STATE.c.generation)
     if active is not None:
         query = query.where(STATE.c.active == active)
     if lock:
@@ -181,8 +177,6 @@ class Runner:
                 failure = (name, g.generation, g.position, describe_error(error), attempts, since, now)
                 conn.execute(insert(FAILURES).values(failure))
 
-    # --- the one apply path ---------------------------------------------------------
-
     def fold(self, conn: Connection, pending: Sequence[Pending], batch: Batch) -> None:
         """Fold into each pending the events of `batch` after its position (`batch` starts at or before it)."""
         for each in pending:
@@ -279,8 +273,6 @@ class Runner:
             self._wanting[topic] = frozenset(n for n, p in self.projections.items() if issubclass(kind, p.event_types))
         return self._wanting[topic]
 
-    # --- rebuild --------------------------------------------------------------------
-
     def rebuild(self, names: Sequence[str], progress: Progress | None = None) -> list[Generation]:
         """Replay the stream from 0 into new generations while the active ones serve, then switch atomically."""
         building = self._start_generations(names)
@@ -320,9 +312,8 @@ class Runner:
             if batch.more or any(reached[g.name] < g.position for g in serving):
                 return building, None
             for new in building:  # in one transaction: an atomic switch
-                conn.execute(
-                    update(STATE).where(STATE.c.name == new.name).values(active=STATE.c.generation == new.generation)
-                )
+                switch = update(STATE).where(STATE.c.name == new.name)
+                conn.execute(switch.values(active=STATE.c.generation == new.generation))
             return building, serving
 
     def building(self, conn: Connection, building: Sequence[Generation], lock: bool = False) -> list[Generation]:
@@ -372,7 +363,6 @@ class Runner:
         return list(building)
 
     def _abandon(self, building: Sequence[Generation]) -> None:
-        """Drop a failed rebuild's generations."""
         try:
             with write_transaction(self.engine) as conn:
                 for generation in self.building(conn, building, lock=True):
@@ -381,11 +371,10 @@ class Runner:
             log.warning("could not drop the failed rebuild's generations; they expire with the lease")
 
     def _drop(self, conn: Connection, generation: Generation) -> None:
-        projection = self.projections.get(generation.name)
-        if projection is not None:
-            for table in projection.tables(generation.generation).values():
-                table.drop(conn, checkfirst=True)
-            projection.forget(generation.generation)
+        projection = self.projections[generation.name]  # only ours are ever selected to drop
+        for table in projection.tables(generation.generation).values():
+            table.drop(conn, checkfirst=True)
+        projection.forget(generation.generation)
         conn.execute(delete(STATE).where(generation.where()))
 
 

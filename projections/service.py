@@ -1,8 +1,6 @@
-"""ReadModels: the facade the API and the CLI use to keep read models caught up and to query them.
-
-A thread follows the stream (every `poll_interval`, at once on `nudge()`) and signals after each
-batch, so `wait(position)` returns within milliseconds; queries read active generations only.
-"""
+"""ReadModels: the facade the API and the CLI use to keep read models caught up and to query them. A thread
+follows the stream (every POLL_INTERVAL, at once on `nudge()`) and signals after each batch, so `wait(position)`
+returns within milliseconds; queries read active generations only."""
 
 from __future__ import annotations
 
@@ -31,6 +29,7 @@ from projections.usage import UsageProjection, UsageQueries
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CATCH_UP_TIMEOUT = 600.0
+POLL_INTERVAL = 0.075
 RETRY_FIRST, RETRY_MAX = 0.25, 30.0  # pauses between retries of a failing projection or follower
 
 
@@ -67,11 +66,10 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         projections: Sequence[Projection[Any]] | None = None,
         batch_size: int = 1000,
         rebuild_batch_size: int = 5000,
-        poll_interval: float = 0.075,
         rebuild_workers: bool = True,
         rebuild_workers_min_events: int = MIN_EVENTS,
     ) -> None:
-        self.ledger, self.catalog, self.poll_interval = ledger, ledger.catalog, poll_interval
+        self.catalog = ledger.catalog
         self.engine = create_read_engine(settings, ledger.env.get("SQLITE_DBNAME"))
         listed = projections or [KeysProjection(), UsageProjection(), AuditProjection()]
         bulk = Bulk(settings, ledger, rebuild_workers, rebuild_workers_min_events)
@@ -176,7 +174,7 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
                 self._stopping.wait(_pause(failures))
                 continue
             if not (step.advanced and step.more):  # at the head, or nothing for us to apply
-                self._wake.wait(0.01 if self._waiters else self.poll_interval)
+                self._wake.wait(0.01 if self._waiters else POLL_INTERVAL)
 
     def _poll(self) -> Step:
         """Apply one batch if the store is ahead, leaving out failing projections until their retry is due."""
@@ -300,7 +298,6 @@ class ReadModels(KeyQueries, UsageQueries, AuditQueries, InsightsQueries):
         return result
 
     def rebuild(self, name: str | None = None, progress: Progress | None = None) -> None:
-        """Replay the stream into fresh tables while the current ones serve, then switch atomically."""
         names = self.check_names([name]) if name is not None else self.names
         self._setup()
         self.runner.rebuild(names, progress)

@@ -42,9 +42,9 @@ from domain.addresses import MAX_ADDRESS_LENGTH
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
-from projections.base import Positioned, Projection, Queries, Tables, chunks, table_name
-from projections.bulk import upsert
-from projections.db import CLUSTERED, StorableText, UTCDateTime
+from projections.base import Positioned, Projection, Queries, Tables
+from projections.bulk import insert_rows
+from projections.schema import CLUSTERED, StorableText, UTCDateTime, chunks, table_name
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")
@@ -273,18 +273,16 @@ class UsageProjection(Projection[UsageSums]):
         # Scope and address entries name the same keys as minute entries (one entry holds all three).
         ids = {text: UUID(text) for text in workspace_of.keys() | workspace_of.values()}
         # Value tuples in each table's column order (see define_tables).
-        upsert(
+        insert_rows(
             conn,
             tables["minute"],
             [(ids[k], m, ids[workspace_of[k]], *c) for (k, m), c in by_minute.items()],
-            key=["key_id", "minute"],
             add=COUNTERS,
         )
-        upsert(
+        insert_rows(
             conn,
             tables["day"],
             [(ids[k], d, ids[workspace_of[k]], *c) for (k, d), c in by_day.items()],
-            key=["key_id", "day"],
             add=COUNTERS,
         )
         # The endpoint, scope and address tables: sums per key, day and one more key column.
@@ -299,11 +297,10 @@ class UsageProjection(Projection[UsageSums]):
             earliest=["first_seen"],
         )
         _keep_top_addresses(conn, tables["address"], {(ids[k], d) for k, d, _ in pending.addresses})
-        upsert(
+        insert_rows(
             conn,
             tables["credits"],
             [(UUID(k), g, p, n) for (k, g, p), n in pending.spends.items()],
-            key=["key_id", "generation", "period"],
             add=["spent"],
         )
 
@@ -321,8 +318,7 @@ def _upsert_per_day(
 ) -> None:
     """Add sums per (key, day, <the table's third key column>) to the endpoint, scope or address table."""
     rows = [(ids[k], d, x, ids[workspace_of[k]], *counts) for (k, d, x), counts in sums.items()]
-    key = [column.name for column in table.primary_key]
-    upsert(conn, table, rows, key=key, add=add, latest=latest, earliest=earliest)
+    insert_rows(conn, table, rows, add=add, latest=latest, earliest=earliest)
 
 
 def _add(buckets: dict[B, list[int]], bucket: B, counts: list[int], width: int = 4) -> None:

@@ -30,7 +30,7 @@ def dump(models: ReadModels) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every active read-model table, in key order, by `<projection>.<table>`."""
     result = {}
     with read_transaction(models.engine) as conn:
-        active = {g.name: g.generation for g in select_generations(conn, active=True)}
+        active = {g.name: g.generation for g in select_generations(conn, models.names, active=True)}
         for name, projection in models.projections.items():
             tables = projection.tables(active[name])
             for short, table in tables.items():

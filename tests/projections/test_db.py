@@ -19,12 +19,12 @@ from projections.bulk import sqlite_date_text, sqlite_utc_text, uuid_hex
 from projections.db import (
     SQLITE_LOCK_TIMEOUT,
     LockTaken,
-    UTCDateTime,
     create_read_engine,
     read_transaction,
     refresh_statistics,
     write_transaction,
 )
+from projections.schema import UTCDateTime
 from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 
 DIALECT = sqlite.pysqlite.dialect()

@@ -138,6 +138,6 @@ def test_a_failed_rebuild_leaves_the_serving_generation_and_no_leftovers(
 
     assert dump(models) == before
     with write_transaction(models.engine) as conn:
-        assert all(g.active for g in select_generations(conn))
+        assert all(g.active for g in select_generations(conn, models.names))
     models.rebuild()  # no lease to wait for
     assert dump(models) == before
