@@ -227,7 +227,9 @@ class SQLiteTree:
         )
         self.insert_node = f"INSERT INTO {nodes} (ending, level, hash, position) VALUES (?, ?, ?, ?)"  # noqa: S608
         self.select_node = f"SELECT hash FROM {nodes} WHERE ending = ? AND level = ?"  # noqa: S608
-        # The endings of a level's nodes first..last step by 2**level: generated in SQL, one lookup each.
+        # A low level's nodes are most of the rows in their range of endings: one range scan. A higher level's
+        # endings step by 2**level: generated in SQL, one lookup each.
+        self.select_level_range = f"SELECT ending, hash FROM {nodes} WHERE ending BETWEEN ? AND ? AND level = ?"  # noqa: S608
         self.select_level = (
             "WITH RECURSIVE e(ending) AS (SELECT ? UNION ALL SELECT ending + ? FROM e WHERE ending + ? <= ?) "  # noqa: S608
             f"SELECT n.ending, n.hash FROM e JOIN {nodes} n ON n.ending = e.ending AND n.level = ?"
@@ -309,8 +311,11 @@ class SQLiteTree:
         return found
 
     def level(self, cursor: Any, level: int, first: int, last: int) -> dict[int, bytes]:
-        step = 1 << level
-        cursor.execute(self.select_level, (_ending(level, first), step, step, _ending(level, last), level))
+        step, start, end = 1 << level, _ending(level, first), _ending(level, last)
+        if level <= 1:
+            cursor.execute(self.select_level_range, (start, end, level))
+        else:
+            cursor.execute(self.select_level, (start, step, step, end, level))
         return {((row[0] + 1) >> level) - 1: bytes(row[1]) for row in cursor.fetchall()}
 
     def leaves(self, cursor: Any, after_index: int, limit: int) -> list[tree.Leaf]:
