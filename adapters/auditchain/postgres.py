@@ -103,7 +103,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         try:
             return self._insert_pipelined(stored_events, **kwargs)
         except BaseException as error:
-            self.head_guess.head = None  # whatever this save's head was, it is not stored
+            self.head_guess.missed()  # whatever this save's head was, it is not stored
             if not isinstance(error, DataError) or not isinstance(error.__cause__, errors.DivisionByZero):
                 raise
         # The tree's guarded write failed: the head had moved (nothing was written). Read it this time.

@@ -117,10 +117,21 @@ class HeadGuess:
     written after it): `write_if_head` checks it against the stored row, under the write lock, in the
     statement that writes the new head, and the save reads the head as before when it differs
     (on PostgreSQL: the save's transaction fails and the recorder runs it again, reading the head).
+    After a miss the next READS_AFTER_MISS saves read the head: while other processes write between
+    this one's saves most guesses would miss, and on PostgreSQL a miss costs the whole save again.
     """
+
+    READS_AFTER_MISS = 32
 
     def __init__(self) -> None:
         self.head: Head | None = None
+        self.reads_left = 0
+        self.misses = 0
+
+    def missed(self) -> None:
+        """The guess did not hold, or the save failed: what it wrote is not stored."""
+        self.head, self.reads_left = None, self.READS_AFTER_MISS
+        self.misses += 1
 
 
 def append(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]], guess: HeadGuess | None = None) -> Head:
@@ -130,16 +141,19 @@ def append(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]], guess: 
     there behind keyledger's back, and `keyledger audit verify` must find it, not the tree absorb it.
     """
     if guess is None:
-        return _append_read(sql, cursor, new)
+        return _append_read(sql, cursor, new, sql.read_head(cursor))
     was, guess.head = guess.head, None  # kept only once this save's head is known
-    if was is not None and new and new[0][0] > was.last_position:
+    if guess.reads_left:
+        guess.reads_left -= 1
+    elif was is not None and new and new[0][0] > was.last_position:
         head = _copy(was)
         rows: list[NodeRow] = []
         _add(head, new, rows)
         if sql.write_if_head(cursor, rows, head, was):
             guess.head = head
             return head
-    head = _append_read(sql, cursor, new)
+        guess.missed()
+    head = _append_read(sql, cursor, new, sql.read_head(cursor))
     guess.head = _copy(head)
     return head
 
@@ -148,8 +162,8 @@ def _copy(head: Head) -> Head:
     return Head(Frontier(head.frontier.size, list(head.frontier.hashes)), head.last_position)
 
 
-def _append_read(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]]) -> Head:
-    head = sql.read_head(cursor)
+def _append_read(sql: TreeSQL, cursor: Any, new: Sequence[tuple[int, Stored]], head: Head | None) -> Head:
+    """Append after `head`, the stored head just read (None: the store has no tree yet)."""
     if not new:
         return head or Head(Frontier.empty(), 0)
     rows: list[NodeRow] = []
