@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol, cast
@@ -26,6 +27,7 @@ import redis
 import redis.asyncio
 from limits.storage import Storage, storage_from_string
 
+from adapters.redis_wire import RedisWire
 from domain.timefmt import floor_minute
 
 # Seconds the event-loop round trip is left alone after Redis failed it.
@@ -234,8 +236,8 @@ class _Batcher:
     """Decisions made on an event loop, sent together: those made before the loop's next turn go in one
     call of `_DECIDE` (one command to pack, one reply to parse), so concurrent requests share a round trip."""
 
-    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
+    def __init__(self, call: Callable[..., Awaitable[Any]], loop: asyncio.AbstractEventLoop) -> None:
+        self.command = call  # sends one command, returns its reply (`RedisWire.call`, or redis-py's)
         self.loop = loop
         self.sha: str | None = None
         self.keys: list[str] = []
@@ -267,11 +269,11 @@ class _Batcher:
         try:
             try:
                 if self.sha is None:
-                    self.sha = await self.client.script_load(_DECIDE)
-                replies = await self.client.evalsha(self.sha, len(keys), *keys, *args)
+                    self.sha = await self._load()
+                replies = await self.command("EVALSHA", self.sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): load again, once
-                self.sha = await self.client.script_load(_DECIDE)
-                replies = await self.client.evalsha(self.sha, len(keys), *keys, *args)
+                self.sha = await self._load()
+                replies = await self.command("EVALSHA", self.sha, len(keys), *keys, *args)
         except Exception as error:  # each caller gets it (a RedisError: the caller takes the slow path)
             failure = error if isinstance(error, redis.RedisError) else redis.RedisError(repr(error))
             for future in futures:
@@ -281,6 +283,10 @@ class _Batcher:
         for i, future in enumerate(futures):
             if not future.done():
                 future.set_result(replies[3 * i : 3 * i + 3])
+
+    async def _load(self) -> str:
+        sha = await self.command("SCRIPT", "LOAD", _DECIDE)
+        return sha.decode() if isinstance(sha, bytes) else str(sha)
 
 
 class RedisUnavailable(Exception):
@@ -415,8 +421,7 @@ class QuotaGate:
         loop = asyncio.get_running_loop()
         batcher = self._batcher
         if batcher is None or batcher.loop is not loop:  # a client's connections belong to the loop that made them
-            client = redis.asyncio.Redis.from_url(self._redis_url, socket_timeout=1, socket_connect_timeout=1)
-            batcher = self._batcher = _Batcher(client, loop)
+            batcher = self._batcher = _Batcher(self._command(), loop)
         keys, args = self._request(markers, expected, minute_key, day_key, per_minute, per_day)
         try:
             reply = await batcher.call(keys, args)
@@ -424,6 +429,14 @@ class QuotaGate:
             self._async_down_until = time.monotonic() + ASYNC_PAUSE
             raise
         return self._decided(reply, per_minute, per_day, second)
+
+    def _command(self) -> Callable[..., Awaitable[Any]]:
+        """How the event loop sends a command: over `RedisWire` (the cheap round trip) when it understands the URL,
+        else through redis-py's asyncio client."""
+        if RedisWire.supports(self._redis_url):
+            return RedisWire(self._redis_url, timeout=1.0).call
+        client = redis.asyncio.Redis.from_url(self._redis_url, socket_timeout=1, socket_connect_timeout=1)
+        return cast(Callable[..., Awaitable[Any]], client.execute_command)
 
     def _request(
         self, markers: list[str], expected: list[int], minute_key: str, day_key: str, per_minute: int, per_day: int

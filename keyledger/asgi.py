@@ -10,4 +10,4 @@ from keyledger.settings import Settings
 
 
 def create() -> FastAPI:
-    return create_app(build_services(Settings()))
+    return create_app(build_services(Settings()), freeze_gc=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +24,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """`%(asctime)s %(levelname)s %(name)s: %(message)s`, the time's text made once a second (an access log
+    line per request spent more on `time.strftime` than on the rest of its formatting)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        cached = self._second  # one tuple, replaced whole: threads never see half of it
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)))
+        return f"{cached[1]},{int(record.msecs):03d}"
+
+
 def log_config(log_format: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` for uvicorn's `log_config`: every logger to stderr in the chosen format."""
     formatter: dict[str, Any] = (
-        {"()": f"{__name__}.JsonFormatter"}
-        if log_format == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        {"()": f"{__name__}.JsonFormatter"} if log_format == "json" else {"()": f"{__name__}.TextFormatter"}
     )
     return {
         "version": 1,

@@ -4,7 +4,8 @@ Prints, in one run: the load average; in-process decisions per second; `/v1/veri
 requests per second and p50/p99 latency under wrk for keyledger (SQLite, in-process
 counters), an imported key, a bare FastAPI endpoint and a raw ASGI app with the same
 request and response shapes served the same way (uvicorn, one process, access log on),
-keyledger with KEYLEDGER_REDIS_URL set with one and with two workers; and the ratios.
+keyledger with KEYLEDGER_REDIS_URL set with one and with two workers, the raw app plus the one Redis round
+trip a decision makes (`bench_raw_redis`: the ceiling of the Redis lines); and the ratios.
 Runs alternate and medians are quoted, since these machines are noisy.
 
     scripts/bench_verify [--seconds 8] [--rounds 3] [--connections 32] [--redis-url URL]
@@ -159,6 +160,8 @@ def main() -> None:
     if args.redis_url:
         servers["redis w1"] = ([*keyledger, "--port", "18434"], 18434, redis_env, body)
         servers["redis w2"] = ([*keyledger, "--port", "18435", "--workers", "2"], 18435, redis_env, body)
+        # The raw stub plus the Redis round trip of a decision: the ceiling of any line making one per decision.
+        servers["raw+Redis"] = ([*uvicorn, "scripts.bench_raw_redis:app", "--port", "18436"], 18436, redis_env, body)
     results: dict[str, list[HttpResult]] = {name: [] for name in servers}
     processes: list[subprocess.Popen[bytes]] = []
     load_before = os.getloadavg()
@@ -204,6 +207,12 @@ def main() -> None:
         print(
             f"ratio {name} / bare FastAPI: {rps / median('bare', 'rps'):.2f} (target >= 1.5);"
             f" / raw ASGI: {rps / median('raw ASGI', 'rps'):.2f} (target >= 0.8)"
+        )
+    if "raw+Redis" in results:
+        ceiling = median("raw+Redis", "rps") / median("raw ASGI", "rps")
+        print(
+            f"ratio raw+Redis / raw ASGI: {ceiling:.2f} (the most a line with one Redis round trip per decision can"
+            f" reach here); redis w1 / raw+Redis: {median('redis w1', 'rps') / median('raw+Redis', 'rps'):.2f}"
         )
     if "redis w2" in results:
         print(

@@ -383,7 +383,7 @@ def serve(
         "loop": loop.value,
     }
     if workers == 1:
-        uvicorn.run(create_app(services), **options)
+        uvicorn.run(create_app(services, freeze_gc=True), **options)
         return
     services.stop()  # each worker builds its own from the same settings (the token is stored now)
     config = uvicorn.Config("keyledger.asgi:create", factory=True, workers=workers, **options)

@@ -74,11 +74,13 @@ def test_one_round_trip_in_redis_answers_as_check_and_counts_nothing_once_a_mark
     assert (after.minute_used, after.day_used) == (used.minute_used, used.day_used)
 
 
-def test_concurrent_round_trips_on_the_event_loop_are_counted_exactly_and_refused_once_a_marker_moved():
+# The event loop's connection: `RedisWire` for a plain URL, redis-py's client for one with options it leaves alone.
+@pytest.mark.parametrize("url", [REDIS_URL, f"{REDIS_URL}?socket_keepalive=true"])
+def test_concurrent_round_trips_on_the_event_loop_are_counted_exactly_and_refused_once_a_marker_moved(url: str):
     require("Redis", redis_problem())
     namespace = f"hot-{uuid4()}"
     gate, feed, key, workspace = (
-        QuotaGate(REDIS_URL, namespace),
+        QuotaGate(url, namespace),
         RedisChangeFeed(REDIS_URL, namespace),
         uuid4(),
         uuid4(),
