@@ -76,14 +76,20 @@ def test_two_workers_on_postgres_and_redis_serve_one_service(tmp_path: Path):
     assert not any(r["logger"] == "uvicorn.access" for r in records)
 
 
-def test_text_logs_with_the_access_log_by_default(tmp_path: Path):
+def test_text_logs_with_the_access_log_by_default_written_while_it_runs(tmp_path: Path):
+    line = '"POST /v1/workspaces HTTP/1.1" 201'
     server = Server(Settings(database_url=f"sqlite:///{tmp_path / 'k.db'}"), tmp_path / "server.log").start()
     try:
         create_workspace(server)
+        deadline = time.monotonic() + 3  # lines are written in batches, at most 0.1 s after (keyledger.logs)
+        while line not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        written_while_running = line in server.log()
     finally:
         server.stop()
 
-    assert '"POST /v1/workspaces HTTP/1.1" 201' in server.log()
+    assert written_while_running
+    assert line in server.log()
 
 
 def _mapped_libraries(pid: int) -> str:
