@@ -236,8 +236,14 @@ class _Batcher:
     """Decisions made on an event loop, sent together: those made before the loop's next turn go in one
     call of `_DECIDE` (one command to pack, one reply to parse), so concurrent requests share a round trip."""
 
-    def __init__(self, call: Callable[..., Awaitable[Any]], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        call: Callable[..., Awaitable[Any]],
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[..., asyncio.Future[Any] | None] | None = None,
+    ) -> None:
         self.command = call  # sends one command, returns its reply (`RedisWire.call`, or redis-py's)
+        self.send = send  # `RedisWire.send`: written at once on an open connection, no task (None: not open)
         self.loop = loop
         self.sha: str | None = None
         self.keys: list[str] = []
@@ -261,9 +267,33 @@ class _Batcher:
             return
         batch = self.keys, self.args, self.futures
         self.keys, self.args, self.futures = [], [*_EXPIRIES], []
-        task = self.loop.create_task(self._send(*batch))
+        self._dispatch(*batch)
+
+    def _dispatch(self, keys: list[str], args: list[Any], futures: list[asyncio.Future[Any]]) -> None:
+        """One call of the script for a batch: written at once when the script is loaded and the connection open
+        (its reply handed out by a callback), else by a task that connects and loads first."""
+        if self.sha is not None and self.send is not None:
+            reply = self.send("EVALSHA", self.sha, len(keys), *keys, *args)
+            if reply is not None:
+                reply.add_done_callback(lambda done: self._deliver(done, keys, args, futures))
+                return
+        task = self.loop.create_task(self._send(keys, args, futures))
         self._tasks.add(task)  # held until done (the loop keeps only weak references)
         task.add_done_callback(self._tasks.discard)
+
+    def _deliver(
+        self, reply: asyncio.Future[Any], keys: list[str], args: list[Any], futures: list[asyncio.Future[Any]]
+    ) -> None:
+        error = reply.exception() if not reply.cancelled() else redis.ConnectionError("cancelled")
+        if isinstance(error, redis.exceptions.NoScriptError):  # Redis lost its scripts (a restart): the task loads
+            self.sha = None
+            task = self.loop.create_task(self._send(keys, args, futures))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif error is not None:
+            _fail(futures, error)
+        else:
+            _hand_out(reply.result(), futures)
 
     async def _send(self, keys: list[str], args: list[Any], futures: list[asyncio.Future[Any]]) -> None:
         try:
@@ -274,19 +304,28 @@ class _Batcher:
             except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): load again, once
                 self.sha = await self._load()
                 replies = await self.command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except Exception as error:  # each caller gets it (a RedisError: the caller takes the slow path)
-            failure = error if isinstance(error, redis.RedisError) else redis.RedisError(repr(error))
-            for future in futures:
-                if not future.done():
-                    future.set_exception(failure)
+        except Exception as error:
+            _fail(futures, error)
             return
-        for i, future in enumerate(futures):
-            if not future.done():
-                future.set_result(replies[3 * i : 3 * i + 3])
+        _hand_out(replies, futures)
 
     async def _load(self) -> str:
         sha = await self.command("SCRIPT", "LOAD", _DECIDE)
         return sha.decode() if isinstance(sha, bytes) else str(sha)
+
+
+def _hand_out(replies: list[Any], futures: list[asyncio.Future[Any]]) -> None:
+    for i, future in enumerate(futures):
+        if not future.done():
+            future.set_result(replies[3 * i : 3 * i + 3])
+
+
+def _fail(futures: list[asyncio.Future[Any]], error: BaseException) -> None:
+    """Each caller gets the error (a RedisError: the caller takes the slow path)."""
+    failure = error if isinstance(error, redis.RedisError) else redis.RedisError(repr(error))
+    for future in futures:
+        if not future.done():
+            future.set_exception(failure)
 
 
 class RedisUnavailable(Exception):
@@ -421,7 +460,7 @@ class QuotaGate:
         loop = asyncio.get_running_loop()
         batcher = self._batcher
         if batcher is None or batcher.loop is not loop:  # a client's connections belong to the loop that made them
-            batcher = self._batcher = _Batcher(self._command(), loop)
+            batcher = self._batcher = self._new_batcher(loop)
         keys, args = self._request(markers, expected, minute_key, day_key, per_minute, per_day)
         try:
             reply = await batcher.call(keys, args)
@@ -430,13 +469,14 @@ class QuotaGate:
             raise
         return self._decided(reply, per_minute, per_day, second)
 
-    def _command(self) -> Callable[..., Awaitable[Any]]:
-        """How the event loop sends a command: over `RedisWire` (the cheap round trip) when it understands the URL,
-        else through redis-py's asyncio client."""
+    def _new_batcher(self, loop: asyncio.AbstractEventLoop) -> _Batcher:
+        """The event loop's sender: over `RedisWire` (the cheap round trip) when it understands the URL, else
+        through redis-py's asyncio client."""
         if RedisWire.supports(self._redis_url):
-            return RedisWire(self._redis_url, timeout=1.0).call
+            wire = RedisWire(self._redis_url, timeout=1.0)
+            return _Batcher(wire.call, loop, wire.send)
         client = redis.asyncio.Redis.from_url(self._redis_url, socket_timeout=1, socket_connect_timeout=1)
-        return cast(Callable[..., Awaitable[Any]], client.execute_command)
+        return _Batcher(client.execute_command, loop)
 
     def _request(
         self, markers: list[str], expected: list[int], minute_key: str, day_key: str, per_minute: int, per_day: int
@@ -449,7 +489,7 @@ class QuotaGate:
     @staticmethod
     def _decided(reply: list[Any], per_minute: int, per_day: int, second: int) -> QuotaDecision | None:
         """One decision's three numbers from `_DECIDE`: None when a marker moved."""
-        allowed, minute_used, day_used = (int(number) for number in reply)
+        allowed, minute_used, day_used = reply  # integers, as RESP's integer replies are parsed
         if allowed == -2:
             raise redis.ResponseError("Redis refused a quota counter's command (not a number?)")
         if allowed < 0:

@@ -102,6 +102,11 @@ class RedisWire:
             await self._connect()
         return await self._send(args)
 
+    def send(self, *args: Any) -> asyncio.Future[Any] | None:
+        """Write one command now on the open connection and return its reply's future; None when no connection
+        is open (`call` opens one)."""
+        return self._send(args) if self._transport is not None else None
+
     def _send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()

@@ -106,13 +106,13 @@ def test_decisions_sent_together_fail_alone_and_large_batches_are_split(monkeypa
     require("Redis", redis_problem())
     monkeypatch.setattr("adapters.quotas.MAX_BATCH", 4)
     sent: list[int] = []  # decisions per call
-    send = quotas._Batcher._send
+    dispatch = quotas._Batcher._dispatch
 
-    async def counted(self: quotas._Batcher, keys: list[str], args: list[object], futures: list[object]) -> None:
+    def counted(self: quotas._Batcher, keys: list[str], args: list[object], futures: list[object]) -> None:
         sent.append(len(futures))
-        await send(self, keys, args, futures)  # type: ignore[arg-type]
+        dispatch(self, keys, args, futures)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(quotas._Batcher, "_send", counted)
+    monkeypatch.setattr(quotas._Batcher, "_dispatch", counted)
     namespace = f"hot-{uuid4()}"
     gate, feed = QuotaGate(REDIS_URL, namespace), RedisChangeFeed(REDIS_URL, namespace)
     good, broken = uuid4(), uuid4()
@@ -153,3 +153,33 @@ def test_a_script_redis_lost_is_loaded_again():
 
     assert [a.minute_used if a else None for a in answers] == [1, 2]
     assert gate.async_ready()  # no pause: Redis answered
+
+
+def test_once_connected_batches_are_written_at_once_and_counted_exactly(monkeypatch: pytest.MonkeyPatch):
+    require("Redis", redis_problem())
+    tasks: list[int] = []  # batches sent by a task: connecting and loading the script
+    send = quotas._Batcher._send
+
+    async def counted(self: quotas._Batcher, keys: list[str], args: list[object], futures: list[object]) -> None:
+        tasks.append(len(futures))
+        await send(self, keys, args, futures)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(quotas._Batcher, "_send", counted)
+    namespace = f"hot-{uuid4()}"
+    gate, feed, key = QuotaGate(REDIS_URL, namespace), RedisChangeFeed(REDIS_URL, namespace), uuid4()
+    markers, names = [feed.name_of(key)], gate.names(key, SECOND // 60, SECOND // 86_400)
+
+    async def trips() -> list[QuotaDecision | None]:
+        answers = [await gate.check_unchanged_async(markers, [0], *names, 10, 100, SECOND)]
+        for _ in range(3):
+            calls = (gate.check_unchanged_async(markers, [0], *names, 10, 100, SECOND) for _ in range(5))
+            answers += await asyncio.gather(*calls)
+        feed.publish([key], 1)
+        answers.append(await gate.check_unchanged_async(markers, [0], *names, 10, 100, SECOND))
+        return answers
+
+    answers = asyncio.run(trips())
+
+    assert tasks == [1]  # the first call only
+    assert [a.allowed if a else None for a in answers] == [True] * 10 + [False] * 6 + [None]
+    assert gate.peek(key, 10, 100, NOW).minute_used == 10
