@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
-from uuid import UUID
 
 from eventsourcing.utils import get_topic, resolve_topic
-from sqlalchemy import JSON, Date, Table, Uuid, func
+from sqlalchemy import JSON, Date, Table, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
@@ -35,11 +34,8 @@ Names = Sequence[str]
 def fill(
     runner: Runner, building: Sequence[Generation], stop: int, progress: Progress | None = None, topics: Any = None
 ) -> list[Generation]:
-    """Apply the stream up to `stop` to building generations at one position (only `topics`' events, if given).
-
-    The garbage collector is paused in this call: its passes over the growing pending changes cost
-    twice the fill itself (DEVELOPERS.md).
-    """
+    """Apply the stream up to `stop` to building generations at one position (only `topics`' events, if given),
+    with the garbage collector paused (DEVELOPERS.md)."""
     pending, names = [Pending(g, g.position) for g in building], [g.name for g in building]
     position, beat, collecting = min(g.position for g in building), time.monotonic(), gc.isenabled()
     gc.disable()
@@ -223,8 +219,9 @@ def _statement(dialect: Dialect, table: Table, add: Names, latest: Names, earlie
 
 
 def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
-    """The dialect's own bind processor, but for the three hottest on SQLite: the same text, C-level formatting."""
-    fast: dict[type, Callable[[Any], Any]] = {UTCDateTime: sqlite_utc_text, Uuid: uuid_hex, Date: sqlite_date_text}
+    """The dialect's own bind processor, but for times and days on SQLite: the same text, formatted in C (2-3x faster
+    per value; SQLAlchemy's UUID processor is as fast as one can be)."""
+    fast: dict[type, Callable[[Any], Any]] = {UTCDateTime: sqlite_utc_text, Date: sqlite_date_text}
     kind = next((k for k in fast if isinstance(type_, k)), None) if dialect.name == "sqlite" else None
     return fast[kind] if kind else type_.dialect_impl(dialect).bind_processor(dialect)
 
@@ -240,7 +237,3 @@ def sqlite_utc_text(value: datetime | None) -> str | None:
 def sqlite_date_text(value: date | None) -> str | None:
     # date's own method, also for a datetime: SQLAlchemy stores a datetime's date part in a Date column.
     return None if value is None else date.isoformat(value)
-
-
-def uuid_hex(value: UUID | None) -> str | None:
-    return None if value is None else value.hex

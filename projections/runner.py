@@ -168,12 +168,12 @@ class Runner:
         """Record (or count again), for every process's status, that the active generation failed at its position."""
         with write_transaction(self.engine) as conn:
             for g in select_generations(conn, [name], active=True):
-                stored = conn.execute(select(FAILURES).where(FAILURES.c.name == name).with_for_update()).first()
-                now = self.clock()
+                now, where = self.clock(), FAILURES.c.name == name
+                stored = conn.execute(select(FAILURES).where(where).with_for_update()).first()
                 attempts, since = 1, now
                 if stored is not None and (stored.generation, stored.position) == (g.generation, g.position):
                     attempts, since = stored.attempts + 1, stored.first_failed_at
-                conn.execute(delete(FAILURES).where(FAILURES.c.name == name))
+                conn.execute(delete(FAILURES).where(where))
                 failure = (name, g.generation, g.position, describe_error(error), attempts, since, now)
                 conn.execute(insert(FAILURES).values(failure))
 
@@ -249,16 +249,13 @@ class Runner:
             return Batch([], position if stop is None else stop)  # no topic, nothing to read
         with read_transaction(self.engine) as conn:
             sizes = stored_sizes(conn, self.events_table, position, limit, topics)
-        if (fitting := _fitting(sizes)) < len(sizes):
-            limit = fitting
-        # `stop` applied here, not in SQL: with an upper bound, the generic plan PostgreSQL makes for
-        # the prepared query (psycopg prepares it after a few calls) read pages 3x slower.
-        page = self.ledger.recorder.select_notifications(position, limit, topics=topics or (), inclusive_of_start=False)
+        # Only events whose sizes were read, as many as fit in MAX_PAGE_BYTES (at least one). `stop` applied here,
+        # not in SQL: with an upper bound, the generic plan PostgreSQL makes for the prepared query (psycopg
+        # prepares it after a few calls) read pages 3x slower.
+        count = max(1, bisect.bisect_right(list(itertools.accumulate(sizes)), MAX_PAGE_BYTES))
+        page = self.ledger.recorder.select_notifications(position, count, topics=topics or (), inclusive_of_start=False)
         notifications = [n for n in page if n.id <= stop] if stop is not None else page
-        more = len(page) == limit and len(notifications) == len(page)
-        within = _fitting([len(n.state) for n in notifications])  # some came in since the sizes were read
-        if within < len(notifications):
-            notifications, more = notifications[:within], True
+        more = (count < len(sizes) or len(sizes) == limit) and len(notifications) == len(page)
         if not notifications and (topics is None or stop is None):
             return Batch([], position)
         last = stop if stop is not None and topics is not None and not more else notifications[-1].id
@@ -284,7 +281,19 @@ class Runner:
             while retired is None:  # the tail, then the switch
                 start = min(g.position for g in building)
                 batch = self.read(start, self.rebuild_batch_size, names)
-                building, retired = self._rebuild_batch(names, building, start, batch)
+                with write_transaction(self.engine) as conn:
+                    # Near the head, lock the serving generations too: that waits for a runner's batch in
+                    # flight and keeps the next one out. If ours are then as far, switching loses no event.
+                    serving = select_generations(conn, names, active=True, lock=True) if not batch.more else []
+                    self.relock(conn, building)
+                    advanced = {g.name: g for g in self.apply(conn, building, start, batch)}
+                    building = [advanced.get(g.name, g) for g in building]
+                    reached = {g.name: g.position for g in building}
+                    if not batch.more and all(reached[g.name] >= g.position for g in serving):
+                        for new in building:  # in one transaction: an atomic switch
+                            switch = update(STATE).where(STATE.c.name == new.name)
+                            conn.execute(switch.values(active=STATE.c.generation == new.generation))
+                        retired = serving
                 if progress is not None:
                     done = min(g.position for g in building)
                     progress(done, max(done, self.head()))
@@ -296,25 +305,6 @@ class Runner:
                 self._drop(conn, generation)
         log.info("switched %s to generation(s) %s", names, [g.generation for g in building])
         return building
-
-    def _rebuild_batch(
-        self, names: Sequence[str], building: list[Generation], start: int, batch: Batch
-    ) -> tuple[list[Generation], list[Generation] | None]:
-        """Apply `batch` to the building generations; near the head, switch to them (returns the retired)."""
-        with write_transaction(self.engine) as conn:
-            # Near the head, lock the serving generations too: that waits for a runner's batch in
-            # flight and keeps the next one out. If ours are then as far, switching loses no event.
-            serving = select_generations(conn, names, active=True, lock=True) if not batch.more else []
-            self.relock(conn, building)
-            advanced = {g.name: g for g in self.apply(conn, building, start, batch)}
-            building = [advanced.get(g.name, g) for g in building]
-            reached = {g.name: g.position for g in building}
-            if batch.more or any(reached[g.name] < g.position for g in serving):
-                return building, None
-            for new in building:  # in one transaction: an atomic switch
-                switch = update(STATE).where(STATE.c.name == new.name)
-                conn.execute(switch.values(active=STATE.c.generation == new.generation))
-            return building, serving
 
     def building(self, conn: Connection, building: Sequence[Generation], lock: bool = False) -> list[Generation]:
         """The stored rows of these building generations (found by number: workers may have moved them on)."""
@@ -376,8 +366,3 @@ class Runner:
             table.drop(conn, checkfirst=True)
         projection.forget(generation.generation)
         conn.execute(delete(STATE).where(generation.where()))
-
-
-def _fitting(sizes: Sequence[int]) -> int:
-    """How many of the first events, of these stored sizes, fit in MAX_PAGE_BYTES (at least one)."""
-    return max(1, bisect.bisect_right(list(itertools.accumulate(sizes)), MAX_PAGE_BYTES))
