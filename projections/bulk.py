@@ -160,48 +160,32 @@ def insert_rows(
     of the stored and new `latest` values and the lesser of the `earliest` ones (NULL: the other); the rows must
     then have distinct keys (PostgreSQL refuses to update one row twice in one statement).
     """
-    if rows:
-        _statement(conn.dialect, table, tuple(add), tuple(latest), tuple(earliest)).run(conn, rows)
-
-
-class _Statement:
-    """A Core insert compiled once per table, fed a batch's rows column by column through each column's converter.
-
-    Not `conn.execute(insert, rows)`, measured 16 % (SQLite) and 43 % (PostgreSQL) slower on a rebuild
-    (DEVELOPERS.md): SQLite gets one executemany, PostgreSQL one `INSERT ... SELECT FROM unnest(%b::type[])`.
-    """
-
-    def __init__(self, dialect: Dialect, table: Table, statement: Any) -> None:
-        self.names = [c.name for c in table.c]
-        self.converters = [_converter(dialect, c.type) for c in table.c]
-        compiled, self.arrays = statement.compile(dialect=dialect), dialect.name == "postgresql"
-        self.sql, self.order = str(compiled), [self.names.index(n) for n in compiled.positiontup or ()]
-        if self.arrays:  # %b: binary arrays, far cheaper than text; JSON travels as text, cast back per row
-            quote, json = dialect.identifier_preparer.quote, [isinstance(c.type, JSON) for c in table.c]
-            columns = ", ".join(map(quote, self.names))
-            types = ["text" if j else c.type.compile(dialect=dialect) for c, j in zip(table.c, json, strict=True)]
-            values = ", ".join(f"v.{quote(n)}{'::json' if j else ''}" for n, j in zip(self.names, json, strict=True))
-            conflict = self.sql[self.sql.index(" ON CONFLICT ") :] if " ON CONFLICT " in self.sql else ""
-            # Only our own table and column names, quoted by the dialect: no input reaches this text.
-            source = f"SELECT {values} FROM unnest({', '.join(f'%b::{t}[]' for t in types)}) AS v({columns})"  # noqa: S608
-            self.sql = f"INSERT INTO {quote(table.name)} ({columns}) {source}{conflict}"
-
-    def run(self, conn: Connection, rows: Rows) -> None:
-        if isinstance(rows[0], Mapping):
-            rows = [[row[name] for name in self.names] for row in rows]  # type: ignore[call-overload]
-        # Column by column: one C-level map per column rather than a Python loop per value.
-        columns = [
-            list(map(convert, column)) if convert else list(column)
-            for convert, column in zip(self.converters, zip(*rows, strict=True), strict=True)
-        ]
-        if self.arrays:
-            conn.exec_driver_sql(self.sql, tuple(columns))  # one parameter set: the arrays
-        else:
-            conn.exec_driver_sql(self.sql, list(zip(*(columns[i] for i in self.order), strict=True)))
+    if not rows:
+        return
+    sql, converters = _statement(conn.dialect, table, tuple(add), tuple(latest), tuple(earliest))
+    if isinstance(rows[0], Mapping):
+        rows = [[row[c.name] for c in table.c] for row in rows]  # type: ignore[call-overload]
+    # Column by column: one C-level map per column rather than a Python loop per value.
+    columns = [
+        list(map(convert, column)) if convert else list(column)
+        for convert, column in zip(converters, zip(*rows, strict=True), strict=True)
+    ]
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(sql, tuple(columns))  # one parameter set: the arrays
+    else:
+        conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
 
 
 @functools.lru_cache(maxsize=256)
-def _statement(dialect: Dialect, table: Table, add: Names, latest: Names, earliest: Names) -> _Statement:
+def _statement(
+    dialect: Dialect, table: Table, add: Names, latest: Names, earliest: Names
+) -> tuple[str, list[Callable[[Any], Any] | None]]:
+    """A Core insert's text, compiled once per table, and each column's converter: one executemany on SQLite, one
+    `INSERT ... SELECT FROM unnest(%b::type[])` on PostgreSQL.
+
+    Not `conn.execute(insert, rows)`, measured 16 % (SQLite) and 43 % (PostgreSQL) slower on a rebuild
+    (DEVELOPERS.md).
+    """
     insert: Any = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
     if add:
         changes = {name: table.c[name] + insert.excluded[name] for name in add}
@@ -215,7 +199,17 @@ def _statement(dialect: Dialect, table: Table, add: Names, latest: Names, earlie
                     else lite(func.coalesce(stored, new), func.coalesce(new, stored))
                 )
         insert = insert.on_conflict_do_update(index_elements=list(table.primary_key), set_=changes)
-    return _Statement(dialect, table, insert)
+    sql = str(insert.compile(dialect=dialect))  # on SQLite its parameters are the columns in order
+    if dialect.name == "postgresql":  # %b: binary arrays, far cheaper than text; JSON travels as text, cast back
+        quote, json = dialect.identifier_preparer.quote, [isinstance(c.type, JSON) for c in table.c]
+        columns = ", ".join(quote(c.name) for c in table.c)
+        types = ["text" if j else c.type.compile(dialect=dialect) for c, j in zip(table.c, json, strict=True)]
+        values = ", ".join(f"v.{quote(c.name)}{'::json' if j else ''}" for c, j in zip(table.c, json, strict=True))
+        _, on, conflict = sql.partition(" ON CONFLICT ")
+        # Only our own table and column names, quoted by the dialect: no input reaches this text.
+        source = f"SELECT {values} FROM unnest({', '.join(f'%b::{t}[]' for t in types)}) AS v({columns})"  # noqa: S608
+        sql = f"INSERT INTO {quote(table.name)} ({columns}) {source}{on}{conflict}"
+    return sql, [_converter(dialect, c.type) for c in table.c]
 
 
 def _converter(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
