@@ -200,12 +200,6 @@ class Runner:
             advanced.append(each.generation)
         return advanced
 
-    def apply(self, conn: Connection, generations: Sequence[Generation], start: int, batch: Batch) -> list[Generation]:
-        """Fold and commit `batch` (all events after `start`) for the generations from `start` it takes further."""
-        pending = [Pending(g, g.position) for g in generations if start <= g.position < batch.last]
-        self.fold(conn, pending, batch)
-        return self.commit(conn, pending)
-
     def step(self, known: Collection[Generation] = (), skip: Collection[str] = ()) -> Step:
         """Apply the next batch to the active generations (last seen: `known`; not `skip`) no other process holds.
 
@@ -222,9 +216,11 @@ class Runner:
         for group in [names, *([n] for n in names)] if len(names) > 1 else [names]:
             try:
                 with write_transaction(self.engine) as conn:
-                    locked = select_generations(conn, group, active=True, lock="skip")
-                    moved = self.apply(conn, self.applicable(locked), start, batch)
-                advanced += moved
+                    locked = self.applicable(select_generations(conn, group, active=True, lock="skip"))
+                    # Only those from `start` on: the batch holds no event before it.
+                    pending = [Pending(g, g.position) for g in locked if start <= g.position < batch.last]
+                    self.fold(conn, pending, batch)
+                    advanced += self.commit(conn, pending)
                 if group is names:
                     break
             except _STORE_ERRORS:
@@ -277,17 +273,18 @@ class Runner:
         try:
             # The bulk of the stream, then the indexes; without the bulk strategy, only the indexes.
             building = self.bulk.fill(self, building, self.head(), progress) if self.bulk else self.index(building)
-            retired = None
-            while retired is None:  # the tail, then the switch
-                start = min(g.position for g in building)
-                batch = self.read(start, self.rebuild_batch_size, names)
+            pending, retired = [Pending(g, g.position) for g in building], None
+            while retired is None:  # the tail, then the switch: folded and committed as in `bulk.fill`
+                batch = self.read(min(p.position for p in pending), self.rebuild_batch_size, names)
+                with read_transaction(self.engine) as conn:  # building generations: only we write them
+                    self.fold(conn, pending, batch)
                 with write_transaction(self.engine) as conn:
                     # Near the head, lock the serving generations too: that waits for a runner's batch in
                     # flight and keeps the next one out. If ours are then as far, switching loses no event.
                     serving = select_generations(conn, names, active=True, lock=True) if not batch.more else []
-                    self.relock(conn, building)
-                    advanced = {g.name: g for g in self.apply(conn, building, start, batch)}
-                    building = [advanced.get(g.name, g) for g in building]
+                    self.relock(conn, [p.generation for p in pending])
+                    self.commit(conn, pending)
+                    building = [p.generation for p in pending]
                     reached = {g.name: g.position for g in building}
                     if not batch.more and all(reached[g.name] >= g.position for g in serving):
                         for new in building:  # in one transaction: an atomic switch
