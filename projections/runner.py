@@ -201,10 +201,8 @@ class Runner:
         return advanced
 
     def step(self, known: Collection[Generation] = (), skip: Collection[str] = ()) -> Step:
-        """Apply the next batch to the active generations (last seen: `known`; not `skip`) no other process holds.
-
-        When the batch fails, each projection tries it alone; those that fail are reported in `failed`.
-        """
+        """Apply the next batch to the active generations (last seen: `known`; not `skip`) no other process holds;
+        when it fails, each projection tries it alone (those that fail: `failed`)."""
         seen = [g for g in self.applicable(list(known) or list(self.active().values())) if g.name not in skip]
         start = min((g.position for g in seen), default=0)
         batch = self.read(start, self.batch_size) if seen else Batch([], start)
@@ -237,10 +235,8 @@ class Runner:
         stop: int | None = None,
         topics: Sequence[str] | None = None,
     ) -> Batch:
-        """The next notifications after `position` (up to `stop`; of `topics` only), decoding those `names` apply.
-
-        Never under our write lock: the library's SQLite pool can make a reader wait for writers that wait for it.
-        """
+        """The next notifications after `position` (up to `stop`; of `topics` only), decoding those `names` apply;
+        never under our write lock (the library's SQLite pool, DEVELOPERS.md)."""
         if topics is not None and (stop is None or not topics):
             return Batch([], position if stop is None else stop)  # no topic, nothing to read
         with read_transaction(self.engine) as conn:
