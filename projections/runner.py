@@ -168,12 +168,12 @@ class Runner:
         """Record (or count again), for every process's status, that the active generation failed at its position."""
         with write_transaction(self.engine) as conn:
             for g in select_generations(conn, [name], active=True):
-                stored = conn.execute(select(FAILURES).where(FAILURES.c.name == name).with_for_update()).first()
-                now = self.clock()
+                now, where = self.clock(), FAILURES.c.name == name
+                stored = conn.execute(select(FAILURES).where(where).with_for_update()).first()
                 attempts, since = 1, now
                 if stored is not None and (stored.generation, stored.position) == (g.generation, g.position):
                     attempts, since = stored.attempts + 1, stored.first_failed_at
-                conn.execute(delete(FAILURES).where(FAILURES.c.name == name))
+                conn.execute(delete(FAILURES).where(where))
                 failure = (name, g.generation, g.position, describe_error(error), attempts, since, now)
                 conn.execute(insert(FAILURES).values(failure))
 
@@ -200,17 +200,9 @@ class Runner:
             advanced.append(each.generation)
         return advanced
 
-    def apply(self, conn: Connection, generations: Sequence[Generation], start: int, batch: Batch) -> list[Generation]:
-        """Fold and commit `batch` (all events after `start`) for the generations from `start` it takes further."""
-        pending = [Pending(g, g.position) for g in generations if start <= g.position < batch.last]
-        self.fold(conn, pending, batch)
-        return self.commit(conn, pending)
-
     def step(self, known: Collection[Generation] = (), skip: Collection[str] = ()) -> Step:
-        """Apply the next batch to the active generations (last seen: `known`; not `skip`) no other process holds.
-
-        When the batch fails, each projection tries it alone; those that fail are reported in `failed`.
-        """
+        """Apply the next batch to the active generations (last seen: `known`; not `skip`) no other process holds;
+        when it fails, each projection tries it alone (those that fail: `failed`)."""
         seen = [g for g in self.applicable(list(known) or list(self.active().values())) if g.name not in skip]
         start = min((g.position for g in seen), default=0)
         batch = self.read(start, self.batch_size) if seen else Batch([], start)
@@ -222,9 +214,11 @@ class Runner:
         for group in [names, *([n] for n in names)] if len(names) > 1 else [names]:
             try:
                 with write_transaction(self.engine) as conn:
-                    locked = select_generations(conn, group, active=True, lock="skip")
-                    moved = self.apply(conn, self.applicable(locked), start, batch)
-                advanced += moved
+                    locked = self.applicable(select_generations(conn, group, active=True, lock="skip"))
+                    # Only those from `start` on: the batch holds no event before it.
+                    pending = [Pending(g, g.position) for g in locked if start <= g.position < batch.last]
+                    self.fold(conn, pending, batch)
+                    advanced += self.commit(conn, pending)
                 if group is names:
                     break
             except _STORE_ERRORS:
@@ -241,24 +235,19 @@ class Runner:
         stop: int | None = None,
         topics: Sequence[str] | None = None,
     ) -> Batch:
-        """The next notifications after `position` (up to `stop`; of `topics` only), decoding those `names` apply.
-
-        Never under our write lock: the library's SQLite pool can make a reader wait for writers that wait for it.
-        """
+        """The next notifications after `position` (up to `stop`; of `topics` only), decoding those `names` apply;
+        never under our write lock (the library's SQLite pool, DEVELOPERS.md)."""
         if topics is not None and (stop is None or not topics):
             return Batch([], position if stop is None else stop)  # no topic, nothing to read
         with read_transaction(self.engine) as conn:
             sizes = stored_sizes(conn, self.events_table, position, limit, topics)
-        if (fitting := _fitting(sizes)) < len(sizes):
-            limit = fitting
-        # `stop` applied here, not in SQL: with an upper bound, the generic plan PostgreSQL makes for
-        # the prepared query (psycopg prepares it after a few calls) read pages 3x slower.
-        page = self.ledger.recorder.select_notifications(position, limit, topics=topics or (), inclusive_of_start=False)
+        # Only events whose sizes were read, as many as fit in MAX_PAGE_BYTES (at least one). `stop` applied here,
+        # not in SQL: with an upper bound, the generic plan PostgreSQL makes for the prepared query (psycopg
+        # prepares it after a few calls) read pages 3x slower.
+        count = max(1, bisect.bisect_right(list(itertools.accumulate(sizes)), MAX_PAGE_BYTES))
+        page = self.ledger.recorder.select_notifications(position, count, topics=topics or (), inclusive_of_start=False)
         notifications = [n for n in page if n.id <= stop] if stop is not None else page
-        more = len(page) == limit and len(notifications) == len(page)
-        within = _fitting([len(n.state) for n in notifications])  # some came in since the sizes were read
-        if within < len(notifications):
-            notifications, more = notifications[:within], True
+        more = (count < len(sizes) or len(sizes) == limit) and len(notifications) == len(page)
         if not notifications and (topics is None or stop is None):
             return Batch([], position)
         last = stop if stop is not None and topics is not None and not more else notifications[-1].id
@@ -280,11 +269,24 @@ class Runner:
         try:
             # The bulk of the stream, then the indexes; without the bulk strategy, only the indexes.
             building = self.bulk.fill(self, building, self.head(), progress) if self.bulk else self.index(building)
-            retired = None
-            while retired is None:  # the tail, then the switch
-                start = min(g.position for g in building)
-                batch = self.read(start, self.rebuild_batch_size, names)
-                building, retired = self._rebuild_batch(names, building, start, batch)
+            pending, retired = [Pending(g, g.position) for g in building], None
+            while retired is None:  # the tail, then the switch: folded and committed as in `bulk.fill`
+                batch = self.read(min(p.position for p in pending), self.rebuild_batch_size, names)
+                with read_transaction(self.engine) as conn:  # building generations: only we write them
+                    self.fold(conn, pending, batch)
+                with write_transaction(self.engine) as conn:
+                    # Near the head, lock the serving generations too: that waits for a runner's batch in
+                    # flight and keeps the next one out. If ours are then as far, switching loses no event.
+                    serving = select_generations(conn, names, active=True, lock=True) if not batch.more else []
+                    self.relock(conn, [p.generation for p in pending])
+                    self.commit(conn, pending)
+                    building = [p.generation for p in pending]
+                    reached = {g.name: g.position for g in building}
+                    if not batch.more and all(reached[g.name] >= g.position for g in serving):
+                        for new in building:  # in one transaction: an atomic switch
+                            switch = update(STATE).where(STATE.c.name == new.name)
+                            conn.execute(switch.values(active=STATE.c.generation == new.generation))
+                        retired = serving
                 if progress is not None:
                     done = min(g.position for g in building)
                     progress(done, max(done, self.head()))
@@ -296,25 +298,6 @@ class Runner:
                 self._drop(conn, generation)
         log.info("switched %s to generation(s) %s", names, [g.generation for g in building])
         return building
-
-    def _rebuild_batch(
-        self, names: Sequence[str], building: list[Generation], start: int, batch: Batch
-    ) -> tuple[list[Generation], list[Generation] | None]:
-        """Apply `batch` to the building generations; near the head, switch to them (returns the retired)."""
-        with write_transaction(self.engine) as conn:
-            # Near the head, lock the serving generations too: that waits for a runner's batch in
-            # flight and keeps the next one out. If ours are then as far, switching loses no event.
-            serving = select_generations(conn, names, active=True, lock=True) if not batch.more else []
-            self.relock(conn, building)
-            advanced = {g.name: g for g in self.apply(conn, building, start, batch)}
-            building = [advanced.get(g.name, g) for g in building]
-            reached = {g.name: g.position for g in building}
-            if batch.more or any(reached[g.name] < g.position for g in serving):
-                return building, None
-            for new in building:  # in one transaction: an atomic switch
-                switch = update(STATE).where(STATE.c.name == new.name)
-                conn.execute(switch.values(active=STATE.c.generation == new.generation))
-            return building, serving
 
     def building(self, conn: Connection, building: Sequence[Generation], lock: bool = False) -> list[Generation]:
         """The stored rows of these building generations (found by number: workers may have moved them on)."""
@@ -376,8 +359,3 @@ class Runner:
             table.drop(conn, checkfirst=True)
         projection.forget(generation.generation)
         conn.execute(delete(STATE).where(generation.where()))
-
-
-def _fitting(sizes: Sequence[int]) -> int:
-    """How many of the first events, of these stored sizes, fit in MAX_PAGE_BYTES (at least one)."""
-    return max(1, bisect.bisect_right(list(itertools.accumulate(sizes)), MAX_PAGE_BYTES))

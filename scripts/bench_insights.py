@@ -35,6 +35,7 @@ from api.app import create_app
 from keyledger.services import build_services
 from keyledger.settings import Settings
 from projections.db import write_transaction
+from projections.runner import select_generations
 from projections.usage import UsageProjection, UsageSums
 
 POSTGRES_URL = os.environ.get("KEYLEDGER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -68,7 +69,8 @@ def generate(services: object, ws: str, key_ids: list[str], days: int, now: date
     projection = models.projections["usage"]
     assert isinstance(projection, UsageProjection)
     with write_transaction(models.engine) as conn:
-        tables = projection.tables(models._active_generation(conn, "usage"))
+        [active] = select_generations(conn, ["usage"], active=True)
+        tables = projection.tables(active.generation)
     first = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
     answers = 0
     for d in range(days + 1):

@@ -5,17 +5,16 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
-from sqlalchemy import Date, Uuid
+from sqlalchemy import Date
 from sqlalchemy.dialects import sqlite
 
 from domain.errors import InvalidInput
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections.bulk import sqlite_date_text, sqlite_utc_text, uuid_hex
+from projections.bulk import sqlite_date_text, sqlite_utc_text
 from projections.db import (
     SQLITE_LOCK_TIMEOUT,
     LockTaken,
@@ -43,13 +42,6 @@ def test_times_are_stored_as_sqlalchemy_stores_them(moment: datetime | None):
     expected = UTCDateTime().dialect_impl(DIALECT).bind_processor(DIALECT)
 
     assert sqlite_utc_text(moment) == expected(moment)
-
-
-def test_uuids_are_stored_as_sqlalchemy_stores_them():
-    value = uuid4()
-    expected = Uuid().dialect_impl(DIALECT).bind_processor(DIALECT)
-
-    assert uuid_hex(value) == expected(value) and uuid_hex(None) is None
 
 
 @pytest.mark.parametrize("day", [date(2027, 3, 1), date(987, 12, 31), datetime(2027, 3, 1, 23, 59, tzinfo=UTC), None])
