@@ -9,7 +9,10 @@ trip a decision makes (`bench_raw_redis`: the ceiling of the Redis lines); and t
 Runs alternate and medians are quoted, since these machines are noisy.
 
     scripts/bench_verify [--seconds 8] [--rounds 3] [--connections 32] [--redis-url URL]
-                         [--http auto|h11|httptools] [--loop auto|asyncio|uvloop]
+                         [--http auto|h11|httptools] [--loop auto|asyncio|uvloop] [--stub-logs uvicorn|keyledger]
+
+The stubs log with uvicorn's own configuration (a write to stderr per line) unless `--stub-logs keyledger`:
+then as `keyledger serve` does (lines written in batches), which takes that difference out of the ratios.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import httpx
 
 from domain.imports import import_digest
 from keyledger.bootstrap import open_ledger
+from keyledger.logs import log_config
 from keyledger.services import build_verification
 from keyledger.settings import Settings
 
@@ -113,6 +117,12 @@ def main() -> None:
     )
     parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto", help="every server's parser")
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="every server's loop")
+    parser.add_argument(
+        "--stub-logs",
+        choices=["uvicorn", "keyledger"],
+        default="uvicorn",
+        help="the stubs' logging: uvicorn's own (a write per line) or keyledger serve's (lines written in batches)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_verify needs wrk (Debian package 'wrk'): apt-get install -y wrk")
@@ -150,6 +160,9 @@ def main() -> None:
     parts = ["--http", args.http, "--loop", args.loop]
     keyledger = [str(BIN / "keyledger"), "serve", *parts]
     uvicorn = [str(BIN / "python"), "-m", "uvicorn", "--log-level", "info", *parts]
+    if args.stub_logs == "keyledger":  # the stubs log as `keyledger serve` does
+        (folder / "logs.json").write_text(json.dumps(log_config("text")))
+        uvicorn += ["--log-config", str(folder / "logs.json")]
     # name: (command, port, environment, body); every server logs each request (uvicorn's access log).
     servers: dict[str, tuple[list[str], int, dict[str, str], str]] = {
         "keyledger": ([*keyledger, "--port", "18431"], 18431, env, body),
@@ -190,7 +203,10 @@ def main() -> None:
     print(
         f"load average before {load_before[0]:.2f} {load_before[1]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f}"
     )
-    print(f"every server: uvicorn {_version('uvicorn')} ({_server_parts(args.http, args.loop)}), access log on")
+    print(
+        f"every server: uvicorn {_version('uvicorn')} ({_server_parts(args.http, args.loop)}), access log on;"
+        f" the stubs log as {args.stub_logs} does"
+    )
     print(
         f"in-process decisions/s (median of {args.inprocess_rounds}): {native:,.0f}  (target >= 100,000);"
         f" best round {max(in_process['native']):,.0f} ({1e6 / max(in_process['native']):.1f} us a decision)"
