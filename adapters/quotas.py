@@ -240,10 +240,10 @@ class _Batcher:
         self,
         call: Callable[..., Awaitable[Any]],
         loop: asyncio.AbstractEventLoop,
-        send: Callable[..., asyncio.Future[Any] | None] | None = None,
+        write_now: Callable[..., asyncio.Future[Any] | None] | None = None,
     ) -> None:
         self.command = call  # sends one command, returns its reply (`RedisWire.call`, or redis-py's)
-        self.send = send  # `RedisWire.send`: written at once on an open connection, no task (None: not open)
+        self.write_now = write_now  # `RedisWire.send`: written at once on an open connection (None: not open)
         self.loop = loop
         self.sha: str | None = None
         self.keys: list[str] = []
@@ -272,11 +272,14 @@ class _Batcher:
     def _dispatch(self, keys: list[str], args: list[Any], futures: list[asyncio.Future[Any]]) -> None:
         """One call of the script for a batch: written at once when the script is loaded and the connection open
         (its reply handed out by a callback), else by a task that connects and loads first."""
-        if self.sha is not None and self.send is not None:
-            reply = self.send("EVALSHA", self.sha, len(keys), *keys, *args)
+        if self.sha is not None and self.write_now is not None:
+            reply = self.write_now("EVALSHA", self.sha, len(keys), *keys, *args)
             if reply is not None:
                 reply.add_done_callback(lambda done: self._deliver(done, keys, args, futures))
                 return
+        self._spawn(keys, args, futures)
+
+    def _spawn(self, keys: list[str], args: list[Any], futures: list[asyncio.Future[Any]]) -> None:
         task = self.loop.create_task(self._send(keys, args, futures))
         self._tasks.add(task)  # held until done (the loop keeps only weak references)
         task.add_done_callback(self._tasks.discard)
@@ -287,9 +290,7 @@ class _Batcher:
         error = reply.exception() if not reply.cancelled() else redis.ConnectionError("cancelled")
         if isinstance(error, redis.exceptions.NoScriptError):  # Redis lost its scripts (a restart): the task loads
             self.sha = None
-            task = self.loop.create_task(self._send(keys, args, futures))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(keys, args, futures)
         elif error is not None:
             _fail(futures, error)
         else:
@@ -312,6 +313,16 @@ class _Batcher:
     async def _load(self) -> str:
         sha = await self.command("SCRIPT", "LOAD", _DECIDE)
         return sha.decode() if isinstance(sha, bytes) else str(sha)
+
+
+def loop_batcher(redis_url: str, loop: asyncio.AbstractEventLoop) -> _Batcher:
+    """An event loop's sender of `_DECIDE` calls: over `RedisWire` (the cheap round trip) when it understands the
+    URL, else through redis-py's asyncio client."""
+    if RedisWire.supports(redis_url):
+        wire = RedisWire(redis_url, timeout=1.0)
+        return _Batcher(wire.call, loop, wire.send)
+    client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    return _Batcher(client.execute_command, loop)
 
 
 def _hand_out(replies: list[Any], futures: list[asyncio.Future[Any]]) -> None:
@@ -460,7 +471,7 @@ class QuotaGate:
         loop = asyncio.get_running_loop()
         batcher = self._batcher
         if batcher is None or batcher.loop is not loop:  # a client's connections belong to the loop that made them
-            batcher = self._batcher = self._new_batcher(loop)
+            batcher = self._batcher = loop_batcher(self._redis_url, loop)
         keys, args = self._request(markers, expected, minute_key, day_key, per_minute, per_day)
         try:
             reply = await batcher.call(keys, args)
@@ -468,15 +479,6 @@ class QuotaGate:
             self._async_down_until = time.monotonic() + ASYNC_PAUSE
             raise
         return self._decided(reply, per_minute, per_day, second)
-
-    def _new_batcher(self, loop: asyncio.AbstractEventLoop) -> _Batcher:
-        """The event loop's sender: over `RedisWire` (the cheap round trip) when it understands the URL, else
-        through redis-py's asyncio client."""
-        if RedisWire.supports(self._redis_url):
-            wire = RedisWire(self._redis_url, timeout=1.0)
-            return _Batcher(wire.call, loop, wire.send)
-        client = redis.asyncio.Redis.from_url(self._redis_url, socket_timeout=1, socket_connect_timeout=1)
-        return _Batcher(client.execute_command, loop)
 
     def _request(
         self, markers: list[str], expected: list[int], minute_key: str, day_key: str, per_minute: int, per_day: int
