@@ -11,8 +11,8 @@ import secrets
 from sqlalchemy import Column, Engine, MetaData, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from adapters.database import lock_for_ddl
 from domain import credentials
-from projections.db import lock_for_ddl
 
 metadata = MetaData()
 operator_table = Table(

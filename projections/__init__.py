@@ -1,7 +1,8 @@
 """Read models (current keys, quota usage, audit history) kept caught up with the event stream.
 
-May import: `domain` and third-party libraries. Never `adapters`, `api`, `keyledger` or `scripts`
-(checked by `lint-imports`); where the read models live is handed in (`projections.db.DatabaseSettings`).
+May import: `domain`, the database adapters (`adapters.database`, `adapters.rows`) and third-party libraries.
+Never `api`, `keyledger` or `scripts` (checked by `lint-imports`); where the read models live is handed in
+(`adapters.database.DatabaseSettings`).
 """
 
 from projections.audit import AuditEntry as AuditEntry

@@ -18,14 +18,14 @@ from uuid import UUID
 from sqlalchemy import JSON, Column, Index, MetaData, String, Table, Uuid, select
 from sqlalchemy.engine import Connection
 
+from adapters.rows import StorableText, UTCDateTime, insert_rows
 from domain.alerts import Alert
 from domain.auditlog import safe_data
 from domain.errors import InvalidInput
 from domain.keys import ApiKey
 from domain.workspace import Workspace
 from projections.base import Positioned, Projection, Queries, Tables
-from projections.bulk import insert_rows
-from projections.schema import POSITION, StorableText, UTCDateTime, chunks, table_name
+from projections.schema import POSITION, chunks, table_name
 
 MAX_PAGE = 1000
 

@@ -38,14 +38,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql import Select
 
+from adapters.rows import StorableText, UTCDateTime, insert_rows
 from domain.errors import InvalidInput
 from domain.keyinfo import check_owner_id
 from domain.keys import KEY_STATUSES, ApiKey, KeyState
 from domain.plans import Limits
 from domain.scopes import ScopeCatalog
 from projections.base import Positioned, Projection, Queries, Tables
-from projections.bulk import insert_rows
-from projections.schema import CLUSTERED, StorableText, UTCDateTime, chunks, table_name
+from projections.schema import CLUSTERED, chunks, table_name
 
 # ApiKey attribute -> column. An attribute the aggregate gains needs a column here and a new VERSION.
 ATTRIBUTE_COLUMNS = {

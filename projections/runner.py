@@ -18,11 +18,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateTable
 
+from adapters.database import lock_for_ddl, read_transaction, stored_sizes, write_transaction
+from adapters.rows import UTCDateTime
 from domain.application import KeyLedger, utc_now
 from projections.base import Positioned, Projection
-from projections.db import lock_for_ddl, read_transaction, stored_sizes, write_transaction
 from projections.errors import RebuildInProgress, TrackingConflict
-from projections.schema import UTCDateTime
 
 if TYPE_CHECKING:
     from projections.bulk import Bulk

@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from adapters.database import DatabaseSettings, create_read_engine, read_transaction
 from domain.application import KeyLedger
 from projections.audit import AuditProjection, AuditQueries
 from projections.base import Projection, Tables
 from projections.bulk import MIN_EVENTS, Bulk
-from projections.db import DatabaseSettings, create_read_engine, read_transaction
 from projections.errors import ProjectionFailed, ProjectionNotReady, RebuildInProgress, UnknownProjection
 from projections.insights import InsightsQueries
 from projections.keys import KeyQueries, KeysProjection

@@ -38,13 +38,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
+from adapters.rows import StorableText, UTCDateTime, insert_rows
 from domain.addresses import MAX_ADDRESS_LENGTH
 from domain.text import MAX_ENDPOINT_LENGTH, storable_text
 from domain.timefmt import floor_minute
 from domain.usage import UsageBatch
 from projections.base import Positioned, Projection, Queries, Tables
-from projections.bulk import insert_rows
-from projections.schema import CLUSTERED, StorableText, UTCDateTime, chunks, table_name
+from projections.schema import CLUSTERED, chunks, table_name
 
 B = TypeVar("B")
 COUNTERS = ("requests", "successes", "client_errors", "rate_limited")

@@ -31,10 +31,10 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 from pydantic import SecretStr
 
+from adapters.database import write_transaction
 from api.app import create_app
 from keyledger.services import build_services
 from keyledger.settings import Settings
-from projections.db import write_transaction
 from projections.runner import select_generations
 from projections.usage import UsageProjection, UsageSums
 

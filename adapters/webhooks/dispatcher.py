@@ -27,6 +27,7 @@ from eventsourcing.utils import get_topic
 from sqlalchemy import Engine
 from standardwebhooks import Webhook as Signer
 
+from adapters.database import read_transaction, write_transaction
 from adapters.webhooks import state
 from adapters.webhooks.signing import load_master_key, webhook_secret
 from adapters.webhooks.targets import Outcome, Resolver, check_target, send, system_resolver
@@ -148,11 +149,11 @@ class Webhooks:
         return webhook_secret(self._master_key, webhook_id)
 
     def deliveries(self, webhook_id: UUID, limit: int = 100) -> list[state.Delivery]:
-        with state.reading(self.engine) as conn:
+        with read_transaction(self.engine) as conn:
             return state.list_deliveries(conn, webhook_id, limit)
 
     def retry(self, webhook_id: UUID, position: int) -> state.Delivery:
-        with state.writing(self.engine) as conn:
+        with write_transaction(self.engine) as conn:
             delivery = state.reschedule(conn, webhook_id, position, self.clock())
         if delivery is None:
             raise DeliveryNotFound(f"no delivery of position {position} for webhook {webhook_id}")
@@ -177,7 +178,7 @@ class Webhooks:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         try:  # a process stopping cleanly hands its webhooks over at once, not after the lease runs out
-            with state.writing(self.engine) as conn:
+            with write_transaction(self.engine) as conn:
                 state.release_leases(conn, self.holder)
         except Exception as error:
             log.warning("webhook leases not released: %s", type(error).__name__)
@@ -199,7 +200,7 @@ class Webhooks:
         if this process holds its lease or can take it. An idle webhook costs no query of its own."""
         self.follow_registry()
         audit, now = self.audit_position(), self.clock()
-        with state.reading(self.engine) as conn:
+        with read_transaction(self.engine) as conn:
             live = state.live_subscriptions(conn)
             holders = state.lease_holders(conn)
             due = state.due_webhooks(conn, now)
@@ -223,7 +224,7 @@ class Webhooks:
                 self._pool.submit(self._work_then_free, webhook_id, audit)
 
     def follow_registry(self) -> None:
-        with state.reading(self.engine) as conn:
+        with read_transaction(self.engine) as conn:
             seen = state.followed(conn)
         while True:
             notifications = self.ledger.recorder.select_notifications(
@@ -244,13 +245,13 @@ class Webhooks:
                 elif isinstance(event, Workspace.WebhookDeleted):
                     deleted.append(event.webhook_id)
             last = notifications[-1].id
-            with state.writing(self.engine) as conn:
+            with write_transaction(self.engine) as conn:
                 if not state.record_registry(conn, seen, last, created, deleted):
                     return  # another process is following it
             seen = last
 
     def _lease(self, webhook_id: UUID) -> bool:
-        with state.writing(self.engine) as conn:
+        with write_transaction(self.engine) as conn:
             return state.take_lease(conn, webhook_id, self.holder, self.clock(), LEASE_SECONDS)
 
     def _work_then_free(self, webhook_id: UUID, audit: int) -> None:
@@ -270,7 +271,7 @@ class Webhooks:
         for _ in range(BURST):
             if self._stop.is_set():
                 return
-            with state.reading(self.engine) as conn:
+            with read_transaction(self.engine) as conn:
                 subscription = state.subscription(conn, webhook_id)
                 delivery = state.head(conn, webhook_id)
             if subscription is None or delivery is None:
@@ -284,7 +285,7 @@ class Webhooks:
 
     def _enqueue(self, webhook_id: UUID) -> bool:
         """Turn the webhook's next entries into deliveries; True if none are left to turn."""
-        with state.reading(self.engine) as conn:
+        with read_transaction(self.engine) as conn:
             subscription = state.subscription(conn, webhook_id)
         if subscription is None:
             return True
@@ -308,7 +309,7 @@ class Webhooks:
             )
             for e in entries
         ]
-        with state.writing(self.engine) as conn:
+        with write_transaction(self.engine) as conn:
             done = state.enqueue(conn, webhook_id, subscription.enqueued, rows)
         return done and len(entries) < PAGE
 
@@ -332,6 +333,6 @@ class Webhooks:
             status, next_at = state.FAILED, None
         else:
             status, next_at = state.PENDING, at + retry_delay(delivery.attempts + 1)
-        with state.writing(self.engine) as conn:
+        with write_transaction(self.engine) as conn:
             state.record_attempt(conn, delivery, status, outcome.status_code, outcome.error, at, next_at)
         return outcome.delivered

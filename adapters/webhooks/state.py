@@ -12,8 +12,7 @@ Times are seconds since the epoch (floats): leases and schedules compare them, n
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -34,11 +33,12 @@ from sqlalchemy import (
     Uuid,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+
+from adapters.database import lock_for_ddl, write_transaction
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 FOLLOW = "registry"
@@ -109,25 +109,9 @@ class Delivery:
     next_attempt_at: float | None
 
 
-@contextmanager
-def writing(engine: Engine) -> Iterator[Connection]:
-    """A write transaction (on SQLite, one that takes the write lock up front: see projections.db)."""
-    with engine.connect() as conn:
-        conn.execution_options(kl_write=True)
-        with conn.begin():
-            yield conn
-
-
-@contextmanager
-def reading(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn, conn.begin():
-        yield conn
-
-
 def create_tables(engine: Engine) -> None:
-    with writing(engine) as conn:
-        if conn.dialect.name == "postgresql":  # two processes starting at once must not race to create them
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.kl_ddl'))"))
+    with write_transaction(engine) as conn:
+        lock_for_ddl(conn)  # two processes starting at once must not race to create them
         metadata.create_all(conn)
         _insert_ignoring(conn, follow, [{"name": FOLLOW, "position": 0}])
 

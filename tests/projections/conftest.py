@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from adapters.database import read_transaction
 from domain.application import KeyLedger
 from keyledger.bootstrap import open_ledger
 from keyledger.settings import Settings
 from projections import ReadModels
-from projections.db import read_transaction
 from projections.runner import select_generations
 from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 

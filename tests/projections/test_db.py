@@ -10,12 +10,7 @@ import pytest
 from sqlalchemy import Date
 from sqlalchemy.dialects import sqlite
 
-from domain.errors import InvalidInput
-from keyledger.bootstrap import open_ledger
-from keyledger.settings import Settings
-from projections import ReadModels
-from projections.bulk import sqlite_date_text, sqlite_utc_text
-from projections.db import (
+from adapters.database import (
     SQLITE_LOCK_TIMEOUT,
     LockTaken,
     create_read_engine,
@@ -23,7 +18,11 @@ from projections.db import (
     refresh_statistics,
     write_transaction,
 )
-from projections.schema import UTCDateTime
+from adapters.rows import UTCDateTime, sqlite_date_text, sqlite_utc_text
+from domain.errors import InvalidInput
+from keyledger.bootstrap import open_ledger
+from keyledger.settings import Settings
+from projections import ReadModels
 from tests.backends import POSTGRES_URL, drop_pg_schema, new_pg_schema, postgres_problem, require
 
 DIALECT = sqlite.pysqlite.dialect()

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Connection
 
+from adapters.database import write_transaction
 from domain.application import KeyLedger
 from keyledger.settings import Settings
 from projections import ReadModels
 from projections.base import Positioned, Tables
-from projections.db import write_transaction
 from projections.errors import ProjectionFailed, TrackingConflict
 from projections.runner import advance, select_generations
 from tests.projections.conftest import dump

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from adapters.database import read_transaction
 from domain.application import KeyLedger
 from domain.usage import UsageCount
 from keyledger.settings import Settings
 from projections import ReadModels, bulk
 from projections import runner as runner_module
-from projections.db import read_transaction
 from tests.projections.conftest import dump
 from tests.projections.workload import ENDPOINTS, START, STATUSES, Workload, run_commands
 

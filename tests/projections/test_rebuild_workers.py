@@ -12,6 +12,7 @@ from eventsourcing.utils import get_topic
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
+from adapters.database import LockTaken
 from domain.application import KeyLedger
 from domain.usage import UsageBatch
 from keyledger.settings import Settings
@@ -20,7 +21,6 @@ from projections import bulk as bulk_module
 from projections.audit import AuditProjection
 from projections.base import Positioned, Tables
 from projections.bulk import Bulk, stored_topics
-from projections.db import LockTaken
 from projections.keys import KeysProjection
 from projections.usage import UsageProjection, UsageSums
 from tests.projections.conftest import dump

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from adapters.database import read_transaction
 from domain.application import KeyLedger
 from domain.usage import UsageCount
 from projections import ReadModels
-from projections.db import read_transaction
 from projections.runner import select_generations
 from projections.usage import TOP_ADDRESSES
 

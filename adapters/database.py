@@ -1,4 +1,6 @@
-"""Database plumbing of the read models, in the event store's database: engine, transactions."""
+"""The read side's database (the event store's own): engine, transactions, the DDL lock, page sizes, statistics.
+
+Used by the read models (`projections`), the webhooks' delivery state and the operator token."""
 
 from __future__ import annotations
 
