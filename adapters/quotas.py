@@ -49,7 +49,7 @@ class QuotaDecision:
     """Both windows after a decision, as plain integers: the `Window`s are built only when read
     (most answers need just `allowed`, and building them costs more than deciding)."""
 
-    __slots__ = ("allowed", "day_used", "minute_used", "per_day", "per_minute", "second_of_day")
+    __slots__ = ("allowed", "day_used", "minute_used", "per_day", "per_minute", "policy", "second_of_day")
 
     def __init__(
         self, allowed: bool, per_minute: int, per_day: int, minute_used: int, day_used: int, second_of_day: int
@@ -60,6 +60,7 @@ class QuotaDecision:
         self.minute_used = minute_used
         self.day_used = day_used
         self.second_of_day = second_of_day
+        self.policy: bytes | None = None  # the RateLimit-Policy value, when the caller has it made already
 
     @property
     def minute(self) -> Window:
@@ -83,7 +84,7 @@ class QuotaDecision:
         per_minute, per_day, second = self.per_minute, self.per_day, self.second_of_day
         minute_left, day_left = max(0, per_minute - self.minute_used), max(0, per_day - self.day_used)
         pairs = [
-            (b"ratelimit-policy", b'"minute";q=%d;w=60, "day";q=%d;w=86400' % (per_minute, per_day)),
+            (b"ratelimit-policy", self.policy or policy_value(per_minute, per_day)),
             (
                 b"ratelimit",
                 b'"minute";r=%d;t=%d, "day";r=%d;t=%d' % (minute_left, 60 - second % 60, day_left, 86_400 - second),
@@ -117,6 +118,11 @@ class QuotaDecision:
         if not self.allowed:
             headers["Retry-After"] = str(self.retry_after)
         return headers
+
+
+def policy_value(per_minute: int, per_day: int) -> bytes:
+    """The RateLimit-Policy header of a key's two windows."""
+    return b'"minute";q=%d;w=60, "day";q=%d;w=86400' % (per_minute, per_day)
 
 
 class LocalCounters:

@@ -15,7 +15,8 @@ decided on before (`VerificationService.decide`); one that may read the store ru
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -99,7 +100,9 @@ class HotPath:
         secret, needed, endpoint, record, address = parsed
         try:
             # The address recorded is the one the calling service names (`client_ip`), never the caller's own.
-            answer = await self._decide(scope, secret, needed, endpoint, "verify", record, address)
+            answer = self._decide(scope, secret, needed, endpoint, "verify", record, address)
+            if not isinstance(answer, Answer):
+                answer = await answer
         except Exception as error:
             await self._error(scope, receive, send, error)
             return
@@ -162,7 +165,9 @@ class HotPath:
             if address is None:
                 client = scope.get("client")
                 address = client[0] if client else None
-            answer = await self._decide(scope, _bearer(scope), needed, endpoint, "auth", True, address)
+            answer = self._decide(scope, _bearer(scope), needed, endpoint, "auth", True, address)
+            if not isinstance(answer, Answer):
+                answer = await answer
             refusal = refusal_for(answer, self.services.insufficient_scope_status)
             if refusal is not None:
                 raise refusal
@@ -178,12 +183,16 @@ class HotPath:
 
     # --- shared ---------------------------------------------------------------------------------
 
-    async def _decide(
+    def _decide(
         self, scope: Scope, secret: str | None, needed: str, endpoint: str, via: str, record: bool, address: str | None
-    ) -> Answer:
+    ) -> Answer | Coroutine[Any, Any, Answer]:
+        """The answer when it is known at once, else the coroutine that will know it (no coroutine per decision
+        answered from memory)."""
         client = scope.get("client")  # the connection's address: the guessing throttle counts by it
         connection = client[0] if client else None
-        return await self.services.verification.decide(secret, needed, endpoint, via, record, connection, address)
+        verification = self.services.verification
+        answer = verification.decide_now(secret, needed, endpoint, via, record, connection, address)
+        return answer or verification.decide(secret, needed, endpoint, via, record, connection, address)
 
     async def _error(self, scope: Scope, receive: Receive, send: Send, error: Exception) -> None:
         """The answer FastAPI's handlers (`api.problems`) give; an unexpected error is raised on after it."""

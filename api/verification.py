@@ -23,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from adapters.change_feed import RedisChangeFeed
 from adapters.credential_cache import CachedKey, CacheEntry, CredentialCache
 from adapters.credits import CreditDecision, CreditGate
-from adapters.quotas import LocalCounters, QuotaDecision, QuotaGate
+from adapters.quotas import LocalCounters, QuotaDecision, QuotaGate, policy_value
+from adapters.usage_recorder import KeyIds
 from api.forwarded_path import normalise
 from api.guesses import GuessLimit
 from api.metrics import Metrics
@@ -55,8 +56,7 @@ class UsageSink(Protocol):
 
     def count(
         self,
-        key_id: UUID,
-        workspace_id: UUID,
+        ids: KeyIds,
         minute: int,
         endpoint: str,
         status: int,
@@ -64,7 +64,7 @@ class UsageSink(Protocol):
         client: str | None,
     ) -> None:
         """`record` for the hot path (an answer the scope decided, the key holding it): the moment as its UTC
-        minute number since the epoch."""
+        minute number since the epoch, the key as its hot entry's `KeyIds`."""
         ...
 
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
@@ -106,6 +106,7 @@ class _Hot:
         "admin",
         "entry",
         "expected",
+        "ids",
         "json_limited",
         "json_tail",
         "json_valid",
@@ -115,11 +116,11 @@ class _Hot:
         "metered",
         "per_day",
         "per_minute",
+        "policy",
         "refused",
         "scopes",
         "valid_until",
         "window",
-        "workspace_id",
     )
 
     def __init__(self, entry: CacheEntry, key: CachedKey, previous: bool, markers: list[str]) -> None:
@@ -127,7 +128,7 @@ class _Hot:
         self.entry = entry
         self.key = key
         self.key_id = creds.key_id
-        self.workspace_id = creds.workspace_id
+        self.ids = KeyIds(creds.key_id, creds.workspace_id)  # what usage is counted by
         # The rules of `check_credentials` that do not depend on the moment or the scope asked for.
         self.refused = VerifyCode.REVOKED if creds.revoked else VerifyCode.SUSPENDED if creds.suspended else None
         until = creds.expires_at.timestamp() if creds.expires_at is not None else math.inf
@@ -139,6 +140,7 @@ class _Hot:
         self.admin = ADMIN in creds.effective_scopes
         self.per_minute = key.requests_per_minute
         self.per_day = key.requests_per_day
+        self.policy = policy_value(self.per_minute, self.per_day)  # its RateLimit-Policy header
         self.metered = creds.credits is not None  # credits are counted step by step (`_count`)
         self.markers = markers  # with Redis: the key's and workspace's marker names, and their values here
         self.expected = [entry.key_marker, entry.workspace_marker]
@@ -281,17 +283,34 @@ class VerificationService:
                     )
                 if quota is not None:
                     return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
-        elif self._local is not None:
-            started = perf_counter()
-            prepared = self.prepare(secret, needed)
-            if prepared is not None:  # as `verify` does, without hashing the secret twice
-                hot, second, window = prepared
-                allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
-                quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
-                return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
-            if self.answers_from_memory(secret):
-                return self.verify(secret, needed, endpoint, via, record, client, address)
+        elif (answer := self.decide_now(secret, needed, endpoint, via, record, client, address)) is not None:
+            return answer
         return await run_in_threadpool(self.verify, secret, needed, endpoint, via, record, client, address)
+
+    def decide_now(
+        self,
+        secret: str | None,
+        needed: str | None,
+        endpoint: str,
+        via: str,
+        record: bool,
+        client: str | None,
+        address: str | None = None,
+    ) -> Answer | None:
+        """`decide` when it needs no await (in-process counters, nothing to read from the store), else None: the event
+        loop's callers skip a coroutine per decision."""
+        if self._local is None:
+            return None
+        started = perf_counter()
+        prepared = self.prepare(secret, needed)
+        if prepared is not None:  # as `verify` does, without hashing the secret twice
+            hot, second, window = prepared
+            allowed, minute_used, day_used = self._local.take(window[2], window[3], hot.per_minute, hot.per_day)
+            quota = QuotaDecision(allowed, hot.per_minute, hot.per_day, minute_used, day_used, second % 86_400)
+            return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
+        if self.answers_from_memory(secret):
+            return self.verify(secret, needed, endpoint, via, record, client, address)
+        return None
 
     def prepare(self, secret: str | None, needed: str | None) -> Prepared | None:
         """The hot entry of a secret decided on before, when the key rules allow it now: only the quota is
@@ -333,12 +352,13 @@ class VerificationService:
     ) -> Answer:
         """The answer of a prepared decision once its quota was counted: recorded, measured."""
         hot, _, window = prepared
+        quota.policy = hot.policy
         if quota.allowed:
             answer = Answer(VerifyCode.VALID, 200, needed, hot.key, quota, hot=hot)
         else:
             answer = Answer(VerifyCode.RATE_LIMITED, 429, needed, hot.key, quota, hot=hot)
         if record_usage:
-            self.usage.count(hot.key_id, hot.workspace_id, window[0], endpoint, answer.status, needed, address)
+            self.usage.count(hot.ids, window[0], endpoint, answer.status, needed, address)
         self.metrics.decided(via, answer.code, perf_counter() - started)
         return answer
 

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from adapters.usage_recorder import UsageRecorder
+from adapters.usage_recorder import KeyIds, UsageRecorder
 from domain.application import KeyLedger
 from domain.usage import MAX_ENTRIES_PER_BATCH, UsageBatch
 from projections import ReadModels
@@ -94,6 +94,42 @@ def test_concurrent_answers_are_all_counted(ledger: KeyLedger):
     recorder.stop()
 
     assert sum(e["count"] for event in usage_events(ledger) for e in event.entries) == 12_000
+
+
+def test_hot_path_counts_from_threads_merge_with_recorded_answers_exactly(ledger: KeyLedger):
+    """The hot path counts by `KeyIds` (hashed by identity): two entries of one key, counted from six threads while
+    the flusher runs, and the step-by-step path's `record` of the same answer end up as one exact count per slot."""
+    created = ledger.create_workspace("acme", "pro")
+    key, workspace = created.admin_key.id, created.workspace.id
+    recorder = UsageRecorder(ledger, flush_interval=0.01)
+    recorder.start()
+    minute = int(MINUTE.timestamp()) // 60
+    entries = [KeyIds(key, workspace), KeyIds(key, workspace)]
+
+    def answer(ids: KeyIds) -> None:
+        for _ in range(2000):
+            recorder.count(ids, minute, "GET /nodes", 200, "read:nodes", "192.0.2.1")
+            recorder.count(ids, minute, "GET /nodes", 429, "read:nodes", None)
+
+    threads = [threading.Thread(target=answer, args=(entries[i % 2],)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    recorder.record(key, workspace, "GET /nodes", 200, MINUTE, needed_scope="read:nodes", client="192.0.2.1")
+    for thread in threads:
+        thread.join()
+    recorder.stop()
+
+    totals: dict[tuple[object, ...], int] = {}
+    for event in usage_events(ledger):
+        for e in event.entries:
+            slot = (e["key_id"], e["minute"], e["endpoint"], e["status"], e.get("scope"), e.get("client"))
+            totals[slot] = totals.get(slot, 0) + e["count"]
+    at = MINUTE.isoformat()
+    assert totals == {
+        (str(key), at, "GET /nodes", 200, "read:nodes", "192.0.2.1"): 12_001,
+        (str(key), at, "GET /nodes", 429, "read:nodes", None): 12_000,
+    }
+    assert recorder.pending == 0
 
 
 def test_counts_of_a_failed_flush_are_kept_for_the_next(ledger: KeyLedger, monkeypatch: pytest.MonkeyPatch):
