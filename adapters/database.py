@@ -101,14 +101,14 @@ def write_transaction(engine: Engine, wait: bool = True) -> Iterator[Connection]
             transaction = conn.begin()
         except OperationalError as error:
             if getattr(error.orig, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:  # extended codes too
-                raise LockTaken from error
+                raise LockTaken("SQLite's write lock is taken by another connection") from error
             raise
         with transaction:
             yield conn
 
 
 class LockTaken(Exception):
-    pass
+    """SQLite's write lock was not had (at once, or within the wait): the store is busy, not broken."""
 
 
 @contextmanager

@@ -65,7 +65,7 @@ class UsageRecorder:
         self.flush_every = flush_every
         self.on_flush = on_flush
         self._counts: Counter[_Slot] = Counter()
-        # The hot path's answers, counted as given; turned into `_counts` at the flush (`_take_answered`).
+        # The hot path's answers, counted as given; turned into `_counts` at the flush (`_add_answered`).
         self._answered: dict[_HotSlot, int] = {}
         self._spends: Counter[tuple[UUID, UUID, int, str]] = Counter()  # key, workspace, credits generation, period
         self._refills: set[tuple[UUID, int, str]] = set()
@@ -133,28 +133,6 @@ class UsageRecorder:
         if full:
             self._wake.set()
 
-    def _take_answered(self) -> None:
-        """Move the hot path's answers into the counts (under `_lock`), as `record` would have counted them.
-
-        The hot path answers only VALID and RATE_LIMITED: the scope decided them, the key held it."""
-        answered, self._answered, counts = self._answered, {}, self._counts
-        minutes: dict[int, datetime] = {}
-        endpoints: dict[str, str] = {}
-        addresses: dict[str, str | None] = {}
-        for (ids, number, endpoint, status, scope, client), n in answered.items():
-            minute = minutes.get(number)
-            if minute is None:
-                minute = minutes[number] = datetime.fromtimestamp(number * 60, UTC)
-            text = endpoints.get(endpoint)
-            if text is None:
-                text = endpoints[endpoint] = storable_text(endpoint[:MAX_ENDPOINT_LENGTH])
-            address = None
-            if client:
-                address = addresses.get(client, "")
-                if address == "":
-                    address = addresses[client] = canonical_address(client)
-            counts[ids.key_id, ids.workspace_id, minute, text, status, scope, False, address] += n
-
     def spend(self, key_id: UUID, workspace_id: UUID, generation: int, period: str) -> None:
         """Count one credit spent (recorded with the usage, so in-process counters can be restored)."""
         with self._lock:
@@ -178,12 +156,13 @@ class UsageRecorder:
         On failure the counts go back into the buffer (to be retried) and the error is raised.
         """
         with self._flushing:
-            with self._lock:
-                self._take_answered()
+            with self._lock:  # only swapped here: `count` on the event loop waits for no conversion
+                answered, self._answered = self._answered, {}
                 taken, self._counts = self._counts, Counter()
                 spent, self._spends = self._spends, Counter()
                 refills, self._refills = self._refills, set()
                 self._answers = 0
+            _add_answered(taken, answered)
             counts = [UsageCount(k, w, m, e, s, n, sc, r, c) for (k, w, m, e, s, sc, r, c), n in taken.items()]
             spends = [CreditSpend(k, w, g, p, n) for (k, w, g, p), n in spent.items()]
             position = None
@@ -241,3 +220,22 @@ class UsageRecorder:
             except Exception:
                 log.exception("recording usage failed; the counts are kept and retried")
                 self._stopping.wait(self.flush_interval)
+
+
+def _add_answered(counts: Counter[_Slot], answered: dict[_HotSlot, int]) -> None:
+    """The hot path's answers added to the counts as `record` would have counted them (one entry per combination).
+
+    The hot path answers only VALID and RATE_LIMITED: the scope decided them, the key held it."""
+    for (ids, number, endpoint, status, scope, client), n in answered.items():
+        minute = datetime.fromtimestamp(number * 60, UTC)
+        address = canonical_address(client) if client else None
+        counts[
+            ids.key_id,
+            ids.workspace_id,
+            minute,
+            storable_text(endpoint[:MAX_ENDPOINT_LENGTH]),
+            status,
+            scope,
+            False,
+            address,
+        ] += n

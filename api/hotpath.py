@@ -192,7 +192,7 @@ class HotPath:
         connection = client[0] if client else None
         verification = self.services.verification
         answer = verification.decide_now(secret, needed, endpoint, via, record, connection, address)
-        return answer or verification.decide(secret, needed, endpoint, via, record, connection, address)
+        return answer or verification.decide_later(secret, needed, endpoint, via, record, connection, address)
 
     async def _error(self, scope: Scope, receive: Receive, send: Send, error: Exception) -> None:
         """The answer FastAPI's handlers (`api.problems`) give; an unexpected error is raised on after it."""

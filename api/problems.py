@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from adapters.database import LockTaken
 from adapters.quotas import QuotaDecision, RedisUnavailable
 from api.forwarded_path import AmbiguousPath
 from api.guesses import GuessingThrottled
@@ -259,6 +260,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     sqlalchemy.exc.TimeoutError,
     psycopg.OperationalError,
     RedisUnavailable,
+    LockTaken,
 )
 
 

@@ -271,6 +271,21 @@ class VerificationService:
         """`verify` for the event loop: from memory on the loop; with Redis the hot path's one round trip
         awaited on the loop; whatever may read the store (a key not cached yet) or needs the step-by-step
         Redis calls, in the thread pool."""
+        return self.decide_now(secret, needed, endpoint, via, record, client, address) or await self.decide_later(
+            secret, needed, endpoint, via, record, client, address
+        )
+
+    async def decide_later(
+        self,
+        secret: str | None,
+        needed: str | None,
+        endpoint: str,
+        via: str,
+        record: bool,
+        client: str | None,
+        address: str | None = None,
+    ) -> Answer:
+        """`decide` once `decide_now` had no answer: the Redis round trip on the loop, or the thread pool."""
         if self._shared:
             prepared = self.prepare(secret, needed) if self.quotas.async_ready() else None
             if prepared is not None:
@@ -283,8 +298,6 @@ class VerificationService:
                     )
                 if quota is not None:
                     return self.finish(prepared, quota, needed, endpoint, via, record, address, started)
-        elif (answer := self.decide_now(secret, needed, endpoint, via, record, client, address)) is not None:
-            return answer
         return await run_in_threadpool(self.verify, secret, needed, endpoint, via, record, client, address)
 
     def decide_now(
@@ -299,7 +312,7 @@ class VerificationService:
     ) -> Answer | None:
         """`decide` when it needs no await (in-process counters, nothing to read from the store), else None: the event
         loop's callers skip a coroutine per decision."""
-        if self._local is None:
+        if self._local is None or self._shared:
             return None
         started = perf_counter()
         prepared = self.prepare(secret, needed)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateTable
 
-from adapters.database import lock_for_ddl, read_transaction, stored_sizes, write_transaction
+from adapters.database import LockTaken, lock_for_ddl, read_transaction, stored_sizes, write_transaction
 from adapters.rows import UTCDateTime
 from domain.application import KeyLedger, utc_now
 from projections.base import Positioned, Projection
@@ -35,7 +35,7 @@ REBUILD_LEASE = timedelta(seconds=20)
 # Pages are bounded in stored bytes too: a usage event holds up to 1,000 counts (~150 KB).
 MAX_PAGE_BYTES = 8_000_000
 # Errors of the store as a whole are retried as a whole rather than blamed on one projection.
-_STORE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, TrackingConflict)
+_STORE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, TrackingConflict, LockTaken)
 
 STATE = Table(
     "kl_projection_state",
