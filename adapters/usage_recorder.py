@@ -228,14 +228,6 @@ def _add_answered(counts: Counter[_Slot], answered: dict[_HotSlot, int]) -> None
     The hot path answers only VALID and RATE_LIMITED: the scope decided them, the key held it."""
     for (ids, number, endpoint, status, scope, client), n in answered.items():
         minute = datetime.fromtimestamp(number * 60, UTC)
+        text = storable_text(endpoint[:MAX_ENDPOINT_LENGTH])
         address = canonical_address(client) if client else None
-        counts[
-            ids.key_id,
-            ids.workspace_id,
-            minute,
-            storable_text(endpoint[:MAX_ENDPOINT_LENGTH]),
-            status,
-            scope,
-            False,
-            address,
-        ] += n
+        counts[ids.key_id, ids.workspace_id, minute, text, status, scope, False, address] += n
